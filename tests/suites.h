@@ -1,0 +1,23 @@
+/* Every check suite of the core test runner (one suite per file). */
+#ifndef KVB_TESTS_SUITES_H
+#define KVB_TESTS_SUITES_H
+
+#include <check.h>
+
+Suite *kvb_suite_error(void);      /* check_error.c */
+Suite *kvb_suite_layout(void);     /* check_layout.c */
+Suite *kvb_suite_tp(void);         /* check_tp.c */
+Suite *kvb_suite_model(void);      /* check_model.c */
+Suite *kvb_suite_policy(void);     /* check_policy.c */
+Suite *kvb_suite_backend(void);    /* check_backend.c */
+Suite *kvb_suite_config(void);     /* check_config.c */
+Suite *kvb_suite_wire(void);       /* check_wire.c */
+Suite *kvb_suite_loop(void);       /* check_loop.c */
+Suite *kvb_suite_fault(void);      /* check_fault.c */
+Suite *kvb_suite_producer(void);   /* check_producer.c */
+Suite *kvb_suite_consumer(void);   /* check_consumer.c */
+Suite *kvb_suite_lifecycle(void);  /* check_lifecycle.c */
+Suite *kvb_suite_misuse(void);     /* check_misuse.c */
+Suite *kvb_suite_e2e(void);        /* check_e2e.c */
+
+#endif
