@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The README's second command, and what CI runs (.ci/run): install what the
+# tests need, then build and test kvbridge four ways:
+#   1. -Werror build, make check (TAP)
+#   2. ASan + UBSan build of the suite (separate build tree)
+#   3. the suite under valgrind
+#   4. make distcheck
+# Build trees live under build/ so the source tree stays clean.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+top=$(pwd)
+jobs=$(nproc 2>/dev/null || echo 2)
+stage() { printf '\n== %s ==\n' "$*"; }
+
+stage "dependencies"
+scripts/install-deps.sh
+
+stage "autoreconf"
+autoreconf -fi
+
+stage "build (-Werror) and make check"
+mkdir -p build/main
+(cd build/main && "$top"/configure --enable-werror >configure.log && make -j"$jobs" \
+	&& make -j"$jobs" check) || { cat build/main/test-suite.log 2>/dev/null | tail -n 80; exit 1; }
+
+stage "make install; a program built against the installed pkg-config files"
+dest=$(mktemp -d)
+rm -rf build/install && mkdir -p build/install
+(cd build/install && "$top"/configure --prefix="$dest" --disable-tests >configure.log \
+	&& make -j"$jobs" >/dev/null && make install >/dev/null)
+export PKG_CONFIG_PATH="$dest/lib/pkgconfig"
+cc -std=gnu11 -Wall -Werror -o "$dest/consumer-app" tests/install_check.c \
+	$(pkg-config --cflags --libs kvbridge-loop kvbridge)
+LD_LIBRARY_PATH="$dest/lib" "$dest/consumer-app"
+# only kvb_* may be exported
+bad=$(nm -D --defined-only "$dest"/lib/libkvbridge*.so | awk 'NF==3 && $2 ~ /[TDBR]/ {print $3}' | grep -v '^kvb_' || true)
+[ -z "$bad" ] || { echo "exported symbols outside kvb_*: $bad" >&2; exit 1; }
+echo "exported: $(nm -D --defined-only "$dest"/lib/libkvbridge*.so | awk 'NF==3 && $2 ~ /T/' | wc -l) kvb_* functions"
+rm -rf "$dest"
+unset PKG_CONFIG_PATH
+
+stage "ASan + UBSan build, make check"
+mkdir -p build/asan
+(cd build/asan && "$top"/configure --enable-werror --enable-sanitizers --disable-shared >configure.log \
+	&& make -j"$jobs" && G_SLICE=always-malloc ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 make -j"$jobs" check) \
+	|| { cat build/asan/test-suite.log 2>/dev/null | tail -n 80; exit 1; }
+
+stage "valgrind"
+(cd build/main && make check-valgrind)
+
+stage "make distcheck"
+(cd build/main && make -j"$jobs" distcheck DISTCHECK_CONFIGURE_FLAGS=--enable-werror >distcheck.log 2>&1) \
+	|| { tail -n 60 build/main/distcheck.log; exit 1; }
+grep -A1 'archives ready for distribution' build/main/distcheck.log
+
+stage "all tests passed"
