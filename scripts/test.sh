@@ -14,6 +14,10 @@ stage() { printf '\n== %s ==\n' "$*"; }
 
 stage "dependencies"
 scripts/install-deps.sh
+if [ -f config.status ]; then
+	echo "test.sh: the source tree is configured in place; run 'make distclean' first" >&2
+	exit 1
+fi
 
 stage "autoreconf"
 autoreconf -fi
