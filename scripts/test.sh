@@ -43,6 +43,24 @@ echo "exported: $(nm -D --defined-only "$dest"/lib/libkvbridge*.so | awk 'NF==3 
 rm -rf "$dest"
 unset PKG_CONFIG_PATH
 
+stage "configure refuses a requested backend whose dependencies are missing"
+pcdir=$(mktemp -d)
+for d in $(pkg-config --variable pc_path pkg-config | tr : ' '); do
+	[ -d "$d" ] && cp "$d"/*.pc "$pcdir"/ 2>/dev/null || true
+done
+rm -f "$pcdir"/simgrid.pc "$pcdir"/libibverbs.pc "$pcdir"/json-glib-1.0.pc "$pcdir"/libzmq.pc "$pcdir"/msgpack*.pc
+rm -rf build/nodeps && mkdir -p build/nodeps
+for want in sim hw; do
+	if (cd build/nodeps && PKG_CONFIG_LIBDIR="$pcdir" "$top"/configure --with-backend=$want >out.log 2>&1); then
+		echo "configure --with-backend=$want succeeded without its dependencies" >&2; exit 1
+	fi
+	tail -n 1 build/nodeps/out.log
+	grep -q 'apt-get install' build/nodeps/out.log
+done
+(cd build/nodeps && PKG_CONFIG_LIBDIR="$pcdir" "$top"/configure >out.log 2>&1) # auto: builds what it finds
+grep -E 'hw backend|sim backend' build/nodeps/out.log
+rm -rf build/nodeps "$pcdir"
+
 stage "ASan + UBSan build, make check"
 mkdir -p build/asan
 (cd build/asan && "$top"/configure --enable-werror --enable-sanitizers --disable-shared >configure.log \
