@@ -10,33 +10,9 @@
 #include "harness.h"
 #include "suites.h"
 
-#define S(x) ((uint64_t)((x) * 1e9))
 
-static const kvb_finished_t *expect_finished(h_worker_t *x, const char *id, int state, int status)
-{
-	const kvb_finished_t *f = h_finished(x, id);
-	ck_assert_msg(f, "%s: %s did not finish", x->name, id);
-	ck_assert_msg(f->state == state && f->status == status,
-		      "%s: %s finished in state %d status %s (%s), expected %d %s", x->name, id, f->state,
-		      kvb_status_name(f->status), f->reason, state, kvb_status_name(status));
-	return f;
-}
 
-static void run_until(h_world_t *w, h_worker_t *x, const char *id, int state, bool producer)
-{
-	h_state_wait_t sw = {x, id, state, producer};
-	int rc = h_run(w, h_pred_state, &sw, 1000);
-	ck_assert_msg(rc == KVB_OK, "%s never reached state %d", id, state);
-}
 
-static void pair(h_world_t *w, h_worker_t **p, h_worker_t **d, const h_opts_t *base)
-{
-	h_opts_t o = *base;
-	o.role = KVB_ROLE_PRODUCER;
-	*p = h_add(w, "p0", &o);
-	o.role = KVB_ROLE_CONSUMER;
-	*d = h_add(w, "d0", &o);
-}
 
 /* WAITING -> FAILED (PEER) when the producer address does not exist. */
 START_TEST(test_connect_unknown_producer)
@@ -49,7 +25,7 @@ START_TEST(test_connect_unknown_producer)
 	kvb_block_list_t db = H_LIST(1, 2);
 	h_pull(d, "r", "x", "nobody", &db, 1);
 	h_run(w, NULL, NULL, 100);
-	const kvb_finished_t *f = expect_finished(d, "r", KVB_CONSUMER_FAILED, KVB_ERR_PEER);
+	const kvb_finished_t *f = h_expect_finished(d, "r", KVB_CONSUMER_FAILED, KVB_ERR_PEER);
 	ck_assert_msg(strstr(f->reason, "cannot connect to nobody"), "reason: %s", f->reason);
 	kvb_counters_t c;
 	kvb_connector_counters(d->conn, &c);
@@ -63,7 +39,7 @@ START_TEST(test_connect_unknown_producer)
 	ck_assert_int_eq(kvb_producer_ready(p->conn, "x", &pb, 1, NULL), KVB_OK);
 	h_pull(d, "r2", "x", "p0", &db, 1);
 	h_run(w, NULL, NULL, 100);
-	expect_finished(d, "r2", KVB_CONSUMER_DONE, KVB_OK);
+	h_expect_finished(d, "r2", KVB_CONSUMER_DONE, KVB_OK);
 	h_expect(d, 1, &db, 1);
 	h_invariants(w);
 	h_world_free(w);
@@ -77,13 +53,13 @@ START_TEST(test_abort_waiting)
 	h_opts_t o;
 	h_opts_default(&o);
 	h_worker_t *p, *d;
-	pair(w, &p, &d, &o);
+	h_pair(w, &p, &d, &o);
 	kvb_block_list_t db = H_LIST(1, 2);
 	h_pull(d, "r", "x", "p0", &db, 1);
 	ck_assert_int_eq(kvb_consumer_state(d->conn, "r"), KVB_CONSUMER_WAITING);
 	ck_assert_int_eq(kvb_consumer_abort(d->conn, "r", NULL), KVB_OK);
 	h_collect(w);
-	expect_finished(d, "r", KVB_CONSUMER_FAILED, KVB_ERR_ABORTED);
+	h_expect_finished(d, "r", KVB_CONSUMER_FAILED, KVB_ERR_ABORTED);
 	ck_assert_int_eq(kvb_consumer_abort(d->conn, "r", NULL), KVB_ERR_NOT_FOUND);
 	h_run(w, NULL, NULL, 100);
 	ck_assert_int_eq(kvb_producer_state(p->conn, "x"), KVB_ERR_NOT_FOUND);
@@ -100,21 +76,21 @@ START_TEST(test_abort_requested_releases_producer)
 	h_opts_t o;
 	h_opts_default(&o);
 	h_worker_t *p, *d;
-	pair(w, &p, &d, &o);
+	h_pair(w, &p, &d, &o);
 	kvb_block_list_t pb = H_LIST(8, 9), db = H_LIST(1, 2);
 	ck_assert_int_eq(kvb_producer_begin(p->conn, "x", NULL), KVB_OK);
 	h_pull(d, "r", "x", "p0", &db, 1);
-	run_until(w, d, "r", KVB_CONSUMER_REQUESTED, false);
+	h_run_until(w, d, "r", KVB_CONSUMER_REQUESTED, false);
 	h_run_for(w, 0.001); /* the pull is queued on the producer */
 	ck_assert_int_eq(kvb_consumer_abort(d->conn, "r", NULL), KVB_OK);
 	ck_assert_int_eq(kvb_consumer_state(d->conn, "r"), KVB_CONSUMER_REQUESTED); /* until confirmed */
 	ck_assert_int_eq(kvb_consumer_abort(d->conn, "r", NULL), KVB_ERR_STATE);
 	h_state_wait_t sw = {d, "r", 0, false};
 	h_run(w, h_pred_finished, &sw, 100);
-	expect_finished(d, "r", KVB_CONSUMER_FAILED, KVB_ERR_ABORTED);
+	h_expect_finished(d, "r", KVB_CONSUMER_FAILED, KVB_ERR_ABORTED);
 	ck_assert_int_eq(kvb_producer_ready(p->conn, "x", &pb, 1, NULL), KVB_OK);
 	h_collect(w);
-	const kvb_finished_t *f = expect_finished(p, "x", KVB_PRODUCER_SENT, KVB_OK);
+	const kvb_finished_t *f = h_expect_finished(p, "x", KVB_PRODUCER_SENT, KVB_OK);
 	ck_assert_uint_eq(f->bytes, 0);
 	h_invariants(w);
 	h_world_free(w);
@@ -131,23 +107,23 @@ START_TEST(test_abort_receiving)
 	o.nic_Bps = 1000000;
 	o.nic_queue_depth = 1;
 	h_worker_t *p, *d;
-	pair(w, &p, &d, &o);
+	h_pair(w, &p, &d, &o);
 	kvb_block_list_t pb = H_LIST(1, 2, 3, 4), db = H_LIST(5, 6, 7, 8);
 	h_fill(p, 2, &pb, 1);
 	ck_assert_int_eq(kvb_producer_begin(p->conn, "x", NULL), KVB_OK);
 	ck_assert_int_eq(kvb_producer_ready(p->conn, "x", &pb, 1, NULL), KVB_OK);
 	h_pull(d, "r", "x", "p0", &db, 1);
-	run_until(w, d, "r", KVB_CONSUMER_RECEIVING, false);
+	h_run_until(w, d, "r", KVB_CONSUMER_RECEIVING, false);
 	h_run_for(w, 0.01);
 	ck_assert_int_eq(kvb_consumer_abort(d->conn, "r", NULL), KVB_OK);
 	ck_assert_int_eq(kvb_consumer_state(d->conn, "r"), KVB_CONSUMER_RECEIVING);
 	h_state_wait_t sw = {d, "r", 0, false};
 	h_run(w, h_pred_finished, &sw, 100);
-	expect_finished(d, "r", KVB_CONSUMER_FAILED, KVB_ERR_ABORTED);
+	h_expect_finished(d, "r", KVB_CONSUMER_FAILED, KVB_ERR_ABORTED);
 	/* snapshot the consumer's memory: nothing may change after it ended */
 	h_forget(d, &db, 1);
 	h_run(w, NULL, NULL, 100);
-	const kvb_finished_t *f = expect_finished(p, "x", KVB_PRODUCER_SENT, KVB_OK);
+	const kvb_finished_t *f = h_expect_finished(p, "x", KVB_PRODUCER_SENT, KVB_OK);
 	ck_assert_uint_lt(f->bytes, 4 * 4 * 4096);
 	kvb_counters_t pc;
 	kvb_connector_counters(p->conn, &pc);
@@ -168,13 +144,13 @@ START_TEST(test_consumer_deadline)
 	o.lease_s = 10;
 	o.consumer_timeout_s = 1;
 	h_worker_t *p, *d;
-	pair(w, &p, &d, &o);
+	h_pair(w, &p, &d, &o);
 	kvb_block_list_t db = H_LIST(1);
 	ck_assert_int_eq(kvb_producer_begin(p->conn, "x", NULL), KVB_OK);
 	h_pull(d, "r", "x", "p0", &db, 1);
 	h_state_wait_t sw = {d, "r", 0, false};
 	h_run(w, h_pred_finished, &sw, 100);
-	const kvb_finished_t *f = expect_finished(d, "r", KVB_CONSUMER_FAILED, KVB_ERR_TIMEOUT);
+	const kvb_finished_t *f = h_expect_finished(d, "r", KVB_CONSUMER_FAILED, KVB_ERR_TIMEOUT);
 	ck_assert_uint_eq(f->end_ns, S(1));
 	ck_assert_ptr_nonnull(strstr(f->reason, "within 1.000 s (0 of 1 producers done)"));
 	h_run_for(w, 0.001);
@@ -195,15 +171,15 @@ START_TEST(test_producer_killed_mid_transfer)
 	o.nic_Bps = 1000000;
 	o.nic_queue_depth = 1;
 	h_worker_t *p, *d;
-	pair(w, &p, &d, &o);
+	h_pair(w, &p, &d, &o);
 	kvb_block_list_t pb = H_LIST(1, 2, 3, 4), db = H_LIST(5, 6, 7, 8);
 	ck_assert_int_eq(kvb_producer_begin(p->conn, "x", NULL), KVB_OK);
 	ck_assert_int_eq(kvb_producer_ready(p->conn, "x", &pb, 1, NULL), KVB_OK);
 	h_pull(d, "r", "x", "p0", &db, 1);
-	run_until(w, d, "r", KVB_CONSUMER_RECEIVING, false);
+	h_run_until(w, d, "r", KVB_CONSUMER_RECEIVING, false);
 	h_kill(w, p);
 	h_run(w, NULL, NULL, 100);
-	const kvb_finished_t *f = expect_finished(d, "r", KVB_CONSUMER_FAILED, KVB_ERR_PEER);
+	const kvb_finished_t *f = h_expect_finished(d, "r", KVB_CONSUMER_FAILED, KVB_ERR_PEER);
 	ck_assert_ptr_nonnull(strstr(f->reason, "lost connection to p0"));
 	h_forget(d, &db, 1);
 	h_invariants(w);
@@ -223,7 +199,7 @@ START_TEST(test_consumer_killed_mid_transfer)
 	o.nic_queue_depth = 1;
 	o.lease_s = 1;
 	h_worker_t *p, *d;
-	pair(w, &p, &d, &o);
+	h_pair(w, &p, &d, &o);
 	o.role = KVB_ROLE_CONSUMER;
 	o.nic_Bps = 25000000000ull;
 	h_worker_t *d2 = h_add(w, "d1", &o);
@@ -233,7 +209,7 @@ START_TEST(test_consumer_killed_mid_transfer)
 	ck_assert_int_eq(kvb_producer_begin(p->conn, "x", NULL), KVB_OK);
 	ck_assert_int_eq(kvb_producer_ready(p->conn, "x", &pb, 1, NULL), KVB_OK);
 	h_pull(d, "r", "x", "p0", &db, 1);
-	run_until(w, p, "x", KVB_PRODUCER_SENDING, true);
+	h_run_until(w, p, "x", KVB_PRODUCER_SENDING, true);
 	h_run_for(w, 0.005);
 	h_kill(w, d);
 	h_run_for(w, 0.1);
@@ -247,9 +223,9 @@ START_TEST(test_consumer_killed_mid_transfer)
 	ck_assert_int_eq(kvb_producer_ready(p->conn, "y", &pb2, 1, NULL), KVB_OK);
 	h_pull(d2, "q", "y", "p0", &db2, 1);
 	h_run(w, NULL, NULL, 100);
-	expect_finished(d2, "q", KVB_CONSUMER_DONE, KVB_OK);
-	expect_finished(p, "y", KVB_PRODUCER_SENT, KVB_OK);
-	const kvb_finished_t *f = expect_finished(p, "x", KVB_PRODUCER_EXPIRED, KVB_ERR_EXPIRED);
+	h_expect_finished(d2, "q", KVB_CONSUMER_DONE, KVB_OK);
+	h_expect_finished(p, "y", KVB_PRODUCER_SENT, KVB_OK);
+	const kvb_finished_t *f = h_expect_finished(p, "x", KVB_PRODUCER_EXPIRED, KVB_ERR_EXPIRED);
 	ck_assert_uint_eq(f->end_ns, S(1));
 	h_expect(d2, 12, &db2, 1);
 	h_invariants(w);
@@ -291,16 +267,16 @@ START_TEST(test_multi_target_partial_failure)
 	const char *addrs[2] = {"p0", "p1"};
 	kvb_pull_params_t pp = {"r", "x", addrs, 2, 2, &db, 1};
 	ck_assert_int_eq(kvb_consumer_pull(d->conn, &pp, NULL), KVB_OK);
-	run_until(w, d, "r", KVB_CONSUMER_RECEIVING, false);
+	h_run_until(w, d, "r", KVB_CONSUMER_RECEIVING, false);
 	h_run_for(w, 0.003);
 	h_kill(w, p1);
 	h_state_wait_t sw = {d, "r", 0, false};
 	h_run(w, h_pred_finished, &sw, 100);
-	const kvb_finished_t *f = expect_finished(d, "r", KVB_CONSUMER_FAILED, KVB_ERR_PEER);
+	const kvb_finished_t *f = h_expect_finished(d, "r", KVB_CONSUMER_FAILED, KVB_ERR_PEER);
 	ck_assert_ptr_nonnull(strstr(f->reason, "p1"));
 	/* p0 was cancelled before finishing its part */
 	h_run(w, NULL, NULL, 100);
-	const kvb_finished_t *fp = expect_finished(p0, "x", KVB_PRODUCER_SENT, KVB_OK);
+	const kvb_finished_t *fp = h_expect_finished(p0, "x", KVB_PRODUCER_SENT, KVB_OK);
 	ck_assert_uint_lt(fp->bytes, 4 * 4 * 2048);
 	kvb_counters_t pc;
 	kvb_connector_counters(p0->conn, &pc);

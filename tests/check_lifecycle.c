@@ -11,17 +11,7 @@
 #include "harness.h"
 #include "suites.h"
 
-#define S(x) ((uint64_t)((x) * 1e9))
 
-static const kvb_finished_t *expect_finished(h_worker_t *x, const char *id, int state, int status)
-{
-	const kvb_finished_t *f = h_finished(x, id);
-	ck_assert_msg(f, "%s: %s did not finish", x->name, id);
-	ck_assert_msg(f->state == state && f->status == status,
-		      "%s: %s finished in state %d status %s (%s), expected %d %s", x->name, id, f->state,
-		      kvb_status_name(f->status), f->reason, state, kvb_status_name(status));
-	return f;
-}
 
 typedef struct setup {
 	h_world_t *w;
@@ -73,8 +63,8 @@ START_TEST(test_duplicate_pull)
 	fault(s.p, KVB_FAULT_DUP_MSG, 1, 1, 0);
 	h_pull(s.d, "r", "x", "p0", &s.db, 1);
 	h_run(s.w, NULL, NULL, 100);
-	expect_finished(s.d, "r", KVB_CONSUMER_DONE, KVB_OK);
-	expect_finished(s.p, "x", KVB_PRODUCER_SENT, KVB_OK);
+	h_expect_finished(s.d, "r", KVB_CONSUMER_DONE, KVB_OK);
+	h_expect_finished(s.p, "x", KVB_PRODUCER_SENT, KVB_OK);
 	kvb_counters_t pc = counters(s.p);
 	ck_assert_uint_eq(pc.duplicate_pulls, 1);
 	ck_assert_uint_eq(pc.transfers_ok, 1);
@@ -95,7 +85,7 @@ START_TEST(test_duplicate_done)
 	fault(s.d, KVB_FAULT_DUP_MSG, 2, 1, 0); /* 1 = STARTED, 2 = DONE */
 	h_pull(s.d, "r", "x", "p0", &s.db, 1);
 	h_run(s.w, NULL, NULL, 100);
-	expect_finished(s.d, "r", KVB_CONSUMER_DONE, KVB_OK);
+	h_expect_finished(s.d, "r", KVB_CONSUMER_DONE, KVB_OK);
 	ck_assert_uint_eq(counters(s.d).unknown_messages, 1); /* the request is gone by then */
 	h_expect(s.d, 33, &s.db, 1);
 	h_invariants(s.w);
@@ -115,7 +105,7 @@ START_TEST(test_reordered_notices)
 	/* a second request keeps the consumer busy so the late STARTED finds it */
 	h_pull(s.d, "r", "x", "p0", &s.db, 1);
 	h_run(s.w, NULL, NULL, 100);
-	expect_finished(s.d, "r", KVB_CONSUMER_DONE, KVB_OK);
+	h_expect_finished(s.d, "r", KVB_CONSUMER_DONE, KVB_OK);
 	kvb_fault_stats_t fs;
 	ck_assert_int_eq(kvb_fault_stats(s.d->be, &fs), KVB_OK);
 	ck_assert_uint_eq(fs.msgs_reordered, 1);
@@ -138,9 +128,9 @@ START_TEST(test_dropped_done)
 	fault(s.d, KVB_FAULT_DROP_MSG, 2, 1, 0);
 	h_pull(s.d, "r", "x", "p0", &s.db, 1);
 	h_run(s.w, NULL, NULL, 100);
-	const kvb_finished_t *f = expect_finished(s.d, "r", KVB_CONSUMER_FAILED, KVB_ERR_TIMEOUT);
+	const kvb_finished_t *f = h_expect_finished(s.d, "r", KVB_CONSUMER_FAILED, KVB_ERR_TIMEOUT);
 	ck_assert_uint_eq(f->end_ns, S(2));
-	expect_finished(s.p, "x", KVB_PRODUCER_SENT, KVB_OK);
+	h_expect_finished(s.p, "x", KVB_PRODUCER_SENT, KVB_OK);
 	h_forget(s.d, &s.db, 1);
 	h_invariants(s.w);
 	h_world_free(s.w);
@@ -159,8 +149,8 @@ START_TEST(test_dropped_pull)
 	fault(s.p, KVB_FAULT_DROP_MSG, 1, 1, 0);
 	h_pull(s.d, "r", "x", "p0", &s.db, 1);
 	h_run(s.w, NULL, NULL, 100);
-	expect_finished(s.d, "r", KVB_CONSUMER_FAILED, KVB_ERR_TIMEOUT);
-	const kvb_finished_t *f = expect_finished(s.p, "x", KVB_PRODUCER_EXPIRED, KVB_ERR_EXPIRED);
+	h_expect_finished(s.d, "r", KVB_CONSUMER_FAILED, KVB_ERR_TIMEOUT);
+	const kvb_finished_t *f = h_expect_finished(s.p, "x", KVB_PRODUCER_EXPIRED, KVB_ERR_EXPIRED);
 	ck_assert_uint_eq(f->end_ns, S(3));
 	h_invariants(s.w);
 	h_world_free(s.w);
@@ -177,7 +167,7 @@ START_TEST(test_delayed_pull)
 	fault(s.p, KVB_FAULT_DELAY_MSG, 1, 1, S(0.5));
 	h_pull(s.d, "r", "x", "p0", &s.db, 1);
 	h_run(s.w, NULL, NULL, 100);
-	const kvb_finished_t *f = expect_finished(s.d, "r", KVB_CONSUMER_DONE, KVB_OK);
+	const kvb_finished_t *f = h_expect_finished(s.d, "r", KVB_CONSUMER_DONE, KVB_OK);
 	ck_assert_uint_gt(f->end_ns, S(0.5));
 	ck_assert_uint_lt(f->end_ns, S(0.51));
 	h_expect(s.d, 33, &s.db, 1);
@@ -289,8 +279,8 @@ START_TEST(test_malformed_and_unknown_messages)
 	ck_assert_int_eq(kvb_producer_state(s.p->conn, "x"), KVB_PRODUCER_READY);
 	h_pull(s.d, "r", "x", "p0", &s.db, 1);
 	h_run(s.w, NULL, NULL, 100);
-	expect_finished(s.d, "r", KVB_CONSUMER_DONE, KVB_OK);
-	expect_finished(s.p, "x", KVB_PRODUCER_SENT, KVB_OK);
+	h_expect_finished(s.d, "r", KVB_CONSUMER_DONE, KVB_OK);
+	h_expect_finished(s.p, "x", KVB_PRODUCER_SENT, KVB_OK);
 	h_expect(s.d, 33, &s.db, 1);
 	h_invariants(s.w);
 
@@ -315,7 +305,7 @@ START_TEST(test_failed_slice_retried)
 	ck_assert_int_eq(kvb_fault_add(s.p->be, &r), KVB_OK);
 	h_pull(s.d, "r", "x", "p0", &s.db, 1);
 	h_run(s.w, NULL, NULL, 100);
-	expect_finished(s.d, "r", KVB_CONSUMER_DONE, KVB_OK);
+	h_expect_finished(s.d, "r", KVB_CONSUMER_DONE, KVB_OK);
 	kvb_counters_t pc = counters(s.p);
 	ck_assert_uint_eq(pc.slices_failed, 1);
 	ck_assert_uint_eq(pc.slices_retried, 1);
@@ -342,9 +332,9 @@ START_TEST(test_post_refused_no_retry)
 	ck_assert_int_eq(kvb_fault_add(s.p->be, &r), KVB_OK);
 	h_pull(s.d, "r", "x", "p0", &s.db, 1);
 	h_run(s.w, NULL, NULL, 100);
-	const kvb_finished_t *f = expect_finished(s.d, "r", KVB_CONSUMER_FAILED, KVB_ERR_TRANSPORT);
+	const kvb_finished_t *f = h_expect_finished(s.d, "r", KVB_CONSUMER_FAILED, KVB_ERR_TRANSPORT);
 	ck_assert_ptr_nonnull(strstr(f->reason, "post on NIC"));
-	expect_finished(s.p, "x", KVB_PRODUCER_EXPIRED, KVB_ERR_EXPIRED);
+	h_expect_finished(s.p, "x", KVB_PRODUCER_EXPIRED, KVB_ERR_EXPIRED);
 	ck_assert_uint_eq(counters(s.p).fail_transport, 1);
 	h_forget(s.d, &s.db, 1);
 	h_invariants(s.w);
@@ -364,7 +354,7 @@ START_TEST(test_nic_down_failover)
 	ck_assert_int_eq(kvb_loop_set_nic_up(s.p->loop_be, 0, false), KVB_OK);
 	h_pull(s.d, "r", "x", "p0", &s.db, 1);
 	h_run(s.w, NULL, NULL, 100);
-	expect_finished(s.d, "r", KVB_CONSUMER_DONE, KVB_OK);
+	h_expect_finished(s.d, "r", KVB_CONSUMER_DONE, KVB_OK);
 	kvb_counters_t pc = counters(s.p);
 	/* all 24 slices were posted at once, round robin: the 12 on NIC 0 fail
 	 * and are retried on NIC 1; NIC 0 is marked down at the third error */
@@ -385,7 +375,7 @@ START_TEST(test_nic_down_failover)
 	ck_assert_int_eq(kvb_producer_ready(s.p->conn, "y", &pb2, 1, NULL), KVB_OK);
 	h_pull(s.d, "q", "y", "p0", &db2, 1);
 	h_run(s.w, NULL, NULL, 100);
-	expect_finished(s.d, "q", KVB_CONSUMER_DONE, KVB_OK);
+	h_expect_finished(s.d, "q", KVB_CONSUMER_DONE, KVB_OK);
 	ck_assert_uint_gt(kvb_loop_nic_tx_bytes(s.p->loop_be, 0), 0);
 	h_expect(s.d, 34, &db2, 1);
 	h_invariants(s.w);
@@ -405,8 +395,8 @@ START_TEST(test_all_nics_down)
 	kvb_loop_set_nic_up(s.p->loop_be, 1, false);
 	h_pull(s.d, "r", "x", "p0", &s.db, 1);
 	h_run(s.w, NULL, NULL, 100);
-	expect_finished(s.d, "r", KVB_CONSUMER_FAILED, KVB_ERR_TRANSPORT);
-	expect_finished(s.p, "x", KVB_PRODUCER_EXPIRED, KVB_ERR_EXPIRED);
+	h_expect_finished(s.d, "r", KVB_CONSUMER_FAILED, KVB_ERR_TRANSPORT);
+	h_expect_finished(s.p, "x", KVB_PRODUCER_EXPIRED, KVB_ERR_EXPIRED);
 	ck_assert_uint_eq(counters(s.p).nic_down_events, 2);
 	h_forget(s.d, &s.db, 1);
 	h_invariants(s.w);
@@ -432,8 +422,8 @@ START_TEST(test_stalled_completions_hold_fence)
 	ck_assert_uint_eq(counters(s.p).slices_posted, 4);
 	ck_assert_int_eq(kvb_fault_release(s.p->be), KVB_OK);
 	h_run(s.w, NULL, NULL, 100);
-	expect_finished(s.p, "x", KVB_PRODUCER_EXPIRED, KVB_ERR_EXPIRED);
-	expect_finished(s.d, "r", KVB_CONSUMER_FAILED, KVB_ERR_EXPIRED);
+	h_expect_finished(s.p, "x", KVB_PRODUCER_EXPIRED, KVB_ERR_EXPIRED);
+	h_expect_finished(s.d, "r", KVB_CONSUMER_FAILED, KVB_ERR_EXPIRED);
 	ck_assert_uint_eq(counters(s.p).slices_posted, 4);
 	h_forget(s.d, &s.db, 1);
 	h_invariants(s.w);
@@ -451,10 +441,10 @@ START_TEST(test_connect_failure_injected)
 	fault(s.d, KVB_FAULT_FAIL_CONNECT, 1, 1, 0);
 	h_pull(s.d, "r", "x", "p0", &s.db, 1);
 	h_run_for(s.w, 0.01);
-	expect_finished(s.d, "r", KVB_CONSUMER_FAILED, KVB_ERR_PEER);
+	h_expect_finished(s.d, "r", KVB_CONSUMER_FAILED, KVB_ERR_PEER);
 	h_pull(s.d, "r2", "x", "p0", &s.db, 1);
 	h_run(s.w, NULL, NULL, 100);
-	expect_finished(s.d, "r2", KVB_CONSUMER_DONE, KVB_OK);
+	h_expect_finished(s.d, "r2", KVB_CONSUMER_DONE, KVB_OK);
 	h_expect(s.d, 33, &s.db, 1);
 	h_invariants(s.w);
 	h_world_free(s.w);

@@ -10,16 +10,7 @@
 #include "harness.h"
 #include "suites.h"
 
-#define S(x) ((uint64_t)((x) * 1e9))
 
-static void pair(h_world_t *w, h_worker_t **p, h_worker_t **d, const h_opts_t *base)
-{
-	h_opts_t o = *base;
-	o.role = KVB_ROLE_PRODUCER;
-	*p = h_add(w, "p0", &o);
-	o.role = KVB_ROLE_CONSUMER;
-	*d = h_add(w, "d0", &o);
-}
 
 static int pstate(h_worker_t *p, const char *id)
 {
@@ -31,22 +22,7 @@ static int cstate(h_worker_t *d, const char *id)
 	return kvb_consumer_state(d->conn, id);
 }
 
-static void run_until(h_world_t *w, h_worker_t *x, const char *id, int state, bool producer)
-{
-	h_state_wait_t sw = {x, id, state, producer};
-	int rc = h_run(w, h_pred_state, &sw, 1000);
-	ck_assert_msg(rc == KVB_OK, "%s never reached state %d (%s)", id, state, kvb_status_name(rc));
-}
 
-static const kvb_finished_t *expect_finished(h_worker_t *x, const char *id, int state, int status)
-{
-	const kvb_finished_t *f = h_finished(x, id);
-	ck_assert_msg(f, "%s: %s did not finish", x->name, id);
-	ck_assert_msg(f->state == state && f->status == status,
-		      "%s: %s finished in state %d status %s (%s), expected %d %s", x->name, id, f->state,
-		      kvb_status_name(f->status), f->reason, state, kvb_status_name(status));
-	return f;
-}
 
 /* (none)->PREFILL->READY->SENDING->SENT and, on the consumer,
  * WAITING->REQUESTED->RECEIVING->DONE; every byte verified. */
@@ -56,7 +32,7 @@ START_TEST(test_basic_transfer)
 	h_opts_t o;
 	h_opts_default(&o);
 	h_worker_t *p, *d;
-	pair(w, &p, &d, &o);
+	h_pair(w, &p, &d, &o);
 	kvb_block_list_t pb = H_LIST(5, 6, 7, 9), db = H_LIST(2, 3, 4, 8);
 	h_fill(p, 11, &pb, 1);
 
@@ -70,13 +46,13 @@ START_TEST(test_basic_transfer)
 
 	h_pull(d, "r1", "x1", "p0", &db, 1);
 	ck_assert_int_eq(cstate(d, "r1"), KVB_CONSUMER_WAITING);
-	run_until(w, d, "r1", KVB_CONSUMER_REQUESTED, false);
-	run_until(w, p, "x1", KVB_PRODUCER_SENDING, true);
-	run_until(w, d, "r1", KVB_CONSUMER_RECEIVING, false);
+	h_run_until(w, d, "r1", KVB_CONSUMER_REQUESTED, false);
+	h_run_until(w, p, "x1", KVB_PRODUCER_SENDING, true);
+	h_run_until(w, d, "r1", KVB_CONSUMER_RECEIVING, false);
 	ck_assert_int_eq(h_run(w, NULL, NULL, 100), KVB_OK);
 
-	const kvb_finished_t *fp = expect_finished(p, "x1", KVB_PRODUCER_SENT, KVB_OK);
-	const kvb_finished_t *fd = expect_finished(d, "r1", KVB_CONSUMER_DONE, KVB_OK);
+	const kvb_finished_t *fp = h_expect_finished(p, "x1", KVB_PRODUCER_SENT, KVB_OK);
+	const kvb_finished_t *fd = h_expect_finished(d, "r1", KVB_CONSUMER_DONE, KVB_OK);
 	uint64_t bytes = 4 /* layers */ * 4 /* blocks */ * 4096;
 	ck_assert_uint_eq(fp->bytes, bytes);
 	ck_assert_uint_eq(fd->bytes, bytes);
@@ -114,15 +90,15 @@ START_TEST(test_tail_alignment)
 	h_opts_t o;
 	h_opts_default(&o);
 	h_worker_t *p, *d;
-	pair(w, &p, &d, &o);
+	h_pair(w, &p, &d, &o);
 	kvb_block_list_t pb = H_LIST(1, 2, 3, 4, 5, 6), db = H_LIST(40, 41);
 	h_fill(p, 5, &pb, 1);
 	ck_assert_int_eq(kvb_producer_begin(p->conn, "x", NULL), KVB_OK);
 	ck_assert_int_eq(kvb_producer_ready(p->conn, "x", &pb, 1, NULL), KVB_OK);
 	h_pull(d, "r", "x", "p0", &db, 1);
 	h_run(w, NULL, NULL, 100);
-	expect_finished(d, "r", KVB_CONSUMER_DONE, KVB_OK);
-	expect_finished(p, "x", KVB_PRODUCER_SENT, KVB_OK);
+	h_expect_finished(d, "r", KVB_CONSUMER_DONE, KVB_OK);
+	h_expect_finished(p, "x", KVB_PRODUCER_SENT, KVB_OK);
 	h_expect(d, 5, &db, 1); /* pattern positions count from the end */
 	h_invariants(w);
 	h_world_free(w);
@@ -136,11 +112,11 @@ START_TEST(test_placeholder_then_begin)
 	h_opts_t o;
 	h_opts_default(&o);
 	h_worker_t *p, *d;
-	pair(w, &p, &d, &o);
+	h_pair(w, &p, &d, &o);
 	kvb_block_list_t pb = H_LIST(9, 10), db = H_LIST(0, 1);
 	h_fill(p, 3, &pb, 1);
 	h_pull(d, "r", "x", "p0", &db, 1);
-	run_until(w, p, "x", KVB_PRODUCER_PLACEHOLDER, true);
+	h_run_until(w, p, "x", KVB_PRODUCER_PLACEHOLDER, true);
 	ck_assert_int_eq(cstate(d, "r"), KVB_CONSUMER_REQUESTED);
 	/* the engine does not know a placeholder: ready and abort refuse it */
 	ck_assert_int_eq(kvb_producer_ready(p->conn, "x", &pb, 1, NULL), KVB_ERR_NOT_FOUND);
@@ -151,8 +127,8 @@ START_TEST(test_placeholder_then_begin)
 	ck_assert_int_eq(cstate(d, "r"), KVB_CONSUMER_REQUESTED);
 	ck_assert_int_eq(kvb_producer_ready(p->conn, "x", &pb, 1, NULL), KVB_OK);
 	h_run(w, NULL, NULL, 100);
-	expect_finished(p, "x", KVB_PRODUCER_SENT, KVB_OK);
-	expect_finished(d, "r", KVB_CONSUMER_DONE, KVB_OK);
+	h_expect_finished(p, "x", KVB_PRODUCER_SENT, KVB_OK);
+	h_expect_finished(d, "r", KVB_CONSUMER_DONE, KVB_OK);
 	h_expect(d, 3, &db, 1);
 	h_invariants(w);
 	h_world_free(w);
@@ -170,11 +146,11 @@ START_TEST(test_placeholder_timeout)
 	o.lease_s = 0.5;
 	o.consumer_timeout_s = 5;
 	h_worker_t *p, *d;
-	pair(w, &p, &d, &o);
+	h_pair(w, &p, &d, &o);
 	kvb_block_list_t db = H_LIST(0, 1);
 	h_pull(d, "r", "x", "p0", &db, 1);
 	h_run(w, NULL, NULL, 100);
-	const kvb_finished_t *f = expect_finished(d, "r", KVB_CONSUMER_FAILED, KVB_ERR_TIMEOUT);
+	const kvb_finished_t *f = h_expect_finished(d, "r", KVB_CONSUMER_FAILED, KVB_ERR_TIMEOUT);
 	ck_assert_ptr_nonnull(strstr(f->reason, "not ready within 0.500 s"));
 	ck_assert_uint_lt(f->end_ns, S(0.6));
 	ck_assert_uint_gt(f->end_ns, S(0.5));
@@ -196,13 +172,13 @@ START_TEST(test_placeholder_cancelled)
 	h_opts_t o;
 	h_opts_default(&o);
 	h_worker_t *p, *d;
-	pair(w, &p, &d, &o);
+	h_pair(w, &p, &d, &o);
 	kvb_block_list_t db = H_LIST(0, 1);
 	h_pull(d, "r", "x", "p0", &db, 1);
-	run_until(w, p, "x", KVB_PRODUCER_PLACEHOLDER, true);
+	h_run_until(w, p, "x", KVB_PRODUCER_PLACEHOLDER, true);
 	ck_assert_int_eq(kvb_consumer_abort(d->conn, "r", NULL), KVB_OK);
 	h_run(w, NULL, NULL, 100);
-	expect_finished(d, "r", KVB_CONSUMER_FAILED, KVB_ERR_ABORTED);
+	h_expect_finished(d, "r", KVB_CONSUMER_FAILED, KVB_ERR_ABORTED);
 	ck_assert_int_eq(pstate(p, "x"), KVB_ERR_NOT_FOUND);
 	ck_assert_uint_eq(p->finished->len, 0);
 	kvb_counters_t pc;
@@ -222,12 +198,12 @@ START_TEST(test_prefill_pull_wait_timeout)
 	o.lease_s = 1;
 	o.consumer_timeout_s = 10;
 	h_worker_t *p, *d;
-	pair(w, &p, &d, &o);
+	h_pair(w, &p, &d, &o);
 	kvb_block_list_t db = H_LIST(3);
 	ck_assert_int_eq(kvb_producer_begin(p->conn, "x", NULL), KVB_OK);
 	h_pull(d, "r", "x", "p0", &db, 1);
 	h_run(w, NULL, NULL, 100);
-	expect_finished(d, "r", KVB_CONSUMER_FAILED, KVB_ERR_TIMEOUT);
+	h_expect_finished(d, "r", KVB_CONSUMER_FAILED, KVB_ERR_TIMEOUT);
 	ck_assert_int_eq(pstate(p, "x"), KVB_PRODUCER_PREFILL);
 	kvb_counters_t pc;
 	kvb_connector_counters(p->conn, &pc);
@@ -235,7 +211,7 @@ START_TEST(test_prefill_pull_wait_timeout)
 	/* PREFILL -> ABORTED with nothing queued */
 	ck_assert_int_eq(kvb_producer_abort(p->conn, "x", NULL), KVB_OK);
 	h_collect(w);
-	expect_finished(p, "x", KVB_PRODUCER_ABORTED, KVB_ERR_ABORTED);
+	h_expect_finished(p, "x", KVB_PRODUCER_ABORTED, KVB_ERR_ABORTED);
 	h_forget(d, &db, 1);
 	h_invariants(w);
 	h_world_free(w);
@@ -249,7 +225,7 @@ START_TEST(test_abort_prefill_refuses_pulls)
 	h_opts_t o;
 	h_opts_default(&o);
 	h_worker_t *p, *d;
-	pair(w, &p, &d, &o);
+	h_pair(w, &p, &d, &o);
 	kvb_block_list_t db = H_LIST(3, 4);
 	ck_assert_int_eq(kvb_producer_begin(p->conn, "x", NULL), KVB_OK);
 	h_pull(d, "r", "x", "p0", &db, 1);
@@ -258,8 +234,8 @@ START_TEST(test_abort_prefill_refuses_pulls)
 	ck_assert_int_eq(kvb_producer_abort(p->conn, "x", NULL), KVB_OK);
 	ck_assert_int_eq(pstate(p, "x"), KVB_ERR_NOT_FOUND);
 	h_run(w, NULL, NULL, 100);
-	expect_finished(p, "x", KVB_PRODUCER_ABORTED, KVB_ERR_ABORTED);
-	const kvb_finished_t *f = expect_finished(d, "r", KVB_CONSUMER_FAILED, KVB_ERR_ABORTED);
+	h_expect_finished(p, "x", KVB_PRODUCER_ABORTED, KVB_ERR_ABORTED);
+	const kvb_finished_t *f = h_expect_finished(d, "r", KVB_CONSUMER_FAILED, KVB_ERR_ABORTED);
 	ck_assert_ptr_nonnull(strstr(f->reason, "aborted by the engine"));
 	/* ids are not reused */
 	ck_assert_int_eq(kvb_producer_begin(p->conn, "x", NULL), KVB_ERR_STATE);
@@ -277,17 +253,17 @@ START_TEST(test_empty_pull_release)
 	h_opts_t o;
 	h_opts_default(&o);
 	h_worker_t *p, *d;
-	pair(w, &p, &d, &o);
+	h_pair(w, &p, &d, &o);
 	kvb_block_list_t pb = H_LIST(1, 2, 3);
 	kvb_block_list_t db = {NULL, 0};
 	ck_assert_int_eq(kvb_producer_begin(p->conn, "x", NULL), KVB_OK);
 	ck_assert_int_eq(kvb_producer_ready(p->conn, "x", &pb, 1, NULL), KVB_OK);
 	h_pull(d, "r", "x", "p0", &db, 1);
 	h_run(w, NULL, NULL, 100);
-	const kvb_finished_t *fp = expect_finished(p, "x", KVB_PRODUCER_SENT, KVB_OK);
+	const kvb_finished_t *fp = h_expect_finished(p, "x", KVB_PRODUCER_SENT, KVB_OK);
 	ck_assert_uint_eq(fp->bytes, 0);
 	ck_assert_uint_lt(fp->end_ns, S(0.001)); /* not at the lease */
-	expect_finished(d, "r", KVB_CONSUMER_DONE, KVB_OK);
+	h_expect_finished(d, "r", KVB_CONSUMER_DONE, KVB_OK);
 	h_invariants(w);
 	h_world_free(w);
 }
@@ -303,13 +279,13 @@ START_TEST(test_lease_expiry_ready_and_late_pull)
 	h_opts_default(&o);
 	o.lease_s = 2;
 	h_worker_t *p, *d;
-	pair(w, &p, &d, &o);
+	h_pair(w, &p, &d, &o);
 	kvb_block_list_t pb = H_LIST(7, 8, 9), db = H_LIST(1, 2, 3);
 	h_fill(p, 21, &pb, 1);
 	ck_assert_int_eq(kvb_producer_begin(p->conn, "x", NULL), KVB_OK);
 	ck_assert_int_eq(kvb_producer_ready(p->conn, "x", &pb, 1, NULL), KVB_OK);
 	h_run(w, NULL, NULL, 100);
-	const kvb_finished_t *f = expect_finished(p, "x", KVB_PRODUCER_EXPIRED, KVB_ERR_EXPIRED);
+	const kvb_finished_t *f = h_expect_finished(p, "x", KVB_PRODUCER_EXPIRED, KVB_ERR_EXPIRED);
 	ck_assert_uint_eq(f->end_ns, S(2));
 	ck_assert_ptr_nonnull(strstr(f->reason, "lease of 2.000 s expired"));
 	kvb_counters_t pc;
@@ -321,7 +297,7 @@ START_TEST(test_lease_expiry_ready_and_late_pull)
 	h_fill(p, 999, &pb, 1);
 	h_pull(d, "late", "x", "p0", &db, 1);
 	h_run(w, NULL, NULL, 100);
-	f = expect_finished(d, "late", KVB_CONSUMER_FAILED, KVB_ERR_EXPIRED);
+	f = h_expect_finished(d, "late", KVB_CONSUMER_FAILED, KVB_ERR_EXPIRED);
 	ck_assert_ptr_nonnull(strstr(f->reason, "already expired"));
 	kvb_connector_counters(p->conn, &pc);
 	ck_assert_uint_eq(pc.late_pulls_refused, 1);
@@ -339,17 +315,17 @@ START_TEST(test_abort_ready)
 	h_opts_t o;
 	h_opts_default(&o);
 	h_worker_t *p, *d;
-	pair(w, &p, &d, &o);
+	h_pair(w, &p, &d, &o);
 	kvb_block_list_t pb = H_LIST(7), db = H_LIST(1);
 	ck_assert_int_eq(kvb_producer_begin(p->conn, "x", NULL), KVB_OK);
 	ck_assert_int_eq(kvb_producer_ready(p->conn, "x", &pb, 1, NULL), KVB_OK);
 	ck_assert_int_eq(kvb_producer_abort(p->conn, "x", NULL), KVB_OK);
 	h_collect(w);
-	expect_finished(p, "x", KVB_PRODUCER_ABORTED, KVB_ERR_ABORTED);
+	h_expect_finished(p, "x", KVB_PRODUCER_ABORTED, KVB_ERR_ABORTED);
 	ck_assert_int_eq(kvb_producer_abort(p->conn, "x", NULL), KVB_ERR_NOT_FOUND);
 	h_pull(d, "r", "x", "p0", &db, 1);
 	h_run(w, NULL, NULL, 100);
-	expect_finished(d, "r", KVB_CONSUMER_FAILED, KVB_ERR_ABORTED);
+	h_expect_finished(d, "r", KVB_CONSUMER_FAILED, KVB_ERR_ABORTED);
 	h_invariants(w);
 	h_world_free(w);
 }
@@ -378,7 +354,7 @@ START_TEST(test_send_failure_back_to_ready)
 	h_pull(d, "r1", "x", "p0", &d1, 1);
 	h_state_wait_t sw = {d, "r1", 0, false};
 	h_run(w, h_pred_finished, &sw, 100);
-	const kvb_finished_t *f = expect_finished(d, "r1", KVB_CONSUMER_FAILED, KVB_ERR_TRANSPORT);
+	const kvb_finished_t *f = h_expect_finished(d, "r1", KVB_CONSUMER_FAILED, KVB_ERR_TRANSPORT);
 	ck_assert_ptr_nonnull(strstr(f->reason, "failed on NIC"));
 	h_run_for(w, 0.001);
 	ck_assert_int_eq(pstate(p, "x"), KVB_PRODUCER_READY);
@@ -390,8 +366,8 @@ START_TEST(test_send_failure_back_to_ready)
 
 	h_pull(d, "r2", "x", "p0", &d2, 1);
 	h_run(w, NULL, NULL, 100);
-	expect_finished(d, "r2", KVB_CONSUMER_DONE, KVB_OK);
-	expect_finished(p, "x", KVB_PRODUCER_SENT, KVB_OK);
+	h_expect_finished(d, "r2", KVB_CONSUMER_DONE, KVB_OK);
+	h_expect_finished(p, "x", KVB_PRODUCER_SENT, KVB_OK);
 	h_expect(d, 4, &d2, 1);
 	h_invariants(w);
 	h_world_free(w);
@@ -409,7 +385,7 @@ START_TEST(test_lease_expiry_mid_send)
 	o.nic_queue_depth = 2;
 	o.lease_s = 0.05;
 	h_worker_t *p, *d;
-	pair(w, &p, &d, &o);
+	h_pair(w, &p, &d, &o);
 	kvb_block_list_t pb = H_LIST(1, 2, 3, 4, 5, 6, 7, 8), db = H_LIST(11, 12, 13, 14, 15, 16, 17, 18);
 	h_fill(p, 8, &pb, 1);
 	ck_assert_int_eq(kvb_producer_begin(p->conn, "x", NULL), KVB_OK);
@@ -423,12 +399,12 @@ START_TEST(test_lease_expiry_mid_send)
 	ck_assert_uint_eq(pc.blocks_held, 8);
 	uint64_t posted = pc.slices_posted;
 	h_run(w, NULL, NULL, 100);
-	const kvb_finished_t *f = expect_finished(p, "x", KVB_PRODUCER_EXPIRED, KVB_ERR_EXPIRED);
+	const kvb_finished_t *f = h_expect_finished(p, "x", KVB_PRODUCER_EXPIRED, KVB_ERR_EXPIRED);
 	ck_assert_uint_gt(f->end_ns, S(0.05));
 	kvb_connector_counters(p->conn, &pc);
 	ck_assert_uint_le(pc.slices_posted, posted + 0); /* nothing posted after the fence */
 	ck_assert_uint_lt(pc.slices_posted, 4u * 8u);
-	f = expect_finished(d, "r", KVB_CONSUMER_FAILED, KVB_ERR_EXPIRED);
+	f = h_expect_finished(d, "r", KVB_CONSUMER_FAILED, KVB_ERR_EXPIRED);
 	ck_assert_ptr_nonnull(strstr(f->reason, "lease expired mid-transfer"));
 	h_forget(d, &db, 1);
 	h_invariants(w);
@@ -445,19 +421,19 @@ START_TEST(test_abort_sending)
 	o.nic_Bps = 1000000;
 	o.nic_queue_depth = 2;
 	h_worker_t *p, *d;
-	pair(w, &p, &d, &o);
+	h_pair(w, &p, &d, &o);
 	kvb_block_list_t pb = H_LIST(1, 2, 3, 4), db = H_LIST(11, 12, 13, 14);
 	ck_assert_int_eq(kvb_producer_begin(p->conn, "x", NULL), KVB_OK);
 	ck_assert_int_eq(kvb_producer_ready(p->conn, "x", &pb, 1, NULL), KVB_OK);
 	h_pull(d, "r", "x", "p0", &db, 1);
-	run_until(w, p, "x", KVB_PRODUCER_SENDING, true);
+	h_run_until(w, p, "x", KVB_PRODUCER_SENDING, true);
 	h_run_for(w, 0.005);
 	ck_assert_int_eq(kvb_producer_abort(p->conn, "x", NULL), KVB_OK);
 	ck_assert_int_eq(pstate(p, "x"), KVB_PRODUCER_SENDING); /* fenced */
 	ck_assert_int_eq(kvb_producer_abort(p->conn, "x", NULL), KVB_ERR_STATE);
 	h_run(w, NULL, NULL, 100);
-	expect_finished(p, "x", KVB_PRODUCER_ABORTED, KVB_ERR_ABORTED);
-	const kvb_finished_t *f = expect_finished(d, "r", KVB_CONSUMER_FAILED, KVB_ERR_ABORTED);
+	h_expect_finished(p, "x", KVB_PRODUCER_ABORTED, KVB_ERR_ABORTED);
+	const kvb_finished_t *f = h_expect_finished(d, "r", KVB_CONSUMER_FAILED, KVB_ERR_ABORTED);
 	ck_assert_ptr_nonnull(strstr(f->reason, "producer aborted mid-transfer"));
 	h_forget(d, &db, 1);
 	h_invariants(w);
@@ -499,9 +475,9 @@ START_TEST(test_tp_two_producers_one_consumer)
 	kvb_pull_params_t pp = {"r", "x", addrs, 2, 2, &db, 1};
 	ck_assert_int_eq(kvb_consumer_pull(d->conn, &pp, NULL), KVB_OK);
 	h_run(w, NULL, NULL, 100);
-	expect_finished(p0, "x", KVB_PRODUCER_SENT, KVB_OK);
-	expect_finished(p1, "x", KVB_PRODUCER_SENT, KVB_OK);
-	const kvb_finished_t *f = expect_finished(d, "r", KVB_CONSUMER_DONE, KVB_OK);
+	h_expect_finished(p0, "x", KVB_PRODUCER_SENT, KVB_OK);
+	h_expect_finished(p1, "x", KVB_PRODUCER_SENT, KVB_OK);
+	const kvb_finished_t *f = h_expect_finished(d, "r", KVB_CONSUMER_DONE, KVB_OK);
 	ck_assert_uint_eq(f->bytes, 4 * 3 * 4096);
 	h_expect(d, 77, &db, 1);
 	h_invariants(w);
@@ -538,14 +514,14 @@ START_TEST(test_tp_one_producer_two_consumers)
 	ck_assert_int_eq(kvb_consumer_pull(d0->conn, &pp, NULL), KVB_OK);
 	h_state_wait_t sw = {d0, "r0", 0, false};
 	h_run(w, h_pred_finished, &sw, 100);
-	expect_finished(d0, "r0", KVB_CONSUMER_DONE, KVB_OK);
+	h_expect_finished(d0, "r0", KVB_CONSUMER_DONE, KVB_OK);
 	h_run_for(w, 0.001);
 	ck_assert_int_eq(pstate(p, "x"), KVB_PRODUCER_READY);
 	pp.request_id = "r1";
 	ck_assert_int_eq(kvb_consumer_pull(d1->conn, &pp, NULL), KVB_OK);
 	h_run(w, NULL, NULL, 100);
-	expect_finished(d1, "r1", KVB_CONSUMER_DONE, KVB_OK);
-	const kvb_finished_t *f = expect_finished(p, "x", KVB_PRODUCER_SENT, KVB_OK);
+	h_expect_finished(d1, "r1", KVB_CONSUMER_DONE, KVB_OK);
+	const kvb_finished_t *f = h_expect_finished(p, "x", KVB_PRODUCER_SENT, KVB_OK);
 	ck_assert_uint_eq(f->bytes, 4 * 2 * 4096);
 	h_expect(d0, 5, &db, 1);
 	h_expect(d1, 5, &db, 1);
@@ -572,7 +548,7 @@ START_TEST(test_pull_refused_layout)
 	h_pull(d, "r", "x", "p0", &db, 1);
 	h_state_wait_t sw = {d, "r", 0, false};
 	h_run(w, h_pred_finished, &sw, 100);
-	const kvb_finished_t *f = expect_finished(d, "r", KVB_CONSUMER_FAILED, KVB_ERR_LAYOUT);
+	const kvb_finished_t *f = h_expect_finished(d, "r", KVB_CONSUMER_FAILED, KVB_ERR_LAYOUT);
 	ck_assert_msg(strstr(f->reason, "4096") && strstr(f->reason, "2048"), "reason: %s", f->reason);
 	ck_assert_int_eq(pstate(p, "x"), KVB_PRODUCER_READY);
 	ck_assert_int_eq(kvb_producer_abort(p->conn, "x", NULL), KVB_OK);

@@ -359,3 +359,29 @@ bool h_pred_finished(void *user)
 	h_state_wait_t *sw = user;
 	return h_finished(sw->x, sw->id) != NULL;
 }
+
+const kvb_finished_t *h_expect_finished(h_worker_t *x, const char *id, int state, int status)
+{
+	const kvb_finished_t *f = h_finished(x, id);
+	ck_assert_msg(f, "%s: %s did not finish", x->name, id);
+	ck_assert_msg(f->state == state && f->status == status,
+		      "%s: %s finished in state %d status %s (%s), expected %d %s", x->name, id, f->state,
+		      kvb_status_name(f->status), f->reason, state, kvb_status_name(status));
+	return f;
+}
+
+void h_run_until(h_world_t *w, h_worker_t *x, const char *id, int state, bool producer)
+{
+	h_state_wait_t sw = {x, id, state, producer};
+	int rc = h_run(w, h_pred_state, &sw, 1000);
+	ck_assert_msg(rc == KVB_OK, "%s never reached state %d (%s)", id, state, kvb_status_name(rc));
+}
+
+void h_pair(h_world_t *w, h_worker_t **p, h_worker_t **d, const h_opts_t *base)
+{
+	h_opts_t o = *base;
+	o.role = KVB_ROLE_PRODUCER;
+	*p = h_add(w, "p0", &o);
+	o.role = KVB_ROLE_CONSUMER;
+	*d = h_add(w, "d0", &o);
+}

@@ -25,6 +25,7 @@
 #include <kvbridge/loop.h>
 
 #define H_MAX_WORKERS 16
+#define S(x) ((uint64_t)((x) * 1e9)) /* seconds to ns */
 #define H_CANARY 0xEE
 
 typedef struct h_opts {
@@ -117,6 +118,13 @@ const kvb_finished_t *h_finished(h_worker_t *x, const char *id);
 /* Teardown invariant: on every live worker, no block held, no live request,
  * every finished entry collected; then h_verify on each. */
 void h_invariants(h_world_t *w);
+
+/* Assert that a request finished with this state and status; returns it. */
+const kvb_finished_t *h_expect_finished(h_worker_t *x, const char *id, int state, int status);
+/* Drive until a request reaches a state (asserting it does). */
+void h_run_until(h_world_t *w, h_worker_t *x, const char *id, int state, bool producer);
+/* A producer "p0" and a consumer "d0" with the given options (role overridden). */
+void h_pair(h_world_t *w, h_worker_t **p, h_worker_t **d, const h_opts_t *base);
 
 /* State predicates for h_run. */
 typedef struct h_state_wait {
