@@ -22,6 +22,8 @@ typedef struct kvb_model {
 	uint32_t kv_heads;
 	uint32_t head_dim;
 	uint32_t dtype_bytes;    /* 2 for bf16 */
+	double active_params_b;  /* parameters used per token, billions (MoE: active) */
+	uint32_t hidden;         /* model width (query heads x head_dim) */
 } kvb_model_t;
 
 /* Built-in presets, terminated by an entry with name NULL. */

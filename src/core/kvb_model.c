@@ -9,20 +9,23 @@
 #include <glib.h>
 #include <kvbridge/model.h>
 
+/* Shapes from ../shared/research/anchors.md (section 2.4); active parameters
+ * and width from the models' published configs (config.json: hidden_size;
+ * parameter counts from the model cards). */
 static const kvb_model_t model_presets[] = {
-	/* name              layers kv_heads head_dim dtype_bytes */
-	{"qwen2.5-0.5b", 24, 2, 64, 2},
-	{"qwen2.5-7b", 28, 4, 128, 2},
-	{"llama-3-8b", 32, 8, 128, 2},
-	{"llama-3.1-8b", 32, 8, 128, 2},
-	{"mistral-7b", 32, 8, 128, 2},
-	{"qwen3-8b", 36, 8, 128, 2},
-	{"llama-2-7b", 32, 32, 128, 2},
-	{"llama-3-70b", 80, 8, 128, 2},
-	{"llama-3.1-70b", 80, 8, 128, 2},
-	{"qwen2.5-72b", 80, 8, 128, 2},
-	{"qwen3-235b-a22b", 94, 4, 128, 2},
-	{NULL, 0, 0, 0, 0},
+	/* name              layers kv_heads head_dim dtype  params_b hidden */
+	{"qwen2.5-0.5b",      24,  2,  64, 2,   0.49,  896},
+	{"qwen2.5-7b",        28,  4, 128, 2,   7.6,  3584},
+	{"llama-3-8b",        32,  8, 128, 2,   8.0,  4096},
+	{"llama-3.1-8b",      32,  8, 128, 2,   8.0,  4096},
+	{"mistral-7b",        32,  8, 128, 2,   7.2,  4096},
+	{"qwen3-8b",          36,  8, 128, 2,   8.2,  4096},
+	{"llama-2-7b",        32, 32, 128, 2,   6.7,  4096},
+	{"llama-3-70b",       80,  8, 128, 2,  70.6,  8192},
+	{"llama-3.1-70b",     80,  8, 128, 2,  70.6,  8192},
+	{"qwen2.5-72b",       80,  8, 128, 2,  72.7,  8192},
+	{"qwen3-235b-a22b",   94,  4, 128, 2,  22.0,  4096},
+	{NULL, 0, 0, 0, 0, 0, 0},
 };
 
 const kvb_model_t *kvb_model_presets(void)
