@@ -134,6 +134,8 @@ static kvb_slice_op_t wslice(const world_t *w, uint64_t off, uint64_t len, uint6
 		.remote_key = &w->rb.rkey,
 		.len = len,
 		.cookie = cookie,
+		.n_slices = 1,
+		.slice_len = len,
 	};
 	return s;
 }

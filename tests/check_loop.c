@@ -153,6 +153,8 @@ static kvb_slice_op_t slice(kvb_xfer_opcode_t op, uint32_t nic, uint32_t rnic, c
 		.remote_key = &r->rkey,
 		.len = len,
 		.cookie = cookie,
+		.n_slices = 1,
+		.slice_len = len,
 	};
 	return s;
 }

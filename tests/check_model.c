@@ -160,7 +160,7 @@ START_TEST(test_layout_errors)
 	ck_assert_err(err.code, err, KVB_ERR_INVALID, "overflows");
 	ck_assert_uint_eq(kvb_model_layout(m, 1, UINT32_MAX, UINT32_MAX, 0, r, &err), 0);
 	ck_assert_err(err.code, err, KVB_ERR_INVALID, "4294967295");
-	kvb_model_t zero = {"zero", 4, 0, 128, 2};
+	kvb_model_t zero = {"zero", 4, 0, 128, 2, 1.0, 512};
 	ck_assert_uint_eq(kvb_model_layout(&zero, 1, 16, 10, 0, r, &err), 0);
 	ck_assert_err(err.code, err, KVB_ERR_INVALID, "kv_heads 0");
 	ck_assert_uint_eq(kvb_model_layout(m, 3, 16, 10, 0, r, NULL), 0);
@@ -183,7 +183,7 @@ static uint8_t cache_tag(uint32_t layer, uint32_t block, uint64_t head, uint64_t
 
 static void e2e_run(uint32_t heads, uint32_t p_tp, uint32_t d_tp)
 {
-	const kvb_model_t m = {"tiny", 3, heads, 4, 2};
+	const kvb_model_t m = {"tiny", 3, heads, 4, 2, 1.0, 64};
 	const uint32_t block_tokens = 2, nb = 12;
 	const uint32_t p_ids[] = {9, 10, 11, 0, 1, 5};   /* D has the first one cached */
 	const uint32_t d_ids[] = {2, 3, 4, 5, 9};

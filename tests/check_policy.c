@@ -59,7 +59,7 @@ static kvb_nic_policy_t *policy_new(const char *name, uint32_t n, uint64_t seed,
 static int pick(kvb_nic_policy_t *p, const nics_t *s, const char *loc, uint32_t attempt,
 		uint32_t avoid)
 {
-	kvb_pick_ctx_t ctx = {loc, 4096, attempt, avoid};
+	kvb_pick_ctx_t ctx = {loc, 4096, attempt, avoid, 0};
 	kvb_nic_view_t view = view_of(s);
 	return kvb_nic_policy_pick(p, &ctx, &view);
 }
@@ -582,7 +582,7 @@ START_TEST(test_none_up)
 		for (uint32_t attempt = 0; attempt < 3; attempt++) {
 			for (uint32_t avoid = 0; avoid < 6; avoid++) {
 				uint32_t a = avoid == 5 ? KVB_NIC_NONE : avoid;
-				kvb_pick_ctx_t ctx = {"cuda:0", 64, attempt, a};
+				kvb_pick_ctx_t ctx = {"cuda:0", 64, attempt, a, 0};
 				ck_assert_int_eq(pick(p, &s, "cuda:0", attempt, a), KVB_ERR_NO_RESOURCE);
 				ck_assert_int_eq(pick(p, &s, NULL, attempt, a), KVB_ERR_NO_RESOURCE);
 				ck_assert_int_eq(ops->pick(state, &ctx, &view), KVB_ERR_NO_RESOURCE);
@@ -695,7 +695,7 @@ START_TEST(test_pick_misuse)
 	nics_t s;
 	nics_init(&s, 4);
 	kvb_nic_policy_t *p = policy_new("round_robin", 4, 0, NULL, 0);
-	kvb_pick_ctx_t ctx = {NULL, 1, 0, KVB_NIC_NONE};
+	kvb_pick_ctx_t ctx = {NULL, 1, 0, KVB_NIC_NONE, 0};
 	kvb_nic_view_t view = view_of(&s);
 
 	ck_assert_int_eq(kvb_nic_policy_pick(NULL, &ctx, &view), KVB_ERR_INVALID);
@@ -1063,6 +1063,91 @@ START_TEST(test_registry_full)
 }
 END_TEST
 
+/* Bulk placement equals n single picks: same counts, same state after
+ * (checked by the next single picks), for every built-in, with random loads,
+ * rooms, NICs down and an avoided NIC. */
+static void single_picks(kvb_nic_policy_t *p, const kvb_pick_ctx_t *ctx, uint32_t k,
+			 const uint64_t *load0, const uint32_t *room0, const bool *up0, uint32_t n,
+			 uint32_t *counts)
+{
+	uint64_t load[KVB_MAX_NICS];
+	uint32_t room[KVB_MAX_NICS];
+	bool up[KVB_MAX_NICS];
+	for (uint32_t i = 0; i < k; i++) {
+		load[i] = load0[i];
+		room[i] = up0[i] ? room0[i] : 0;
+		up[i] = room[i] > 0;
+		counts[i] = 0;
+	}
+	kvb_nic_view_t v = {k, load, up};
+	for (uint32_t j = 0; j < n; j++) {
+		int nic = kvb_nic_policy_pick(p, ctx, &v);
+		if (nic < 0)
+			break;
+		counts[nic]++;
+		load[nic] += ctx->len;
+		if (--room[nic] == 0)
+			up[nic] = false;
+	}
+}
+
+START_TEST(test_bulk_equals_single_picks)
+{
+	static const char *names[] = {"round_robin", "random", "least_loaded", "topology"};
+	kvb_rng_t rng;
+	kvb_rng_seed(&rng, 77);
+	for (int iter = 0; iter < 4000; iter++) {
+		const char *name = names[iter % 4];
+		uint32_t k = 1 + (uint32_t)kvb_rng_below(&rng, 8);
+		uint64_t seed = kvb_rng_next(&rng);
+		kvb_policy_params_t params = {k, seed, NULL, 0};
+		kvb_nic_policy_t *a, *b;
+		ck_assert_int_eq(kvb_nic_policy_new(name, &params, &a, NULL), KVB_OK);
+		ck_assert_int_eq(kvb_nic_policy_new(name, &params, &b, NULL), KVB_OK);
+		uint64_t load[KVB_MAX_NICS];
+		uint32_t room[KVB_MAX_NICS], ca[KVB_MAX_NICS], cb[KVB_MAX_NICS];
+		bool up[KVB_MAX_NICS];
+		/* two rounds with the same instances: state carries over */
+		for (int round = 0; round < 2; round++) {
+			uint64_t len = 1 + kvb_rng_below(&rng, 3) * 4096;
+			for (uint32_t i = 0; i < k; i++) {
+				/* loads often equal, to exercise ties */
+				load[i] = kvb_rng_below(&rng, 4) * (kvb_rng_below(&rng, 2) ? len : 1000);
+				room[i] = (uint32_t)kvb_rng_below(&rng, 6);
+				up[i] = kvb_rng_below(&rng, 5) != 0;
+			}
+			uint32_t avoid = kvb_rng_below(&rng, 3) == 0 ? (uint32_t)kvb_rng_below(&rng, k) : KVB_NIC_NONE;
+			uint32_t n = 1 + (uint32_t)kvb_rng_below(&rng, 40);
+			kvb_pick_ctx_t ctx = {"cpu:0", len, 0, avoid, 5};
+			bool vup[KVB_MAX_NICS];
+			for (uint32_t i = 0; i < k; i++)
+				vup[i] = up[i] && room[i] > 0;
+			kvb_nic_view_t view = {k, load, vup};
+			int placed = kvb_nic_policy_pick_bulk(a, &ctx, &view, room, n, ca);
+			single_picks(b, &ctx, k, load, room, up, n, cb);
+			uint32_t sum = 0;
+			for (uint32_t i = 0; i < k; i++) {
+				ck_assert_msg(ca[i] == cb[i], "%s iter %d round %d: NIC %u bulk %u single %u (k %u n %u avoid %u)",
+					      name, iter, round, i, ca[i], cb[i], k, n, avoid);
+				sum += ca[i];
+			}
+			ck_assert_int_eq(placed, sum ? (int)sum : KVB_ERR_NO_RESOURCE);
+		}
+		/* the state left behind is the same */
+		for (uint32_t i = 0; i < k; i++) {
+			load[i] = 0;
+			up[i] = true;
+		}
+		kvb_nic_view_t view = {k, load, up};
+		kvb_pick_ctx_t ctx = {"cpu:0", 4096, 0, KVB_NIC_NONE, 5};
+		for (int j = 0; j < 3; j++)
+			ck_assert_int_eq(kvb_nic_policy_pick(a, &ctx, &view), kvb_nic_policy_pick(b, &ctx, &view));
+		kvb_nic_policy_free(a);
+		kvb_nic_policy_free(b);
+	}
+}
+END_TEST
+
 Suite *kvb_suite_policy(void)
 {
 	Suite *s = suite_create("policy");
@@ -1087,6 +1172,7 @@ Suite *kvb_suite_policy(void)
 	tcase_add_test(tc, test_topology_bad);
 	tcase_add_test(tc, test_none_up);
 	tcase_add_test(tc, test_contract_randomized);
+	tcase_add_test(tc, test_bulk_equals_single_picks);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("instances");

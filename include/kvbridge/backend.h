@@ -90,8 +90,15 @@ typedef enum kvb_xfer_opcode {
 	KVB_XFER_READ = 2,  /* remote -> local */
 } kvb_xfer_opcode_t;
 
-/* One slice to post.  The array holding it is borrowed for the call only;
- * the local buffer stays registered until its completion is reported. */
+/* One post: n_slices consecutive slices of one copy on one NIC pair.  The
+ * local range [local_addr, local_addr + len) goes to [remote_addr, ...):
+ * slices 0 .. n_slices - 2 are slice_len bytes each and the last one is the
+ * rest (the core's slicing; a verbs backend posts one work request per
+ * slice, a simulator may model the op as one flow).  One completion per op.
+ * Ops of one stream on one (local, remote) NIC pair are served in order, as
+ * work requests on one queue pair are; distinct streams share the NICs
+ * fairly.  The array holding ops is borrowed for the call only; the local
+ * buffer stays registered until its completion is reported. */
 typedef struct kvb_slice_op {
 	kvb_xfer_opcode_t opcode;
 	uint32_t local_nic;      /* index < nic_count */
@@ -100,8 +107,11 @@ typedef struct kvb_slice_op {
 	void *local_mr;          /* from mr_reg */
 	uint64_t remote_addr;
 	const kvb_rkey_t *remote_key; /* borrowed until completion */
-	uint64_t len;
+	uint64_t len;            /* bytes of the whole op */
 	uint64_t cookie;         /* returned in the completion */
+	uint32_t n_slices;       /* >= 1 */
+	uint64_t slice_len;      /* bytes of every slice but the last; (n_slices - 1) * slice_len < len */
+	uint64_t stream;         /* ordering and fairness unit (the core: one per transfer) */
 } kvb_slice_op_t;
 
 typedef enum kvb_event_type {

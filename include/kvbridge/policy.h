@@ -67,6 +67,7 @@ typedef struct kvb_pick_ctx {
 	uint64_t len;         /* slice bytes */
 	uint32_t attempt;     /* 0 on first post, k on the k-th retry */
 	uint32_t avoid_nic;   /* NIC that just failed this slice, or KVB_NIC_NONE */
+	uint64_t stream;      /* the transfer the slice belongs to (sticky policies) */
 } kvb_pick_ctx_t;
 
 typedef struct kvb_nic_policy_ops {
@@ -83,6 +84,16 @@ typedef struct kvb_nic_policy_ops {
 	int (*pick)(void *state, const kvb_pick_ctx_t *ctx, const kvb_nic_view_t *view);
 	/* Release what init acquired; may be NULL. */
 	void (*fini)(void *state);
+	/* Place n slices of ctx->len bytes at once (the core's fast path):
+	 * counts[i] receives the slices given to NIC i, at most room[i] (0 = not
+	 * usable now; view->up is true exactly where room[i] > 0).  The result
+	 * and the state left behind must equal n calls of pick with
+	 * view->inflight_bytes[i] grown by ctx->len and room[i] shrunk after each
+	 * placement, stopping when no NIC has room.  Returns the number placed,
+	 * or KVB_ERR_NO_RESOURCE when none.  May be NULL: the core then loops
+	 * pick, which is exact but costs a call per slice. */
+	int (*pick_bulk)(void *state, const kvb_pick_ctx_t *ctx, const kvb_nic_view_t *view,
+			 const uint32_t *room, uint32_t n, uint32_t *counts);
 } kvb_nic_policy_ops_t;
 
 /* Add a policy to the registry (at most 16; no unregister).  The table is
@@ -109,6 +120,11 @@ KVB_API int kvb_nic_policy_new(const char *name, const kvb_policy_params_t *para
  * for bad arguments (view of a different NIC count, NULL arrays). */
 KVB_API int kvb_nic_policy_pick(kvb_nic_policy_t *policy, const kvb_pick_ctx_t *ctx,
 				const kvb_nic_view_t *view);
+/* Place n slices at once (see pick_bulk); uses the policy's pick_bulk or
+ * loops its pick.  counts must hold view->n_nics entries. */
+KVB_API int kvb_nic_policy_pick_bulk(kvb_nic_policy_t *policy, const kvb_pick_ctx_t *ctx,
+				     const kvb_nic_view_t *view, const uint32_t *room, uint32_t n,
+				     uint32_t *counts);
 KVB_API const char *kvb_nic_policy_name(const kvb_nic_policy_t *policy);
 KVB_API void kvb_nic_policy_free(kvb_nic_policy_t *policy);
 

@@ -107,9 +107,12 @@ typedef struct pull {
 
 struct send;
 
+/* One posted op: n_slices consecutive slices of a copy on one NIC pair. */
 typedef struct slice {
 	struct send *send;
 	uint64_t src, dst, len;
+	uint64_t slice_len;
+	uint32_t n_slices;
 	uint32_t src_region, dst_region;
 	uint32_t nic, remote_nic;
 	uint32_t attempts;
@@ -128,7 +131,8 @@ typedef struct send {
 	uint32_t cursor;
 	uint64_t cursor_off;
 	GQueue retry;          /* slice_t* waiting for a re-post */
-	uint64_t outstanding;
+	uint64_t outstanding;      /* ops posted, not completed */
+	uint64_t stream;           /* ordering/fairness unit for the backend */
 	uint64_t bytes_total, bytes_done, slices, retries, nic_mask;
 	uint64_t post_ns;
 	int status;
@@ -235,6 +239,7 @@ struct kvb_connector {
 	slice_t *inflight;        /* every posted slice */
 	GQueue finished;          /* kvb_finished_t* */
 	uint64_t incoming_seq;
+	uint64_t next_stream;
 
 	kvb_counters_t counters;
 	kvb_record_fn record_fn;
@@ -763,6 +768,7 @@ static void send_start(kvb_connector_t *c, prod_req_t *r, pull_t *pl)
 	s->copies = copies;
 	s->n_copies = n_copies;
 	s->bytes_total = total;
+	s->stream = ++c->next_stream;
 	s->post_ns = now_ns(c);
 	g_queue_push_tail(&r->sends, s);
 	g_queue_push_tail(&pl->peer->sends, s);
@@ -1026,11 +1032,6 @@ static void inflight_unlink(kvb_connector_t *c, slice_t *sl)
 	sl->prev = sl->next = NULL;
 }
 
-static const char *region_location(kvb_connector_t *c, uint32_t region)
-{
-	return c->locations[region];
-}
-
 static bool any_nic_up(const kvb_connector_t *c)
 {
 	for (uint32_t i = 0; i < c->n_nics; i++)
@@ -1039,12 +1040,175 @@ static bool any_nic_up(const kvb_connector_t *c)
 	return false;
 }
 
-/* Post up to budget slices of one send.  Returns KVB_OK when the send has
+/* Account a posted op: it is in flight until its completion. */
+static void op_posted(kvb_connector_t *c, send_t *s, slice_t *op)
+{
+	if (s->slices == 0 && s->retries == 0)
+		s->post_ns = now_ns(c);
+	s->outstanding++;
+	s->slices += op->n_slices;
+	s->nic_mask |= UINT64_C(1) << op->nic;
+	c->nic_inflight_bytes[op->nic] += op->len;
+	c->nic_inflight_slices[op->nic] += op->n_slices;
+	c->counters.slices_posted += op->n_slices;
+	inflight_link(c, op);
+}
+
+/* An op the backend refused at post time: no completion will come. */
+static void op_refused(kvb_connector_t *c, send_t *s, slice_t *op, int rc)
+{
+	char reason[KVB_REASON_MAX];
+	textf(reason, sizeof(reason), "post on NIC %u failed: %s (%s)", op->nic, kvb_strerror(rc),
+	      c->be->ops->last_error(c->be));
+	c->counters.slices_failed += op->n_slices;
+	g_free(op);
+	send_stop(s, rc == KVB_ERR_RANGE || rc == KVB_ERR_PEER ? rc : KVB_ERR_TRANSPORT, reason);
+}
+
+static void op_fill(const kvb_connector_t *c, const send_t *s, const slice_t *op, kvb_slice_op_t *wr)
+{
+	*wr = (kvb_slice_op_t){
+		.opcode = KVB_XFER_WRITE,
+		.local_nic = op->nic,
+		.remote_nic = op->remote_nic,
+		.local_addr = op->src,
+		.local_mr = c->mrs[op->src_region],
+		.remote_addr = op->dst,
+		.remote_key = &s->pull->msg.rkeys[op->dst_region],
+		.len = op->len,
+		.cookie = (uint64_t)(uintptr_t)op,
+		.n_slices = op->n_slices,
+		.slice_len = op->slice_len,
+		.stream = s->stream,
+	};
+}
+
+/* Room per NIC for new slices: queue depth minus what is in flight, 0 for
+ * NICs that are down. */
+static uint32_t nic_rooms(const kvb_connector_t *c, uint32_t *room, bool *up)
+{
+	uint32_t total = 0;
+	for (uint32_t i = 0; i < c->n_nics; i++) {
+		uint32_t used = c->nic_inflight_slices[i];
+		room[i] = c->nic_down[i] || used >= c->cfg.nic_queue_depth ? 0 : c->cfg.nic_queue_depth - used;
+		up[i] = room[i] > 0;
+		total += room[i];
+	}
+	return total;
+}
+
+/* Re-post the head of the retry queue on another NIC (one op, whole). */
+static int send_post_retry(kvb_connector_t *c, send_t *s, int *posted)
+{
+	slice_t *op = g_queue_peek_head(&s->retry);
+	uint32_t room[KVB_MAX_NICS];
+	bool up[KVB_MAX_NICS];
+	if (nic_rooms(c, room, up) == 0)
+		return KVB_ERR_NO_RESOURCE;
+	kvb_nic_view_t view = {c->n_nics, c->nic_inflight_bytes, up};
+	kvb_pick_ctx_t ctx = {c->locations[op->src_region], op->len, op->attempts, op->avoid, s->stream};
+	int nic = kvb_nic_policy_pick(c->policy, &ctx, &view);
+	if (nic < 0)
+		return KVB_ERR_NO_RESOURCE;
+	op->nic = (uint32_t)nic;
+	op->remote_nic = (uint32_t)nic % s->pull->msg.n_nics;
+	kvb_slice_op_t wr;
+	op_fill(c, s, op, &wr);
+	size_t n_posted = 0;
+	int rc = c->be->ops->xfer_post(c->be, s->pull->peer->conn, &wr, 1, &n_posted);
+	if (rc == KVB_ERR_NO_RESOURCE || (rc == KVB_OK && n_posted == 0)) {
+		c->counters.post_backpressure++;
+		return KVB_ERR_NO_RESOURCE;
+	}
+	g_queue_pop_head(&s->retry);
+	if (rc != KVB_OK) {
+		op_refused(c, s, op, rc);
+		return KVB_OK;
+	}
+	op_posted(c, s, op);
+	(*posted)++;
+	return KVB_INPROGRESS;
+}
+
+/* Slice the rest of the current copy and place its slices on the NICs with
+ * the policy's bulk placement: every NIC that got slices gets one op with a
+ * contiguous part of the copy (the counts per NIC are the policy's; which
+ * bytes ride on which NIC is not a policy decision).  The last op carries
+ * the copy's final, possibly longer, slice. */
+static int send_post_copy(kvb_connector_t *c, send_t *s, int *posted)
+{
+	const kvb_copy_t *cp = &s->copies[s->cursor];
+	uint64_t remaining = cp->len - s->cursor_off;
+	uint64_t slice = c->cfg.slice_size, frag = c->cfg.fragment_limit;
+	uint64_t n_total = kvb_slice_count(remaining, slice, frag);
+	uint32_t room[KVB_MAX_NICS], counts[KVB_MAX_NICS];
+	bool up[KVB_MAX_NICS];
+	if (nic_rooms(c, room, up) == 0)
+		return KVB_ERR_NO_RESOURCE;
+	kvb_nic_view_t view = {c->n_nics, c->nic_inflight_bytes, up};
+	kvb_pick_ctx_t ctx = {c->locations[cp->src_region], slice, 0, KVB_NIC_NONE, s->stream};
+	uint32_t want = n_total > UINT32_MAX ? UINT32_MAX : (uint32_t)n_total;
+	int placed = kvb_nic_policy_pick_bulk(c->policy, &ctx, &view, room, want, counts);
+	if (placed <= 0)
+		return KVB_ERR_NO_RESOURCE;
+
+	kvb_slice_op_t wr[KVB_MAX_NICS];
+	slice_t *ops[KVB_MAX_NICS];
+	size_t n_ops = 0;
+	uint64_t off = s->cursor_off, left = n_total;
+	for (uint32_t nic = 0; nic < c->n_nics; nic++) {
+		if (!counts[nic])
+			continue;
+		uint32_t cnt = counts[nic];
+		/* the copy's last slice absorbs the tail (kvb_slice_next_len) */
+		uint64_t len = cnt == left ? cp->len - off : (uint64_t)cnt * slice;
+		slice_t *op = g_new0(slice_t, 1);
+		op->send = s;
+		op->src = cp->src_addr + off;
+		op->dst = cp->dst_addr + off;
+		op->len = len;
+		op->n_slices = cnt;
+		op->slice_len = slice;
+		op->src_region = cp->src_region;
+		op->dst_region = cp->dst_region;
+		op->nic = nic;
+		op->remote_nic = nic % s->pull->msg.n_nics;
+		op->avoid = KVB_NIC_NONE;
+		op_fill(c, s, op, &wr[n_ops]);
+		ops[n_ops++] = op;
+		off += len;
+		left -= cnt;
+	}
+	size_t n_posted = 0;
+	int rc = c->be->ops->xfer_post(c->be, s->pull->peer->conn, wr, n_ops, &n_posted);
+	for (size_t i = 0; i < n_posted; i++) {
+		op_posted(c, s, ops[i]);
+		s->cursor_off += ops[i]->len;
+		(*posted)++;
+	}
+	if (s->cursor_off == cp->len) {
+		s->cursor++;
+		s->cursor_off = 0;
+	}
+	if (n_posted < n_ops && rc != KVB_OK && rc != KVB_ERR_NO_RESOURCE) {
+		/* the op at n_posted was refused; the ops after it were never tried */
+		op_refused(c, s, ops[n_posted], rc);
+		n_posted++;
+	}
+	for (size_t i = n_posted; i < n_ops; i++)
+		g_free(ops[i]);
+	if (rc == KVB_ERR_NO_RESOURCE || (rc == KVB_OK && n_posted < n_ops)) {
+		c->counters.post_backpressure++;
+		return KVB_ERR_NO_RESOURCE;
+	}
+	return KVB_INPROGRESS;
+}
+
+/* Post up to budget ops of one send.  Returns KVB_OK when the send has
  * nothing more to post now, KVB_INPROGRESS when the budget ran out, or
  * KVB_ERR_NO_RESOURCE when every usable NIC queue is full. */
 static int send_post(kvb_connector_t *c, send_t *s, int budget, int *posted)
 {
-	bool usable[KVB_MAX_NICS];
 	while (budget-- > 0) {
 		if (s->stopped || s->req->fence != KVB_OK || !send_has_work(s))
 			return KVB_OK;
@@ -1054,84 +1218,9 @@ static int send_post(kvb_connector_t *c, send_t *s, int budget, int *posted)
 			send_stop(s, KVB_ERR_TRANSPORT, reason);
 			return KVB_OK;
 		}
-		slice_t tmp;
-		slice_t *retry = g_queue_peek_head(&s->retry);
-		if (retry) {
-			tmp = *retry;
-		} else {
-			const kvb_copy_t *cp = &s->copies[s->cursor];
-			memset(&tmp, 0, sizeof(tmp));
-			tmp.send = s;
-			tmp.len = kvb_slice_next_len(cp->len - s->cursor_off, c->cfg.slice_size,
-						     c->cfg.fragment_limit);
-			tmp.src = cp->src_addr + s->cursor_off;
-			tmp.dst = cp->dst_addr + s->cursor_off;
-			tmp.src_region = cp->src_region;
-			tmp.dst_region = cp->dst_region;
-			tmp.avoid = KVB_NIC_NONE;
-		}
-		uint32_t src_region = tmp.src_region;
-		for (uint32_t i = 0; i < c->n_nics; i++)
-			usable[i] = !c->nic_down[i] && c->nic_inflight_slices[i] < c->cfg.nic_queue_depth;
-		kvb_nic_view_t view = {c->n_nics, c->nic_inflight_bytes, usable};
-		kvb_pick_ctx_t ctx = {region_location(c, src_region), tmp.len, tmp.attempts, tmp.avoid};
-		int nic = kvb_nic_policy_pick(c->policy, &ctx, &view);
-		if (nic < 0)
-			return KVB_ERR_NO_RESOURCE;
-		kvb_slice_op_t op = {
-			.opcode = KVB_XFER_WRITE,
-			.local_nic = (uint32_t)nic,
-			.remote_nic = (uint32_t)nic % s->pull->msg.n_nics,
-			.local_addr = tmp.src,
-			.local_mr = c->mrs[src_region],
-			.remote_addr = tmp.dst,
-			.remote_key = &s->pull->msg.rkeys[tmp.dst_region],
-			.len = tmp.len,
-		};
-		slice_t *sl = retry ? retry : g_new(slice_t, 1);
-		if (!retry)
-			*sl = tmp;
-		sl->nic = (uint32_t)nic;
-		sl->remote_nic = op.remote_nic;
-		op.cookie = (uint64_t)(uintptr_t)sl;
-		size_t n_posted = 0;
-		int rc = c->be->ops->xfer_post(c->be, s->pull->peer->conn, &op, 1, &n_posted);
-		if (rc == KVB_ERR_NO_RESOURCE || (rc == KVB_OK && n_posted == 0)) {
-			c->counters.post_backpressure++;
-			if (!retry)
-				g_free(sl);
-			return KVB_ERR_NO_RESOURCE;
-		}
-		/* consumed: from the retry queue, or the cursor moves on */
-		if (retry) {
-			g_queue_pop_head(&s->retry);
-		} else {
-			s->cursor_off += tmp.len;
-			if (s->cursor_off == s->copies[s->cursor].len) {
-				s->cursor++;
-				s->cursor_off = 0;
-			}
-		}
-		if (rc != KVB_OK) {
-			/* refused at post: no completion will come */
-			c->counters.slices_failed++;
-			char reason[KVB_REASON_MAX];
-			textf(reason, sizeof(reason), "post on NIC %d failed: %s (%s)", nic, kvb_strerror(rc),
-				 c->be->ops->last_error(c->be));
-			g_free(sl);
-			send_stop(s, rc == KVB_ERR_RANGE ? KVB_ERR_RANGE : KVB_ERR_TRANSPORT, reason);
-			return KVB_OK;
-		}
-		if (s->slices == 0 && s->retries == 0)
-			s->post_ns = now_ns(c);
-		s->outstanding++;
-		s->slices++;
-		s->nic_mask |= UINT64_C(1) << nic;
-		c->nic_inflight_bytes[nic] += sl->len;
-		c->nic_inflight_slices[nic]++;
-		c->counters.slices_posted++;
-		inflight_link(c, sl);
-		(*posted)++;
+		int rc = s->retry.length ? send_post_retry(c, s, posted) : send_post_copy(c, s, posted);
+		if (rc == KVB_ERR_NO_RESOURCE)
+			return rc;
 	}
 	return KVB_INPROGRESS;
 }
@@ -1171,38 +1260,38 @@ static void nic_error(kvb_connector_t *c, uint32_t nic)
 
 static void on_xfer_done(kvb_connector_t *c, const kvb_event_t *ev)
 {
-	slice_t *sl = (slice_t *)(uintptr_t)ev->cookie;
-	send_t *s = sl->send;
-	inflight_unlink(c, sl);
-	c->nic_inflight_bytes[sl->nic] -= sl->len;
-	c->nic_inflight_slices[sl->nic]--;
+	slice_t *op = (slice_t *)(uintptr_t)ev->cookie;
+	send_t *s = op->send;
+	inflight_unlink(c, op);
+	c->nic_inflight_bytes[op->nic] -= op->len;
+	c->nic_inflight_slices[op->nic] -= op->n_slices;
 	s->outstanding--;
 	if (ev->status == KVB_OK) {
-		s->bytes_done += sl->len;
-		c->counters.bytes_sent += sl->len;
-		c->nic_errors[sl->nic] = 0;
-		g_free(sl);
+		s->bytes_done += op->len;
+		c->counters.bytes_sent += op->len;
+		c->nic_errors[op->nic] = 0;
+		g_free(op);
 	} else {
-		c->counters.slices_failed++;
+		c->counters.slices_failed += op->n_slices;
 		if (ev->status == KVB_ERR_TRANSPORT)
-			nic_error(c, sl->nic);
-		bool retryable = ev->status == KVB_ERR_TRANSPORT && sl->attempts < c->cfg.slice_retries &&
+			nic_error(c, op->nic);
+		bool retryable = ev->status == KVB_ERR_TRANSPORT && op->attempts < c->cfg.slice_retries &&
 				 !s->stopped && s->req->fence == KVB_OK;
 		if (retryable) {
-			sl->attempts++;
-			sl->avoid = sl->nic;
-			s->retries++;
-			c->counters.slices_retried++;
-			g_queue_push_tail(&s->retry, sl);
+			op->attempts++;
+			op->avoid = op->nic;
+			s->retries += op->n_slices;
+			c->counters.slices_retried += op->n_slices;
+			g_queue_push_tail(&s->retry, op);
 			active_add(c, s);
 		} else {
 			char reason[KVB_REASON_MAX];
-			textf(reason, sizeof(reason), "slice of %" G_GUINT64_FORMAT
-				 " bytes failed on NIC %u after %u attempts: %s (%s)", sl->len, sl->nic,
-				 sl->attempts + 1, kvb_strerror(ev->status), c->be->ops->last_error(c->be));
-			g_free(sl);
+			textf(reason, sizeof(reason), "%u slices (%" G_GUINT64_FORMAT
+			      " bytes) failed on NIC %u after %u attempts: %s (%s)", op->n_slices, op->len,
+			      op->nic, op->attempts + 1, kvb_strerror(ev->status), c->be->ops->last_error(c->be));
 			int st = ev->status == KVB_ERR_RANGE || ev->status == KVB_ERR_PEER ? ev->status
-												 : KVB_ERR_TRANSPORT;
+											 : KVB_ERR_TRANSPORT;
+			g_free(op);
 			send_stop(s, st, reason);
 		}
 	}

@@ -119,6 +119,73 @@ static int random_among(kvb_rng_t *rng, const kvb_nic_view_t *view, const uint32
 	return (int)cand[kvb_rng_below(rng, n)];
 }
 
+
+/* ---- bulk placement helpers ----------------------------------------------
+ * The built-in bulk placements reproduce, in O(NICs^2) per call, exactly what
+ * n single picks would do: the same counts and the same state afterwards.
+ * "Usable" for a slice is room > 0 and not the avoided NIC; the avoided NIC
+ * takes slices only when no other NIC has room (avoid_or_none). */
+
+typedef struct bulk {
+	uint32_t k;                 /* NICs */
+	uint32_t room[KVB_MAX_NICS];
+	uint32_t *counts;
+	uint32_t placed, n;
+	uint32_t avoid;
+} bulk_t;
+
+static void bulk_begin(bulk_t *b, const kvb_nic_view_t *view, const uint32_t *room, uint32_t n,
+		       uint32_t *counts, uint32_t avoid)
+{
+	b->k = view_len(view);
+	for (uint32_t i = 0; i < b->k; i++) {
+		b->room[i] = view->up[i] ? room[i] : 0;
+		counts[i] = 0;
+	}
+	b->counts = counts;
+	b->placed = 0;
+	b->n = n;
+	b->avoid = avoid;
+}
+
+static bool bulk_usable(const bulk_t *b, uint32_t nic)
+{
+	return b->room[nic] > 0 && nic != b->avoid;
+}
+
+static uint32_t bulk_n_usable(const bulk_t *b)
+{
+	uint32_t u = 0;
+	for (uint32_t i = 0; i < b->k; i++)
+		u += bulk_usable(b, i);
+	return u;
+}
+
+static void bulk_give(bulk_t *b, uint32_t nic, uint32_t c)
+{
+	b->counts[nic] += c;
+	b->room[nic] -= c;
+	b->placed += c;
+}
+
+/* No NIC but the avoided one has room: every remaining slice it can take
+ * goes there, as repeated single picks would do.  Returns false when even
+ * it has none. */
+static bool bulk_avoid_tail(bulk_t *b, uint32_t *last)
+{
+	if (b->avoid >= b->k || b->room[b->avoid] == 0)
+		return false;
+	uint32_t c = MIN(b->n - b->placed, b->room[b->avoid]);
+	bulk_give(b, b->avoid, c);
+	*last = b->avoid;
+	return true;
+}
+
+static int bulk_result(const bulk_t *b)
+{
+	return b->placed ? (int)b->placed : KVB_ERR_NO_RESOURCE;
+}
+
 /* ---- round_robin --------------------------------------------------------- */
 
 struct rr_state {
@@ -150,6 +217,49 @@ static int rr_pick(void *state, const kvb_pick_ctx_t *ctx, const kvb_nic_view_t 
 	return rc;
 }
 
+
+/* Whole rounds over the usable NICs at once (each gets the same count and
+ * the cursor ends on the last one of the round), then a partial round. */
+static int rr_pick_bulk(void *state, const kvb_pick_ctx_t *ctx, const kvb_nic_view_t *view,
+			const uint32_t *room, uint32_t n, uint32_t *counts)
+{
+	struct rr_state *st = state;
+	bulk_t b;
+	bulk_begin(&b, view, room, n, counts, ctx->avoid_nic);
+	while (b.placed < n) {
+		uint32_t u = bulk_n_usable(&b);
+		if (u == 0) {
+			bulk_avoid_tail(&b, &st->last);
+			break;
+		}
+		uint32_t min_room = UINT32_MAX, last_in_round = st->last;
+		for (uint32_t j = 1; j <= b.k; j++) {
+			uint32_t nic = (uint32_t)(((uint64_t)st->last + j) % b.k);
+			if (bulk_usable(&b, nic)) {
+				min_room = MIN(min_room, b.room[nic]);
+				last_in_round = nic;
+			}
+		}
+		uint32_t full = MIN((n - b.placed) / u, min_room);
+		if (full >= 1) {
+			for (uint32_t i = 0; i < b.k; i++)
+				if (bulk_usable(&b, i))
+					bulk_give(&b, i, full);
+			st->last = last_in_round;
+			continue;
+		}
+		for (uint32_t j = 1; j <= b.k && b.placed < n; j++) {
+			uint32_t nic = (uint32_t)(((uint64_t)st->last + j) % b.k);
+			if (bulk_usable(&b, nic)) {
+				bulk_give(&b, nic, 1);
+				st->last = nic;
+				j = 0; /* continue after the new cursor */
+			}
+		}
+	}
+	return bulk_result(&b);
+}
+
 static const kvb_nic_policy_ops_t rr_ops = {
 	.abi = KVB_POLICY_ABI,
 	.size = sizeof(kvb_nic_policy_ops_t),
@@ -157,6 +267,7 @@ static const kvb_nic_policy_ops_t rr_ops = {
 	.state_size = sizeof(struct rr_state),
 	.init = rr_init,
 	.pick = rr_pick,
+	.pick_bulk = rr_pick_bulk,
 };
 
 /* ---- random -------------------------------------------------------------- */
@@ -226,6 +337,67 @@ static int ll_pick(void *state, const kvb_pick_ctx_t *ctx, const kvb_nic_view_t 
 	return (int)best;
 }
 
+
+/* Water filling, exactly as repeated ll_pick: the NICs at the lowest load
+ * take turns in cyclic order after the previous pick.  Each loop either
+ * serves the lowest group for as many whole rounds as keep it strictly below
+ * the next load level (bounded by rooms and n), or, when fewer slices than
+ * group members remain, places them one at a time. */
+static int ll_pick_bulk(void *state, const kvb_pick_ctx_t *ctx, const kvb_nic_view_t *view,
+			const uint32_t *room, uint32_t n, uint32_t *counts)
+{
+	struct ll_state *st = state;
+	uint64_t load[KVB_MAX_NICS];
+	bulk_t b;
+	bulk_begin(&b, view, room, n, counts, ctx->avoid_nic);
+	for (uint32_t i = 0; i < b.k; i++)
+		load[i] = view->inflight_bytes[i];
+	uint64_t len = ctx->len;
+	while (b.placed < n) {
+		uint32_t u = bulk_n_usable(&b);
+		if (u == 0) {
+			bulk_avoid_tail(&b, &st->last);
+			break;
+		}
+		uint64_t m = UINT64_MAX, m2 = UINT64_MAX;
+		for (uint32_t i = 0; i < b.k; i++)
+			if (bulk_usable(&b, i) && load[i] < m)
+				m = load[i];
+		uint32_t g = 0, min_room = UINT32_MAX, last_in_round = st->last, first = KVB_NIC_NONE;
+		for (uint32_t j = 1; j <= b.k; j++) {
+			uint32_t nic = (uint32_t)(((uint64_t)st->last + j) % b.k);
+			if (!bulk_usable(&b, nic))
+				continue;
+			if (load[nic] == m) {
+				g++;
+				min_room = MIN(min_room, b.room[nic]);
+				last_in_round = nic;
+				if (first == KVB_NIC_NONE)
+					first = nic;
+			} else if (load[nic] < m2) {
+				m2 = load[nic];
+			}
+		}
+		uint64_t rounds = UINT64_MAX;
+		if (m2 != UINT64_MAX && len > 0)
+			rounds = (m2 - m + len - 1) / len;
+		uint64_t full = MIN(MIN(rounds, (uint64_t)((n - b.placed) / g)), (uint64_t)min_room);
+		if (full >= 1) {
+			for (uint32_t i = 0; i < b.k; i++)
+				if (bulk_usable(&b, i) && load[i] == m) {
+					bulk_give(&b, i, (uint32_t)full);
+					load[i] += full * len;
+				}
+			st->last = last_in_round;
+		} else {
+			bulk_give(&b, first, 1);
+			load[first] += len;
+			st->last = first;
+		}
+	}
+	return bulk_result(&b);
+}
+
 static const kvb_nic_policy_ops_t ll_ops = {
 	.abi = KVB_POLICY_ABI,
 	.size = sizeof(kvb_nic_policy_ops_t),
@@ -233,6 +405,7 @@ static const kvb_nic_policy_ops_t ll_ops = {
 	.state_size = sizeof(struct ll_state),
 	.init = ll_init,
 	.pick = ll_pick,
+	.pick_bulk = ll_pick_bulk,
 };
 
 /* ---- topology (Mooncake's priority matrix) ------------------------------- */
@@ -524,6 +697,57 @@ int kvb_nic_policy_pick(kvb_nic_policy_t *policy, const kvb_pick_ctx_t *ctx,
 	if (nic < 0 || (uint32_t)nic >= view->n_nics || !view->up[nic])
 		return KVB_ERR_NO_RESOURCE;
 	return nic;
+}
+
+/* Bulk placement: the policy's own fast path when it has one, else single
+ * picks against a private copy of the view that grows as slices are placed.
+ * Either way the result is checked against the rooms the caller gave. */
+int kvb_nic_policy_pick_bulk(kvb_nic_policy_t *policy, const kvb_pick_ctx_t *ctx,
+			     const kvb_nic_view_t *view, const uint32_t *room, uint32_t n,
+			     uint32_t *counts)
+{
+	if (!policy || !ctx || !view || !view->up || !view->inflight_bytes || !room || !counts ||
+	    view->n_nics != policy->n_nics)
+		return KVB_ERR_INVALID;
+	uint32_t k = view->n_nics;
+	if (n == 0) {
+		memset(counts, 0, sizeof(*counts) * k);
+		return KVB_ERR_NO_RESOURCE;
+	}
+	if (policy->ops->pick_bulk) {
+		int placed = policy->ops->pick_bulk(policy->state, ctx, view, room, n, counts);
+		if (placed <= 0)
+			return KVB_ERR_NO_RESOURCE;
+		uint64_t sum = 0;
+		for (uint32_t i = 0; i < k; i++) {
+			if (counts[i] > (view->up[i] ? room[i] : 0))
+				return KVB_ERR_INVALID;
+			sum += counts[i];
+		}
+		return sum == (uint64_t)placed && sum <= n ? placed : KVB_ERR_INVALID;
+	}
+	uint64_t load[KVB_MAX_NICS];
+	bool up[KVB_MAX_NICS];
+	uint32_t left[KVB_MAX_NICS];
+	for (uint32_t i = 0; i < k; i++) {
+		load[i] = view->inflight_bytes[i];
+		left[i] = view->up[i] ? room[i] : 0;
+		up[i] = left[i] > 0;
+		counts[i] = 0;
+	}
+	kvb_nic_view_t v = {k, load, up};
+	uint32_t placed = 0;
+	while (placed < n) {
+		int nic = kvb_nic_policy_pick(policy, ctx, &v);
+		if (nic < 0)
+			break;
+		counts[nic]++;
+		placed++;
+		load[nic] += ctx->len;
+		if (--left[nic] == 0)
+			up[nic] = false;
+	}
+	return placed ? (int)placed : KVB_ERR_NO_RESOURCE;
 }
 
 const char *kvb_nic_policy_name(const kvb_nic_policy_t *policy)

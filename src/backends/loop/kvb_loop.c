@@ -931,6 +931,12 @@ static int loop_xfer_post(kvb_backend_t *be, kvb_conn_t *conn, const kvb_slice_o
 				       i, op->local_addr, op->len, mr->id, base, mr->len);
 		if (!op->remote_key)
 			return ep_fail(ep, KVB_ERR_INVALID, "xfer_post: slice %zu: remote_key is NULL", i);
+		if (op->n_slices == 0 || op->len == 0 ||
+		    (op->n_slices > 1 && (op->slice_len == 0 ||
+					  (uint64_t)(op->n_slices - 1) >= op->len / op->slice_len + (op->len % op->slice_len != 0))))
+			return ep_fail(ep, KVB_ERR_INVALID,
+				       "xfer_post: slice %zu: %u slices of %" PRIu64 " bytes do not cut %" PRIu64 " bytes",
+				       i, op->n_slices, op->slice_len, op->len);
 		loop_nic_t *nic = &ep->nics[op->local_nic];
 		if (nic->inflight >= ep->p.queue_depth)
 			return ep_fail(ep, KVB_ERR_NO_RESOURCE, "xfer_post: slice %zu: NIC loop%u queue full (%u)",
