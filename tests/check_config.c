@@ -664,9 +664,9 @@ static const bad_case_t bad_files[] = {
 	{"[transfer]\nslice_size = 1073741825\n",
 	 KVB_CONFIG_ERROR_INVALID, {"slice_size", "'1073741825'"}},
 	{"[transfer]\nnic_queue_depth = 0\n",
-	 KVB_CONFIG_ERROR_INVALID, {"nic_queue_depth", "'0'", "[1, 65536]"}},
-	{"[transfer]\nnic_queue_depth = 65537\n",
-	 KVB_CONFIG_ERROR_INVALID, {"nic_queue_depth", "'65537'"}},
+	 KVB_CONFIG_ERROR_INVALID, {"nic_queue_depth", "'0'", "[1, 16777216]"}},
+	{"[transfer]\nnic_queue_depth = 16777217\n",
+	 KVB_CONFIG_ERROR_INVALID, {"nic_queue_depth", "'16777217'"}},
 	{"[transfer]\nnic_error_threshold = 0\n",
 	 KVB_CONFIG_ERROR_INVALID, {"nic_error_threshold", "'0'"}},
 	{"[transfer]\nnic_policy = \n",
@@ -818,7 +818,7 @@ static void m_slice100(kvb_config_t *c) { c->slice_size = 100; c->fragment_limit
 static void m_slice_big(kvb_config_t *c) { c->slice_size = (UINT64_C(1) << 30) + 1; }
 static void m_fragment(kvb_config_t *c) { c->fragment_limit = 65536; }
 static void m_depth0(kvb_config_t *c) { c->nic_queue_depth = 0; }
-static void m_depth_big(kvb_config_t *c) { c->nic_queue_depth = 65537; }
+static void m_depth_big(kvb_config_t *c) { c->nic_queue_depth = 16777217; }
 static void m_policy(kvb_config_t *c) { c->nic_policy[0] = '\0'; }
 static void m_policy_blank(kvb_config_t *c) { strcpy(c->nic_policy, " random"); }
 static void m_threshold(kvb_config_t *c) { c->nic_error_threshold = 0; }
@@ -865,8 +865,8 @@ static const struct {
 	{m_slice100, {"slice_size = 100", "[4096, 1073741824]"}},
 	{m_slice_big, {"slice_size = 1073741825"}},
 	{m_fragment, {"fragment_limit = 65536", "slice_size = 65536"}},
-	{m_depth0, {"nic_queue_depth = 0", "[1, 65536]"}},
-	{m_depth_big, {"nic_queue_depth = 65537"}},
+	{m_depth0, {"nic_queue_depth = 0", "[1, 16777216]"}},
+	{m_depth_big, {"nic_queue_depth = 16777217"}},
 	{m_policy, {"nic_policy = ''"}},
 	{m_policy_blank, {"nic_policy = ' random'"}},
 	{m_threshold, {"nic_error_threshold = 0"}},

@@ -25,6 +25,7 @@ int main(void)
 	srunner_add_suite(sr, kvb_suite_consumer());
 	srunner_add_suite(sr, kvb_suite_lifecycle());
 	srunner_add_suite(sr, kvb_suite_misuse());
+	srunner_add_suite(sr, kvb_suite_lease());
 	srunner_add_suite(sr, kvb_suite_e2e());
 	srunner_set_tap(sr, "-");
 	srunner_run_all(sr, CK_ENV);

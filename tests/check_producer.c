@@ -287,7 +287,7 @@ START_TEST(test_lease_expiry_ready_and_late_pull)
 	h_run(w, NULL, NULL, 100);
 	const kvb_finished_t *f = h_expect_finished(p, "x", KVB_PRODUCER_EXPIRED, KVB_ERR_EXPIRED);
 	ck_assert_uint_eq(f->end_ns, S(2));
-	ck_assert_ptr_nonnull(strstr(f->reason, "lease of 2.000 s expired"));
+	ck_assert_ptr_nonnull(strstr(f->reason, "lease of 2.000 s (fixed) expired"));
 	kvb_counters_t pc;
 	kvb_connector_counters(p->conn, &pc);
 	ck_assert_uint_eq(pc.leases_expired, 1);

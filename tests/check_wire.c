@@ -97,7 +97,7 @@ START_TEST(test_notice_roundtrip)
 	ck_assert_int_eq(out.status, KVB_ERR_EXPIRED);
 	ck_assert_uint_eq(out.bytes, 1ull << 40);
 	ck_assert_str_eq(out.reason, "lease \"expired\"");
-	for (int t = KVB_WIRE_STARTED; t <= KVB_WIRE_CANCEL; t += 1) {
+	for (int t = KVB_WIRE_STARTED; t <= KVB_WIRE_HEARTBEAT; t += 1) {
 		if (t == KVB_WIRE_DONE)
 			continue;
 		g_byte_array_set_size(buf, 0);

@@ -21,6 +21,7 @@ void h_opts_default(h_opts_t *o)
 	o->msg_latency_ns = 10000;
 	o->queue_depth = 256;
 	o->lease_s = 10;
+	o->lease_policy = KVB_LEASE_FIXED;
 	o->slice_retries = 3;
 	o->nic_queue_depth = 64;
 	o->nic_error_threshold = 3;
@@ -97,6 +98,13 @@ h_worker_t *h_add(h_world_t *w, const char *name, const h_opts_t *o)
 	cfg.tp_rank = o->tp_rank;
 	cfg.total_kv_heads = o->total_kv_heads;
 	cfg.abort_timeout_ns = (uint64_t)(o->lease_s * 1e9);
+	cfg.lease_policy = o->lease_policy;
+	if (o->heartbeat_s > 0)
+		cfg.heartbeat_interval_ns = (uint64_t)(o->heartbeat_s * 1e9);
+	if (o->lease_min_s > 0)
+		cfg.lease_min_ns = (uint64_t)(o->lease_min_s * 1e9);
+	if (o->lease_max_s > 0)
+		cfg.lease_max_ns = (uint64_t)(o->lease_max_s * 1e9);
 	cfg.consumer_timeout_ns = (uint64_t)(o->consumer_timeout_s * 1e9);
 	cfg.slice_size = o->slice_size;
 	cfg.fragment_limit = o->slice_size / 4;
@@ -295,6 +303,18 @@ void h_verify(h_worker_t *x)
 	ck_abort_msg("%s: memory differs at byte %zu (region %zu, block %zu, offset %zu): 0x%02x, expected 0x%02x",
 		     x->name, i, i / per_region, (i % per_region) / stride, (i % per_region) % stride,
 		     x->mem[i], x->expect[i]);
+}
+
+int h_expect_pull(h_worker_t *consumer, const char *request_id, const char *transfer_id,
+		  const char *producer)
+{
+	const char *addrs[1] = {producer};
+	kvb_pull_params_t pp = {request_id, transfer_id, addrs, 1, 0, NULL, 0};
+	kvb_err_t err;
+	kvb_err_clear(&err);
+	int rc = kvb_consumer_expect(consumer->conn, &pp, &err);
+	ck_assert_msg(rc == KVB_OK, "expect %s: %s", request_id, err.msg);
+	return rc;
 }
 
 int h_pull(h_worker_t *consumer, const char *request_id, const char *transfer_id,

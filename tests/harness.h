@@ -42,6 +42,8 @@ typedef struct h_opts {
 	uint32_t queue_depth;     /* loop per-NIC queue */
 	bool fault;               /* wrap the endpoint in the fault backend */
 	double lease_s;           /* abort timeout */
+	kvb_lease_policy_t lease_policy;
+	double heartbeat_s, lease_min_s, lease_max_s; /* 0 = connector defaults */
 	double consumer_timeout_s;/* 0 = lease + 60 */
 	uint32_t slice_retries;
 	uint32_t nic_queue_depth; /* connector: slices in flight per NIC */
@@ -107,6 +109,10 @@ void h_verify(h_worker_t *x);
 /* Convenience: a single-group block list from ids. */
 #define H_LIST(...) ((kvb_block_list_t){(const uint32_t[]){__VA_ARGS__}, \
 	(uint32_t)(sizeof((const uint32_t[]){__VA_ARGS__}) / sizeof(uint32_t))})
+
+/* Expect helper: one producer address. */
+int h_expect_pull(h_worker_t *consumer, const char *request_id, const char *transfer_id,
+		  const char *producer);
 
 /* Pull helper: one producer address. */
 int h_pull(h_worker_t *consumer, const char *request_id, const char *transfer_id,

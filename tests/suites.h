@@ -19,5 +19,6 @@ Suite *kvb_suite_consumer(void);   /* check_consumer.c */
 Suite *kvb_suite_lifecycle(void);  /* check_lifecycle.c */
 Suite *kvb_suite_misuse(void);     /* check_misuse.c */
 Suite *kvb_suite_e2e(void);        /* check_e2e.c */
+Suite *kvb_suite_lease(void);      /* check_lease.c */
 
 #endif

@@ -28,6 +28,13 @@
  *   consumer_timeout = 540
  *   # finished transfer ids remembered to refuse late pulls (0 = none)
  *   tombstone_max = 65536
+ *   # fixed | heartbeat | adaptive (see kvb_lease_policy_t)
+ *   lease_policy = fixed
+ *   heartbeat_interval = 5
+ *   lease_min = 5
+ *   # 0 = abort_request_timeout
+ *   lease_max = 0
+ *   adaptive_factor = 2
  *
  *   [transfer]
  *   slice_size = 65536
@@ -68,6 +75,18 @@ typedef enum kvb_role {
 	KVB_ROLE_BOTH = 3,     /* kv_both: both paths */
 } kvb_role_t;
 
+/* How long a producer holds a READY request's blocks for a pull. */
+typedef enum kvb_lease_policy {
+	KVB_LEASE_FIXED = 1,     /* abort_request_timeout from ready (vLLM: 480 s) */
+	KVB_LEASE_HEARTBEAT = 2, /* 3 heartbeat intervals from ready, renewed by each consumer
+				  * heartbeat, never past lease_max from ready */
+	KVB_LEASE_ADAPTIVE = 3,  /* adaptive_factor x p99 of recent ready-to-pull delays, within
+				  * [lease_min, lease_max]; lease_max until 32 delays are known */
+} kvb_lease_policy_t;
+
+KVB_API const char *kvb_lease_policy_name(kvb_lease_policy_t p);
+KVB_API int kvb_lease_policy_parse(const char *name, kvb_lease_policy_t *p);
+
 #define KVB_DEFAULT_BOOTSTRAP_PORT 8998u
 #define KVB_DEFAULT_ABORT_TIMEOUT_S 480u
 #define KVB_CONSUMER_TIMEOUT_EXTRA_S 60u
@@ -100,6 +119,11 @@ typedef struct kvb_config {
 	uint32_t nic_error_threshold;
 	uint64_t nic_cooldown_ns;
 	uint32_t tombstone_max;        /* finished transfer ids remembered (late pulls) */
+	kvb_lease_policy_t lease_policy;
+	uint64_t heartbeat_interval_ns;/* consumer heartbeats for expected pulls */
+	uint64_t lease_min_ns;         /* adaptive lower bound */
+	uint64_t lease_max_ns;         /* heartbeat/adaptive upper bound; 0 = abort timeout */
+	uint32_t adaptive_factor;      /* adaptive: multiple of the p99 delay */
 	kvb_topology_names_t *topology;
 	uint32_t n_topology;
 } kvb_config_t;
@@ -135,6 +159,9 @@ KVB_API int kvb_config_validate(const kvb_config_t *cfg, kvb_err_t *err);
 /* This worker's side-channel port: base + dp_rank * tp_size + tp_rank.
  * KVB_ERR_CONFIG when it exceeds 65535. */
 KVB_API int kvb_config_worker_port(const kvb_config_t *cfg, uint32_t *port, kvb_err_t *err);
+
+/* Effective lease_max (lease_max_ns, or abort_timeout_ns when 0). */
+KVB_API uint64_t kvb_config_lease_max(const kvb_config_t *cfg);
 
 /* Effective consumer timeout (consumer_timeout_ns or lease + 60 s). */
 KVB_API uint64_t kvb_config_consumer_timeout(const kvb_config_t *cfg);

@@ -64,6 +64,8 @@ typedef enum kvb_producer_state {
 
 /* Consumer request states. */
 typedef enum kvb_consumer_state {
+	KVB_CONSUMER_EXPECTED = 0,    /* announced (kvb_consumer_expect), no blocks held yet;
+				       * heartbeats keep a heartbeat lease alive */
 	KVB_CONSUMER_WAITING = 1,     /* blocks held; connecting to the producer(s) */
 	KVB_CONSUMER_REQUESTED = 2,   /* pull sent, no producer has started */
 	KVB_CONSUMER_RECEIVING = 3,   /* a producer is writing */
@@ -130,6 +132,10 @@ typedef struct kvb_counters {
 	uint64_t stale_messages;         /* for requests already past that step */
 	uint64_t malformed_messages;
 	uint64_t nic_down_events;
+	uint64_t heartbeats_sent;
+	uint64_t heartbeats_received;
+	uint64_t lease_renewals;         /* leases extended by a heartbeat */
+	uint64_t last_lease_ns;          /* lease given to the latest READY request */
 	uint64_t blocks_held;            /* now */
 	uint64_t live_requests;          /* now, both roles */
 } kvb_counters_t;
@@ -186,7 +192,18 @@ typedef struct kvb_pull_params {
 	uint32_t n_groups;
 } kvb_pull_params_t;
 
-/* Hold the blocks and ask every producer for them.  All-empty lists send a
+/* Announce a request the router sent here before its blocks can be
+ * allocated (vLLM's decoder schedules the pull later).  Connects to the
+ * producers and sends a HEARTBEAT every heartbeat_interval until
+ * kvb_consumer_pull with the same request id, an abort, or the consumer
+ * timeout.  Producers with lease_policy heartbeat keep the blocks while
+ * heartbeats come and free them soon after they stop (a dead decoder).
+ * The groups of params are ignored. */
+KVB_API int kvb_consumer_expect(kvb_connector_t *c, const kvb_pull_params_t *params,
+				kvb_err_t *err);
+
+/* Hold the blocks and ask every producer for them.  An EXPECTED request of
+ * the same id (and transfer id) becomes WAITING.  All-empty lists send a
  * release notification only (full prefix hit) and finish DONE once every
  * producer answered. */
 KVB_API int kvb_consumer_pull(kvb_connector_t *c, const kvb_pull_params_t *params,

@@ -24,7 +24,7 @@
 #define SECONDS_MAX UINT64_C(1000000000) /* 1e9 s, about 31.7 years */
 #define SLICE_MIN UINT64_C(4096)
 #define SLICE_MAX (UINT64_C(1) << 30)
-#define QUEUE_DEPTH_MAX UINT64_C(65536)
+#define QUEUE_DEPTH_MAX (UINT64_C(1) << 24)
 
 #define GROUP_CONNECTOR "connector"
 #define GROUP_TRANSFER "transfer"
@@ -42,6 +42,7 @@ typedef enum key_kind {
 	KEY_ROLE = 4,    /* kvb_role_t */
 	KEY_ENGINE = 5,  /* char[KVB_ENGINE_ID_MAX], verbatim */
 	KEY_POLICY = 6,  /* char[KVB_POLICY_NAME_MAX], whitespace stripped */
+	KEY_LEASE = 7,   /* kvb_lease_policy_t */
 } key_kind_t;
 
 typedef struct key_desc {
@@ -68,6 +69,12 @@ static const key_desc_t config_keys[] = {
 	{GROUP_CONNECTOR, "consumer_timeout", KEY_SECONDS, F(consumer_timeout_ns), 0,
 	 SECONDS_MAX * NS_PER_S},
 	{GROUP_CONNECTOR, "tombstone_max", KEY_U32, F(tombstone_max), 0, UINT32_MAX},
+	{GROUP_CONNECTOR, "lease_policy", KEY_LEASE, F(lease_policy), 0, 0},
+	{GROUP_CONNECTOR, "heartbeat_interval", KEY_SECONDS, F(heartbeat_interval_ns), 1000,
+	 SECONDS_MAX * NS_PER_S},
+	{GROUP_CONNECTOR, "lease_min", KEY_SECONDS, F(lease_min_ns), 1, SECONDS_MAX * NS_PER_S},
+	{GROUP_CONNECTOR, "lease_max", KEY_SECONDS, F(lease_max_ns), 0, SECONDS_MAX * NS_PER_S},
+	{GROUP_CONNECTOR, "adaptive_factor", KEY_U32, F(adaptive_factor), 1, 1000},
 	{GROUP_TRANSFER, "slice_size", KEY_U64, F(slice_size), SLICE_MIN, SLICE_MAX},
 	{GROUP_TRANSFER, "fragment_limit", KEY_U64, F(fragment_limit), 0, SLICE_MAX - 1},
 	{GROUP_TRANSFER, "nic_policy", KEY_POLICY, F(nic_policy), 1, KVB_POLICY_NAME_MAX - 1},
@@ -222,6 +229,9 @@ static void describe_range(const key_desc_t *d, char *buf, size_t len)
 	case KEY_ROLE:
 		snprintf(buf, len, "kv_producer, kv_consumer or kv_both");
 		break;
+	case KEY_LEASE:
+		snprintf(buf, len, "fixed, heartbeat or adaptive");
+		break;
 	case KEY_ENGINE:
 		snprintf(buf, len, "%" PRIu64 " to %" PRIu64 " bytes", d->min, d->max);
 		break;
@@ -255,6 +265,11 @@ void kvb_config_init(kvb_config_t *cfg)
 	cfg->nic_error_threshold = 3;
 	cfg->nic_cooldown_ns = 30 * NS_PER_S;
 	cfg->tombstone_max = 65536;
+	cfg->lease_policy = KVB_LEASE_FIXED;
+	cfg->heartbeat_interval_ns = 5 * NS_PER_S;
+	cfg->lease_min_ns = 5 * NS_PER_S;
+	cfg->lease_max_ns = 0;
+	cfg->adaptive_factor = 2;
 	cfg->topology = NULL;
 	cfg->n_topology = 0;
 }
@@ -453,6 +468,14 @@ int kvb_config_validate(const kvb_config_t *cfg, kvb_err_t *err)
 	if (cfg->tp_rank >= cfg->tp_size)
 		return kvb_err_set(err, KVB_ERR_CONFIG, "tp_rank = %u: must be < tp_size = %u",
 				   cfg->tp_rank, cfg->tp_size);
+	if (cfg->lease_policy < KVB_LEASE_FIXED || cfg->lease_policy > KVB_LEASE_ADAPTIVE)
+		return kvb_err_set(err, KVB_ERR_CONFIG,
+				   "lease_policy = %d: expected fixed, heartbeat or adaptive",
+				   (int)cfg->lease_policy);
+	if (cfg->lease_policy == KVB_LEASE_ADAPTIVE && cfg->lease_min_ns > kvb_config_lease_max(cfg))
+		return kvb_err_set(err, KVB_ERR_CONFIG,
+				   "lease_min = %.3f s: must be <= lease_max = %.3f s for the adaptive lease",
+				   (double)cfg->lease_min_ns / 1e9, (double)kvb_config_lease_max(cfg) / 1e9);
 	if (cfg->fragment_limit >= cfg->slice_size)
 		return kvb_err_set(err, KVB_ERR_CONFIG,
 				   "fragment_limit = %" PRIu64 ": must be < slice_size = %" PRIu64,
@@ -555,6 +578,10 @@ static gboolean apply_value(kvb_config_t *cfg, const key_desc_t *d, const char *
 	case KEY_ROLE:
 		why = "unknown role";
 		ok = kvb_role_parse(s, &cfg->role) == KVB_OK;
+		break;
+	case KEY_LEASE:
+		why = "unknown lease policy";
+		ok = kvb_lease_policy_parse(s, &cfg->lease_policy) == KVB_OK;
 		break;
 	case KEY_ENGINE:
 		n = strlen(text);
@@ -855,6 +882,9 @@ char *kvb_config_to_string(const kvb_config_t *cfg)
 		case KEY_ROLE:
 			g_key_file_set_value(kf, d->group, d->key, kvb_role_name(cfg->role));
 			break;
+		case KEY_LEASE:
+			g_key_file_set_value(kf, d->group, d->key, kvb_lease_policy_name(cfg->lease_policy));
+			break;
 		case KEY_ENGINE: {
 			char *id = g_strndup(cfg->engine_id, KVB_ENGINE_ID_MAX - 1);
 			g_key_file_set_string(kf, d->group, d->key, id);
@@ -889,4 +919,26 @@ char *kvb_config_to_string(const kvb_config_t *cfg)
 	char *text = g_key_file_to_data(kf, NULL, NULL);
 	g_key_file_free(kf);
 	return text;
+}
+
+uint64_t kvb_config_lease_max(const kvb_config_t *cfg)
+{
+	return cfg->lease_max_ns ? cfg->lease_max_ns : cfg->abort_timeout_ns;
+}
+
+static const char *const lease_names[] = {NULL, "fixed", "heartbeat", "adaptive"};
+
+const char *kvb_lease_policy_name(kvb_lease_policy_t p)
+{
+	return p >= KVB_LEASE_FIXED && p <= KVB_LEASE_ADAPTIVE ? lease_names[p] : "unknown";
+}
+
+int kvb_lease_policy_parse(const char *name, kvb_lease_policy_t *p)
+{
+	for (int i = KVB_LEASE_FIXED; name && i <= KVB_LEASE_ADAPTIVE; i++)
+		if (strcmp(name, lease_names[i]) == 0) {
+			*p = (kvb_lease_policy_t)i;
+			return KVB_OK;
+		}
+	return KVB_ERR_CONFIG;
 }

@@ -61,6 +61,7 @@ typedef enum timer_kind {
 	TIMER_PULL_WAIT = 2,   /* producer: queued pulls waiting for ready */
 	TIMER_DEADLINE = 3,    /* consumer: whole-request deadline */
 	TIMER_NIC_COOLDOWN = 4,/* a NIC marked down may be tried again */
+	TIMER_HEARTBEAT = 5,   /* consumer: send heartbeats for expected requests */
 } timer_kind_t;
 
 typedef struct ctimer {
@@ -152,6 +153,8 @@ struct prod_req {
 	uint32_t *ids;
 	uint64_t n_blocks;
 	uint64_t ready_ns;
+	uint64_t lease_deadline;  /* absolute; renewed by heartbeats */
+	uint64_t first_pull_ns;   /* 0 until a pull arrived */
 	ctimer_t lease;
 	ctimer_t pull_wait;
 	GQueue pending;        /* pull_t* queued until ready */
@@ -238,6 +241,11 @@ struct kvb_connector {
 	GQueue active;            /* send_t* with slices left to post */
 	slice_t *inflight;        /* every posted slice */
 	GQueue finished;          /* kvb_finished_t* */
+	ctimer_t heartbeat;       /* armed while expected requests exist */
+	uint32_t n_expected;
+	uint64_t delays[256];     /* adaptive lease: recent ready-to-pull delays */
+	uint32_t n_delays;
+	uint64_t delay_p99;       /* cached, recomputed every 16 samples */
 	uint64_t incoming_seq;
 	uint64_t next_stream;
 
@@ -514,6 +522,44 @@ static void tombstone_add(kvb_connector_t *c, const prod_req_t *r, int status, c
 	g_strlcpy(t->reason, reason ? reason : "", sizeof(t->reason));
 	g_queue_push_tail(&c->tomb_order, t);
 	g_hash_table_insert(c->tombstones, t->id, t);
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* Adaptive lease input: the delay from ready to the first pull (0 for pulls
+ * that were already waiting), over the last 256 requests. */
+static void delay_record(kvb_connector_t *c, uint64_t delay)
+{
+	c->delays[c->n_delays % G_N_ELEMENTS(c->delays)] = delay;
+	c->n_delays++;
+	if (c->n_delays % 16 == 0 || c->n_delays == 32) {
+		uint32_t n = MIN(c->n_delays, (uint32_t)G_N_ELEMENTS(c->delays));
+		uint64_t sorted[G_N_ELEMENTS(c->delays)];
+		memcpy(sorted, c->delays, n * sizeof(uint64_t));
+		qsort(sorted, n, sizeof(uint64_t), cmp_u64);
+		c->delay_p99 = sorted[(n * 99) / 100 < n ? (n * 99) / 100 : n - 1];
+	}
+}
+
+/* How long a request that just became READY holds its blocks. */
+static uint64_t lease_duration(const kvb_connector_t *c)
+{
+	uint64_t lmax = kvb_config_lease_max(&c->cfg);
+	switch (c->cfg.lease_policy) {
+	case KVB_LEASE_HEARTBEAT:
+		return MIN(3 * c->cfg.heartbeat_interval_ns, lmax);
+	case KVB_LEASE_ADAPTIVE:
+		if (c->n_delays < 32)
+			return lmax;
+		return CLAMP(c->delay_p99 * c->cfg.adaptive_factor, c->cfg.lease_min_ns, lmax);
+	case KVB_LEASE_FIXED:
+	default:
+		return c->cfg.abort_timeout_ns;
+	}
 }
 
 /* Refuse a pull that will not be served: reply DONE with the reason. */
@@ -913,10 +959,32 @@ static void on_pull(kvb_connector_t *c, peer_t *p, const void *data, size_t len)
 			pull_free(pl);
 			return;
 		}
+		if (!r->first_pull_ns) {
+			r->first_pull_ns = now_ns(c);
+			delay_record(c, r->first_pull_ns - r->ready_ns);
+		}
 		send_start(c, r, pl); /* may end r */
 		return;
 	default:
 		g_assert_not_reached();
+	}
+}
+
+/* A consumer says its pull is still coming: a heartbeat lease moves its
+ * deadline to three intervals from now, never past lease_max from ready. */
+static void on_heartbeat(kvb_connector_t *c, const kvb_wire_notice_t *n)
+{
+	c->counters.heartbeats_received++;
+	prod_req_t *r = g_hash_table_lookup(c->producers, n->transfer_id);
+	if (!r || r->state != KVB_PRODUCER_READY || c->cfg.lease_policy != KVB_LEASE_HEARTBEAT)
+		return;
+	uint64_t deadline = MIN(now_ns(c) + 3 * c->cfg.heartbeat_interval_ns,
+				r->ready_ns + kvb_config_lease_max(&c->cfg));
+	if (deadline <= r->lease_deadline)
+		return;
+	if (timer_start(c, &r->lease, TIMER_LEASE, r, 0, deadline) == KVB_OK) {
+		r->lease_deadline = deadline;
+		c->counters.lease_renewals++;
 	}
 }
 
@@ -969,8 +1037,9 @@ static void on_lease(kvb_connector_t *c, prod_req_t *r)
 {
 	r->lease.serial = 0;
 	char reason[KVB_REASON_MAX];
-	textf(reason, sizeof(reason), "lease of %.3f s expired with %u of %u consumer ranks served",
-		 ns_to_s(c->cfg.abort_timeout_ns), r->served, r->need);
+	textf(reason, sizeof(reason), "lease of %.3f s (%s) expired with %u of %u consumer ranks served",
+	      ns_to_s(r->lease_deadline - r->ready_ns), kvb_lease_policy_name(c->cfg.lease_policy),
+	      r->served, r->need);
 	if (r->state == KVB_PRODUCER_READY) {
 		prod_finish(c, r, KVB_PRODUCER_EXPIRED, KVB_ERR_EXPIRED, reason);
 		return;
@@ -1316,6 +1385,8 @@ static void cons_req_free(cons_req_t *r)
 
 static void cons_finish(kvb_connector_t *c, cons_req_t *r)
 {
+	if (r->state == KVB_CONSUMER_EXPECTED)
+		c->n_expected--;
 	kvb_consumer_state_t state = KVB_CONSUMER_DONE;
 	int status = r->status;
 	if (status == KVB_OK && r->aborting) {
@@ -1422,6 +1493,8 @@ static void cons_settle(kvb_connector_t *c, cons_req_t *r)
 		cons_finish(c, r);
 		return;
 	}
+	if (r->state == KVB_CONSUMER_EXPECTED)
+		return;
 	if (receiving)
 		r->state = KVB_CONSUMER_RECEIVING;
 	else if (requested && r->state == KVB_CONSUMER_WAITING)
@@ -1495,7 +1568,7 @@ static void on_conn_up(kvb_connector_t *c, peer_t *p)
 	GList *targets = g_list_copy(p->targets.head);
 	for (GList *l = targets; l; l = l->next) {
 		cons_target_t *t = l->data;
-		if (t->state == TARGET_CONNECTING)
+		if (t->state == TARGET_CONNECTING && t->req->state != KVB_CONSUMER_EXPECTED)
 			target_send_pull(c, t);
 	}
 	/* settle each request once (a request may have been finished by now) */
@@ -1592,16 +1665,47 @@ static void on_msg(kvb_connector_t *c, peer_t *p, const void *data, size_t len)
 		c->counters.malformed_messages++;
 		return;
 	}
-	if (type == KVB_WIRE_CANCEL) {
-		if (c->producer)
+	if (type == KVB_WIRE_CANCEL || type == KVB_WIRE_HEARTBEAT) {
+		if (!c->producer)
+			c->counters.unknown_messages++;
+		else if (type == KVB_WIRE_CANCEL)
 			on_cancel(c, p, &n);
 		else
-			c->counters.unknown_messages++;
+			on_heartbeat(c, &n);
 	} else if (c->consumer) {
 		on_notice(c, p, &n);
 	} else {
 		c->counters.unknown_messages++;
 	}
+}
+
+static void heartbeat_arm(kvb_connector_t *c)
+{
+	if (c->n_expected && !c->heartbeat.serial)
+		timer_start(c, &c->heartbeat, TIMER_HEARTBEAT, NULL, 0,
+			    now_ns(c) + c->cfg.heartbeat_interval_ns);
+}
+
+/* Every heartbeat interval: one HEARTBEAT per expected request and
+ * connected target. */
+static void on_heartbeat_tick(kvb_connector_t *c)
+{
+	GHashTableIter it;
+	gpointer v;
+	g_hash_table_iter_init(&it, c->consumers);
+	while (g_hash_table_iter_next(&it, NULL, &v)) {
+		cons_req_t *r = v;
+		if (r->state != KVB_CONSUMER_EXPECTED)
+			continue;
+		for (uint32_t i = 0; i < r->n_targets; i++) {
+			cons_target_t *t = &r->targets[i];
+			if (t->peer && t->peer->state == PEER_UP && !target_settled(t) &&
+			    notice_send(c, t->peer, KVB_WIRE_HEARTBEAT, r->transfer_id, r->id, KVB_OK, 0,
+					NULL) == KVB_OK)
+				c->counters.heartbeats_sent++;
+		}
+	}
+	heartbeat_arm(c);
 }
 
 static void on_timer(kvb_connector_t *c, uint64_t serial)
@@ -1620,6 +1724,10 @@ static void on_timer(kvb_connector_t *c, uint64_t serial)
 		break;
 	case TIMER_DEADLINE:
 		on_deadline(c, copy.obj);
+		break;
+	case TIMER_HEARTBEAT:
+		c->heartbeat.serial = 0;
+		on_heartbeat_tick(c);
 		break;
 	case TIMER_NIC_COOLDOWN:
 		c->nic_cooldown[copy.nic].serial = 0;
@@ -1931,14 +2039,21 @@ int kvb_producer_ready(kvb_connector_t *c, const char *transfer_id, const kvb_bl
 	if (rc != KVB_OK)
 		return rc;
 	uint64_t now = now_ns(c);
-	rc = timer_start(c, &r->lease, TIMER_LEASE, r, 0, now + c->cfg.abort_timeout_ns);
+	uint64_t lease = lease_duration(c);
+	rc = timer_start(c, &r->lease, TIMER_LEASE, r, 0, now + lease);
 	if (rc != KVB_OK)
 		return api_fail(c, err, rc, "cannot arm the lease timer: %s (%s)", kvb_strerror(rc),
 				c->be->ops->last_error(c->be));
 	groups_copy(groups, n_groups, &r->groups, &r->ids, &r->n_blocks);
 	r->n_groups = n_groups;
 	r->ready_ns = now;
+	r->lease_deadline = now + lease;
+	c->counters.last_lease_ns = lease;
 	r->state = KVB_PRODUCER_READY;
+	if (r->pending.length) {
+		r->first_pull_ns = now;
+		delay_record(c, 0);
+	}
 	c->counters.blocks_held += r->n_blocks;
 	timer_stop(c, &r->pull_wait);
 	prod_start_pending(c, r);
@@ -2004,7 +2119,8 @@ static peer_t *peer_get(kvb_connector_t *c, const char *addr, kvb_err_t *err)
 	return p;
 }
 
-int kvb_consumer_pull(kvb_connector_t *c, const kvb_pull_params_t *pp, kvb_err_t *err)
+/* Checks shared by expect and pull: role, ids and producer addresses. */
+static int pull_params_check(kvb_connector_t *c, const kvb_pull_params_t *pp, kvb_err_t *err)
 {
 	if (!c->consumer)
 		return api_fail(c, err, KVB_ERR_STATE, "role %s cannot consume", kvb_role_name(c->cfg.role));
@@ -2013,8 +2129,6 @@ int kvb_consumer_pull(kvb_connector_t *c, const kvb_pull_params_t *pp, kvb_err_t
 	if (!id_valid(pp->request_id) || !id_valid(pp->transfer_id))
 		return api_fail(c, err, KVB_ERR_INVALID, "request and transfer ids must be 1..%u bytes",
 				KVB_ID_MAX - 1);
-	if (g_hash_table_contains(c->consumers, pp->request_id))
-		return api_fail(c, err, KVB_ERR_EXISTS, "request %s is already pulling", pp->request_id);
 	if (pp->n_producers == 0 || pp->n_producers > 64 || !pp->producers)
 		return api_fail(c, err, KVB_ERR_INVALID, "%u producer addresses given (1..64)", pp->n_producers);
 	for (uint32_t i = 0; i < pp->n_producers; i++) {
@@ -2025,17 +2139,12 @@ int kvb_consumer_pull(kvb_connector_t *c, const kvb_pull_params_t *pp, kvb_err_t
 			if (strcmp(pp->producers[k], a) == 0)
 				return api_fail(c, err, KVB_ERR_INVALID, "producer address %s is listed twice", a);
 	}
-	int rc = groups_check(c, pp->groups, pp->n_groups, err);
-	if (rc != KVB_OK)
-		return rc;
+	return KVB_OK;
+}
 
-	cons_req_t *r = g_new0(cons_req_t, 1);
-	r->c = c;
-	g_strlcpy(r->id, pp->request_id, sizeof(r->id));
-	g_strlcpy(r->transfer_id, pp->transfer_id, sizeof(r->transfer_id));
-	r->state = KVB_CONSUMER_WAITING;
-	r->start_ns = now_ns(c);
-
+/* Encode the PULL frame a request sends to every target. */
+static int pull_frame_build(kvb_connector_t *c, cons_req_t *r, const kvb_pull_params_t *pp, kvb_err_t *e)
+{
 	kvb_wire_pull_t m;
 	memset(&m, 0, sizeof(m));
 	g_strlcpy(m.transfer_id, pp->transfer_id, sizeof(m.transfer_id));
@@ -2048,10 +2157,24 @@ int kvb_consumer_pull(kvb_connector_t *c, const kvb_pull_params_t *pp, kvb_err_t
 	m.rkeys = c->rkeys;
 	m.n_groups = pp->n_groups;
 	m.groups = (kvb_block_list_t *)pp->groups;
+	r->pull_frame = g_byte_array_new();
+	return kvb_wire_encode_pull(r->pull_frame, &m, e);
+}
+
+/* Create a consumer request (EXPECTED or WAITING) and start connecting to
+ * its producers. */
+static int cons_req_start(kvb_connector_t *c, const kvb_pull_params_t *pp, bool expected,
+			  kvb_err_t *err)
+{
+	cons_req_t *r = g_new0(cons_req_t, 1);
+	r->c = c;
+	g_strlcpy(r->id, pp->request_id, sizeof(r->id));
+	g_strlcpy(r->transfer_id, pp->transfer_id, sizeof(r->transfer_id));
+	r->state = expected ? KVB_CONSUMER_EXPECTED : KVB_CONSUMER_WAITING;
+	r->start_ns = now_ns(c);
 	kvb_err_t e;
 	kvb_err_clear(&e);
-	r->pull_frame = g_byte_array_new();
-	rc = kvb_wire_encode_pull(r->pull_frame, &m, &e);
+	int rc = expected ? KVB_OK : pull_frame_build(c, r, pp, &e);
 	if (rc == KVB_OK)
 		rc = timer_start(c, &r->deadline, TIMER_DEADLINE, r, 0,
 				 r->start_ns + kvb_config_consumer_timeout(&c->cfg));
@@ -2060,7 +2183,7 @@ int kvb_consumer_pull(kvb_connector_t *c, const kvb_pull_params_t *pp, kvb_err_t
 		return e.code ? api_fail_err(c, err, &e)
 			      : api_fail(c, err, rc, "cannot arm the deadline timer: %s", kvb_strerror(rc));
 	}
-	for (uint32_t g = 0; g < pp->n_groups; g++)
+	for (uint32_t g = 0; !expected && g < pp->n_groups; g++)
 		r->n_blocks += pp->groups[g].count;
 	r->n_targets = pp->n_producers;
 	r->targets = g_new0(cons_target_t, r->n_targets);
@@ -2068,6 +2191,10 @@ int kvb_consumer_pull(kvb_connector_t *c, const kvb_pull_params_t *pp, kvb_err_t
 	c->counters.consumer_requests++;
 	c->counters.live_requests++;
 	c->counters.blocks_held += r->n_blocks;
+	if (expected) {
+		c->n_expected++;
+		heartbeat_arm(c);
+	}
 
 	for (uint32_t i = 0; i < r->n_targets; i++) {
 		cons_target_t *t = &r->targets[i];
@@ -2081,11 +2208,69 @@ int kvb_consumer_pull(kvb_connector_t *c, const kvb_pull_params_t *pp, kvb_err_t
 		}
 		t->peer = p;
 		g_queue_push_tail(&p->targets, t);
-		if (p->state == PEER_UP)
+		if (p->state == PEER_UP && !expected)
 			target_send_pull(c, t);
 	}
 	cons_settle(c, r);
 	return KVB_OK;
+}
+
+int kvb_consumer_expect(kvb_connector_t *c, const kvb_pull_params_t *pp, kvb_err_t *err)
+{
+	int rc = pull_params_check(c, pp, err);
+	if (rc != KVB_OK)
+		return rc;
+	if (g_hash_table_contains(c->consumers, pp->request_id))
+		return api_fail(c, err, KVB_ERR_EXISTS, "request %s is already known", pp->request_id);
+	return cons_req_start(c, pp, true, err);
+}
+
+/* An EXPECTED request gets its blocks: hold them, send the pull to every
+ * target already connected (the others send it when they come up). */
+static int cons_req_upgrade(kvb_connector_t *c, cons_req_t *r, const kvb_pull_params_t *pp,
+			    kvb_err_t *err)
+{
+	if (strcmp(r->transfer_id, pp->transfer_id) != 0)
+		return api_fail(c, err, KVB_ERR_INVALID, "request %s expected transfer %s, pull names %s",
+				r->id, r->transfer_id, pp->transfer_id);
+	kvb_err_t e;
+	kvb_err_clear(&e);
+	if (pull_frame_build(c, r, pp, &e) != KVB_OK) {
+		g_byte_array_unref(r->pull_frame);
+		r->pull_frame = NULL;
+		return api_fail_err(c, err, &e);
+	}
+	for (uint32_t g = 0; g < pp->n_groups; g++)
+		r->n_blocks += pp->groups[g].count;
+	c->counters.blocks_held += r->n_blocks;
+	c->n_expected--;
+	r->state = KVB_CONSUMER_WAITING;
+	r->start_ns = now_ns(c);
+	timer_start(c, &r->deadline, TIMER_DEADLINE, r, 0,
+		    r->start_ns + kvb_config_consumer_timeout(&c->cfg));
+	for (uint32_t i = 0; i < r->n_targets; i++) {
+		cons_target_t *t = &r->targets[i];
+		if (t->state == TARGET_CONNECTING && t->peer && t->peer->state == PEER_UP)
+			target_send_pull(c, t);
+	}
+	cons_settle(c, r);
+	return KVB_OK;
+}
+
+int kvb_consumer_pull(kvb_connector_t *c, const kvb_pull_params_t *pp, kvb_err_t *err)
+{
+	int rc = pull_params_check(c, pp, err);
+	if (rc != KVB_OK)
+		return rc;
+	rc = groups_check(c, pp->groups, pp->n_groups, err);
+	if (rc != KVB_OK)
+		return rc;
+	cons_req_t *r = g_hash_table_lookup(c->consumers, pp->request_id);
+	if (r && r->state == KVB_CONSUMER_EXPECTED && !r->aborting)
+		return cons_req_upgrade(c, r, pp, err);
+	if (r)
+		return api_fail(c, err, KVB_ERR_EXISTS, "request %s is already pulling", pp->request_id);
+	return cons_req_start(c, pp, false, err);
 }
 
 int kvb_consumer_abort(kvb_connector_t *c, const char *request_id, kvb_err_t *err)
@@ -2171,6 +2356,7 @@ const char *kvb_producer_state_name(kvb_producer_state_t state)
 const char *kvb_consumer_state_name(kvb_consumer_state_t state)
 {
 	switch (state) {
+	case KVB_CONSUMER_EXPECTED: return "expected";
 	case KVB_CONSUMER_WAITING: return "waiting";
 	case KVB_CONSUMER_REQUESTED: return "requested";
 	case KVB_CONSUMER_RECEIVING: return "receiving";

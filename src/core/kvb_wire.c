@@ -124,7 +124,8 @@ int kvb_wire_encode_pull(GByteArray *out, const kvb_wire_pull_t *pull, kvb_err_t
 
 int kvb_wire_encode_notice(GByteArray *out, const kvb_wire_notice_t *n, kvb_err_t *err)
 {
-	if (n->type != KVB_WIRE_STARTED && n->type != KVB_WIRE_DONE && n->type != KVB_WIRE_CANCEL)
+	if (n->type != KVB_WIRE_STARTED && n->type != KVB_WIRE_DONE && n->type != KVB_WIRE_CANCEL &&
+	    n->type != KVB_WIRE_HEARTBEAT)
 		return kvb_err_set(err, KVB_ERR_INVALID, "type %d is not a notice", (int)n->type);
 	guint start = frame_begin(out, n->type);
 	int rc = put_str(out, n->transfer_id, KVB_ID_MAX, "transfer_id", err);
@@ -235,7 +236,7 @@ int kvb_wire_peek(const void *buf, size_t len, kvb_wire_type_t *type, kvb_err_t 
 	if (b[4] != KVB_WIRE_VERSION)
 		return kvb_err_set(err, KVB_ERR_PROTOCOL, "wire version %u, this side speaks %u", b[4],
 				   KVB_WIRE_VERSION);
-	if (b[5] < KVB_WIRE_PULL || b[5] > KVB_WIRE_CANCEL)
+	if (b[5] < KVB_WIRE_PULL || b[5] > KVB_WIRE_HEARTBEAT)
 		return kvb_err_set(err, KVB_ERR_PROTOCOL, "unknown message type %u", b[5]);
 	if (b[6] != 0 || b[7] != 0)
 		return kvb_err_set(err, KVB_ERR_PROTOCOL, "reserved header bytes are not zero");
@@ -409,6 +410,7 @@ const char *kvb_wire_type_name(kvb_wire_type_t type)
 	case KVB_WIRE_STARTED: return "STARTED";
 	case KVB_WIRE_DONE: return "DONE";
 	case KVB_WIRE_CANCEL: return "CANCEL";
+	case KVB_WIRE_HEARTBEAT: return "HEARTBEAT";
 	}
 	return "UNKNOWN";
 }

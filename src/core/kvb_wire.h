@@ -21,6 +21,8 @@
  *               transfer_id, request_id, status i32, bytes u64, reason string
  *   CANCEL (4)  consumer -> producer: stop (abort), or "I will not pull" (release)
  *               transfer_id, request_id
+ *   HEARTBEAT (5) consumer -> producer: "this pull is still coming" (renews a
+ *               heartbeat lease), transfer_id, request_id
  *
  * A decoder rejects anything it cannot trust with KVB_ERR_PROTOCOL and a
  * message naming the field: wrong magic or version, unknown type, lengths
@@ -48,6 +50,7 @@ typedef enum kvb_wire_type {
 	KVB_WIRE_STARTED = 2,
 	KVB_WIRE_DONE = 3,
 	KVB_WIRE_CANCEL = 4,
+	KVB_WIRE_HEARTBEAT = 5,
 } kvb_wire_type_t;
 
 /* A consumer's pull, decoded.  Owns its arrays. */
@@ -66,7 +69,7 @@ typedef struct kvb_wire_pull {
 	uint64_t n_blocks;          /* sum of group counts */
 } kvb_wire_pull_t;
 
-/* STARTED, DONE and CANCEL. */
+/* STARTED, DONE, CANCEL and HEARTBEAT. */
 typedef struct kvb_wire_notice {
 	kvb_wire_type_t type;
 	char transfer_id[KVB_ID_MAX];
