@@ -21,4 +21,9 @@ Suite *kvb_suite_misuse(void);     /* check_misuse.c */
 Suite *kvb_suite_e2e(void);        /* check_e2e.c */
 Suite *kvb_suite_lease(void);      /* check_lease.c */
 
+/* tests/check_sim (built with the sim backend) */
+Suite *kvb_suite_workload(void);   /* check_workload.c */
+Suite *kvb_suite_platform(void);   /* check_platform.c */
+Suite *kvb_suite_sim(void);        /* check_sim.c */
+
 #endif

@@ -6,7 +6,8 @@
  *
  * A workload is an immutable array of requests sorted by arrival time (ties
  * by id).  Arrival times are seconds after the earliest request, so the
- * first request arrives at 0.  Requests carry the prefix-block hashes of
+ * first request arrives at 0 (kvb_workload_from_array keeps the caller's
+ * times as they are).  Requests carry the prefix-block hashes of
  * their prompt (Mooncake: one id per 512-token block, equal ids = the same
  * prefix KV, shareable); Azure traces have none.
  *
@@ -95,9 +96,10 @@ gboolean kvb_workload_load(const char *path, kvb_wl_format_t fmt, double rate_mu
 
 /*
  * Build a workload from caller requests (for tests and hand-made scenarios).
- * The array and every hash_ids are copied; ids are kept as given.  Each
- * request is checked: finite arrival_s >= 0, token counts and n_hash within
- * the limits above, hash_ids not NULL when n_hash > 0.  The copy is sorted
+ * The array and every hash_ids are copied; ids and arrival times are kept
+ * as given (no shift to 0, no rate multiplier).  Each request is checked:
+ * finite arrival_s >= 0, token counts and n_hash within the limits above,
+ * hash_ids not NULL when n_hash > 0.  The copy is sorted
  * by (arrival_s, id).  source names the workload in messages (may be NULL).
  */
 gboolean kvb_workload_from_array(const kvb_wl_request_t *reqs, uint64_t n, const char *source,
@@ -122,7 +124,7 @@ typedef struct kvb_wl_gen_params {
  * Defaults: the Mooncake conversation trace (FAST'25 Table 2) fitted in
  * docs/workloads.md: seed 1, 12,031 requests at 3.4 req/s, input mean 12,035
  * sigma 1.05, output mean 343 sigma 0.65, max_tokens 131,072, 512-token
- * blocks, reuse_prob 0.85 over a window of 1,024 (prefix cache ratio ~0.40).
+ * blocks, reuse_prob 0.92 over a window of 1,024 (prefix cache ratio ~0.40).
  */
 void kvb_wl_gen_defaults(kvb_wl_gen_params_t *p);
 
@@ -134,10 +136,13 @@ void kvb_wl_gen_defaults(kvb_wl_gen_params_t *p);
  * continues a parent drawn uniformly among the previous min(i, window)
  * requests: it copies the parent's hash ids for min(parent full blocks, own
  * full blocks) blocks, then takes fresh ids for the rest of its
- * ceil(input/block_tokens) blocks.  Every request draws the same five
- * numbers whatever the parameters, so changing reuse_prob or the rate keeps
- * the other streams (lengths, arrivals) identical.  Same parameters, same
- * workload, bit for bit (given the same libm).
+ * ceil(input/block_tokens) blocks.  Every request takes the same seven
+ * 64-bit draws whatever the parameters, so changing reuse_prob or the rate
+ * keeps the other streams (lengths, arrivals) identical.  Same parameters,
+ * same workload, bit for bit (given the same libm).  At the default lengths
+ * the cache ratio is about 0.433 x reuse_prob: a parent shares at most the
+ * child's own full blocks, so ratios above ~0.43 need longer shared
+ * prefixes than this model makes (replay a trace instead).
  */
 gboolean kvb_workload_generate(const kvb_wl_gen_params_t *p, kvb_workload_t **out, GError **err);
 

@@ -1,0 +1,489 @@
+/*
+ * kvbridge-sim: a disaggregated prefill/decode cluster in SimGrid, with the
+ * kvbridge connector core moving every request's KV cache over the
+ * simulated NICs.  See --help, docs/simulation.md.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <glib.h>
+#include <glib/gstdio.h>
+#include <kvbridge/kvbridge.h>
+
+#include "../backends/sim/kvb_study.h"
+
+typedef struct cli {
+	gchar *config;
+	gchar *trace;
+	gchar *format;
+	gdouble rate_mult;
+	gint64 limit;
+	gint64 gen_requests;
+	gdouble gen_rate;
+	gchar *model;
+	gint prefill_nodes, decode_nodes, gpus, nics;
+	gdouble nic_gbps, nic_eff, pcie, mem, latency_us, oversub;
+	gchar *topology;
+	gchar *platform_xml;
+	gchar *nic_policy, *lease_policy, *flow_model;
+	gdouble lease_s, heartbeat_s;
+	gint64 slice_size;
+	gdouble abort_prob, late_prob, late_delay;
+	gchar **faults;
+	gchar *out;
+	gboolean events, no_plots, quiet, list_models;
+	gint64 seed;
+	gdouble kv_pool, tpot;
+} cli_t;
+
+static int fail(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
+
+static int fail(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	fprintf(stderr, "kvbridge-sim: ");
+	vfprintf(stderr, fmt, ap);
+	fprintf(stderr, "\n");
+	va_end(ap);
+	return 2;
+}
+
+/* The config file may hold [platform], [study], [workload] and the
+ * connector's own groups; the connector loader sees only its groups. */
+static gboolean load_config(const char *path, kvb_study_params_t *p, cli_t *c, GError **err)
+{
+	GKeyFile *kf = g_key_file_new();
+	if (!g_key_file_load_from_file(kf, path, G_KEY_FILE_NONE, err)) {
+		g_key_file_free(kf);
+		return FALSE;
+	}
+	gboolean ok = TRUE;
+	if (g_key_file_has_group(kf, "platform"))
+		ok = kvb_platform_desc_load(&p->platform, kf, "platform", path, err);
+	if (ok && g_key_file_has_group(kf, "study")) {
+		gchar **keys = g_key_file_get_keys(kf, "study", NULL, NULL);
+		for (gchar **k = keys; ok && k && *k; k++) {
+			GError *e = NULL;
+			if (strcmp(*k, "model") == 0) {
+				g_free(c->model);
+				c->model = g_key_file_get_string(kf, "study", *k, &e);
+			} else if (strcmp(*k, "kv_pool_gbytes") == 0) {
+				c->kv_pool = g_key_file_get_double(kf, "study", *k, &e);
+			} else if (strcmp(*k, "decode_tpot") == 0) {
+				c->tpot = g_key_file_get_double(kf, "study", *k, &e);
+			} else if (strcmp(*k, "abort_prob") == 0) {
+				c->abort_prob = g_key_file_get_double(kf, "study", *k, &e);
+			} else if (strcmp(*k, "late_prob") == 0) {
+				c->late_prob = g_key_file_get_double(kf, "study", *k, &e);
+			} else if (strcmp(*k, "late_delay") == 0) {
+				c->late_delay = g_key_file_get_double(kf, "study", *k, &e);
+			} else if (strcmp(*k, "flow_model") == 0) {
+				g_free(c->flow_model);
+				c->flow_model = g_key_file_get_string(kf, "study", *k, &e);
+			} else {
+				g_set_error(err, G_KEY_FILE_ERROR, G_KEY_FILE_ERROR_KEY_NOT_FOUND,
+					    "%s: [study] unknown key '%s' (model, kv_pool_gbytes, decode_tpot, "
+					    "abort_prob, late_prob, late_delay, flow_model)", path, *k);
+				ok = FALSE;
+			}
+			if (e) {
+				g_propagate_prefixed_error(err, e, "%s: [study] %s: ", path, *k);
+				ok = FALSE;
+			}
+		}
+		g_strfreev(keys);
+	}
+	if (ok) {
+		g_key_file_remove_group(kf, "platform", NULL);
+		g_key_file_remove_group(kf, "study", NULL);
+		gsize len;
+		gchar *rest = g_key_file_to_data(kf, &len, NULL);
+		ok = kvb_config_load_data(&p->conn, rest, len, path, err);
+		g_free(rest);
+	}
+	g_key_file_free(kf);
+	return ok;
+}
+
+static void list_models(void)
+{
+	printf("%-16s %7s %9s %9s %10s %12s\n", "model", "layers", "kv_heads", "head_dim", "params(B)", "KiB/token");
+	for (const kvb_model_t *m = kvb_model_presets(); m->name; m++)
+		printf("%-16s %7u %9u %9u %10.2f %12.1f\n", m->name, m->layers, m->kv_heads, m->head_dim,
+		       m->active_params_b, (double)kvb_model_kv_bytes_per_token(m) / 1024.0);
+}
+
+static gint cmp_double(gconstpointer a, gconstpointer b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* gnuplot: transfer-time CDF, TTFT over time, NIC utilisation; PNG + SVG. */
+static void write_plots(const char *dir, bool quiet)
+{
+	static const char *script =
+		"set datafile separator ','\n"
+		"set key outside top center horizontal\n"
+		"set grid\n"
+		"do for [fmt in 'png svg'] {\n"
+		"  if (fmt eq 'png') { set terminal png size 1000,600 } else { set terminal svg size 1000,600 }\n"
+		"  set output 'transfer_cdf.'.fmt\n"
+		"  set title 'KV transfer time, CDF over completed requests'\n"
+		"  set xlabel 'transfer time (ms)'; set ylabel 'fraction of requests'; set logscale x\n"
+		"  plot 'transfer_sorted.dat' using 1:2 with lines lw 2 title 'transfer'\n"
+		"  unset logscale x\n"
+		"  set output 'ttft.'.fmt\n"
+		"  set title 'Time to first token by arrival'\n"
+		"  set xlabel 'arrival (s)'; set ylabel 'TTFT (s)'\n"
+		"  plot 'requests.csv' every ::1 using 2:(strcol(17) eq 'done' ? $13 : 1/0) with points pt 7 ps 0.3 title 'TTFT', "
+		"'' every ::1 using 2:(strcol(17) eq 'done' ? $14 : 1/0) with points pt 7 ps 0.3 title 'of which transfer'\n"
+		"  set output 'nic_util.'.fmt\n"
+		"  set title 'NIC utilisation (mean and max over NICs, per sample)'\n"
+		"  set xlabel 'time (s)'; set ylabel 'utilisation'; set yrange [0:1.05]\n"
+		"  plot 'nic_util.dat' using 1:2 with lines lw 2 title 'mean prefill NIC', '' using 1:3 with lines title 'max prefill NIC'\n"
+		"  unset yrange\n"
+		"}\n";
+	char *gp = g_build_filename(dir, "plots.gp", NULL);
+	g_file_set_contents(gp, script, -1, NULL);
+	/* derived data: sorted transfer times and per-sample NIC utilisation */
+	char *path = g_build_filename(dir, "requests.csv", NULL), *text = NULL;
+	if (g_file_get_contents(path, &text, NULL, NULL)) {
+		GArray *xs = g_array_new(FALSE, FALSE, sizeof(double));
+		char **lines = g_strsplit(text, "\n", -1);
+		for (char **l = lines + 1; *l && **l; l++) {
+			char **f = g_strsplit(*l, ",", -1);
+			if (g_strv_length(f) > 16 && strcmp(f[16], "done") == 0) {
+				double x = g_ascii_strtod(f[13], NULL) * 1e3;
+				if (x > 0)
+					g_array_append_val(xs, x);
+			}
+			g_strfreev(f);
+		}
+		g_strfreev(lines);
+		g_array_sort(xs, cmp_double);
+		double *v = (double *)(void *)xs->data;
+		GString *out = g_string_new(NULL);
+		for (guint i = 0; i < xs->len; i++)
+			g_string_append_printf(out, "%.6f,%.6f\n", v[i], (double)(i + 1) / xs->len);
+		char *dat = g_build_filename(dir, "transfer_sorted.dat", NULL);
+		g_file_set_contents(dat, out->str, -1, NULL);
+		g_free(dat);
+		g_string_free(out, TRUE);
+		g_array_free(xs, TRUE);
+		g_free(text);
+	}
+	g_free(path);
+	path = g_build_filename(dir, "nics.csv", NULL);
+	if (g_file_get_contents(path, &text, NULL, NULL)) {
+		GString *out = g_string_new(NULL);
+		char **lines = g_strsplit(text, "\n", -1);
+		double t = -1, sum = 0, mx = 0;
+		int cnt = 0;
+		for (char **l = lines + 1;; l++) {
+			char **f = *l && **l ? g_strsplit(*l, ",", -1) : NULL;
+			double tt = f ? g_ascii_strtod(f[0], NULL) : -2;
+			if (tt != t && t >= 0 && cnt)
+				g_string_append_printf(out, "%.6f,%.4f,%.4f\n", t, sum / cnt, mx);
+			if (!f)
+				break;
+			if (tt != t) {
+				t = tt;
+				sum = mx = 0;
+				cnt = 0;
+			}
+			if (strcmp(f[2], "prefill") == 0) {
+				double u = g_ascii_strtod(f[6], NULL);
+				sum += u;
+				mx = MAX(mx, u);
+				cnt++;
+			}
+			g_strfreev(f);
+		}
+		g_strfreev(lines);
+		char *dat = g_build_filename(dir, "nic_util.dat", NULL);
+		g_file_set_contents(dat, out->str, -1, NULL);
+		g_free(dat);
+		g_string_free(out, TRUE);
+		g_free(text);
+	}
+	g_free(path);
+	char *gnuplot = g_find_program_in_path("gnuplot");
+	if (!gnuplot) {
+		if (!quiet)
+			fprintf(stderr, "kvbridge-sim: gnuplot not found; plot script left in %s\n", gp);
+		g_free(gp);
+		return;
+	}
+	char *argv[] = {gnuplot, "plots.gp", NULL};
+	gint status = 0;
+	GError *e = NULL;
+	if (!g_spawn_sync(dir, argv, NULL, G_SPAWN_STDOUT_TO_DEV_NULL | G_SPAWN_STDERR_TO_DEV_NULL, NULL, NULL,
+			  NULL, NULL, &status, &e) || status != 0) {
+		fprintf(stderr, "kvbridge-sim: gnuplot failed (%s); script in %s\n", e ? e->message : "exit status",
+			gp);
+		g_clear_error(&e);
+	}
+	g_free(gnuplot);
+	g_free(gp);
+}
+
+int main(int argc, char **argv)
+{
+	cli_t c = {
+		.rate_mult = 1.0,
+		.gen_requests = -1,
+		.gen_rate = -1,
+		.prefill_nodes = -1, .decode_nodes = -1, .gpus = -1, .nics = -1,
+		.nic_gbps = -1, .nic_eff = -1, .pcie = -1, .mem = -1, .latency_us = -1, .oversub = -1,
+		.lease_s = -1, .heartbeat_s = -1,
+		.abort_prob = -1, .late_prob = -1, .late_delay = -1,
+		.seed = -1, .kv_pool = -1, .tpot = -1,
+	};
+	GOptionEntry entries[] = {
+		{"config", 'c', 0, G_OPTION_ARG_FILENAME, &c.config, "Study file: [platform], [study], [connector], [transfer] groups", "FILE"},
+		{"trace", 't', 0, G_OPTION_ARG_FILENAME, &c.trace, "Replay a Mooncake JSONL or Azure CSV trace (default: built-in generator)", "FILE"},
+		{"format", 0, 0, G_OPTION_ARG_STRING, &c.format, "Trace format: auto (default), mooncake, azure", "FMT"},
+		{"rate-mult", 0, 0, G_OPTION_ARG_DOUBLE, &c.rate_mult, "Replay speed: 2 = twice as fast (default 1)", "X"},
+		{"limit", 'n', 0, G_OPTION_ARG_INT64, &c.limit, "Use only the first N requests", "N"},
+		{"requests", 0, 0, G_OPTION_ARG_INT64, &c.gen_requests, "Generator: number of requests (default 2000)", "N"},
+		{"rate", 0, 0, G_OPTION_ARG_DOUBLE, &c.gen_rate, "Generator: arrivals per second (default 3.4, the conversation trace)", "R"},
+		{"model", 'm', 0, G_OPTION_ARG_STRING, &c.model, "Model preset (default llama-3-70b; --list-models)", "NAME"},
+		{"list-models", 0, 0, G_OPTION_ARG_NONE, &c.list_models, "List model presets and exit", NULL},
+		{"prefill-nodes", 'P', 0, G_OPTION_ARG_INT, &c.prefill_nodes, "Prefill nodes (default 16)", "N"},
+		{"decode-nodes", 'D', 0, G_OPTION_ARG_INT, &c.decode_nodes, "Decode nodes (default 16)", "N"},
+		{"gpus", 0, 0, G_OPTION_ARG_INT, &c.gpus, "GPUs per node (default 8)", "N"},
+		{"nics", 0, 0, G_OPTION_ARG_INT, &c.nics, "NICs per node (default 8)", "N"},
+		{"nic-gbps", 0, 0, G_OPTION_ARG_DOUBLE, &c.nic_gbps, "NIC line rate, Gb/s (default 200)", "G"},
+		{"nic-efficiency", 0, 0, G_OPTION_ARG_DOUBLE, &c.nic_eff, "Goodput / line rate (default 1)", "F"},
+		{"pcie-gbytes", 0, 0, G_OPTION_ARG_DOUBLE, &c.pcie, "PCIe cap per NIC path, GB/s (0 = none)", "G"},
+		{"mem-gbytes", 0, 0, G_OPTION_ARG_DOUBLE, &c.mem, "Host memory cap per node, GB/s (0 = none)", "G"},
+		{"latency-us", 0, 0, G_OPTION_ARG_DOUBLE, &c.latency_us, "NIC-to-NIC latency, us (default 2)", "US"},
+		{"topology", 0, 0, G_OPTION_ARG_STRING, &c.topology, "switch (default), rail or fattree", "T"},
+		{"oversubscription", 0, 0, G_OPTION_ARG_DOUBLE, &c.oversub, "Fat-tree oversubscription (default 1)", "X"},
+		{"platform", 0, 0, G_OPTION_ARG_FILENAME, &c.platform_xml, "Use a SimGrid XML platform instead (see docs/platforms.md)", "XML"},
+		{"nic-policy", 0, 0, G_OPTION_ARG_STRING, &c.nic_policy, "round_robin (default), random, least_loaded, topology", "P"},
+		{"lease-policy", 0, 0, G_OPTION_ARG_STRING, &c.lease_policy, "fixed (default, vLLM), heartbeat, adaptive", "P"},
+		{"lease", 0, 0, G_OPTION_ARG_DOUBLE, &c.lease_s, "Lease / VLLM_MOONCAKE_ABORT_REQUEST_TIMEOUT, s (default 480)", "S"},
+		{"heartbeat", 0, 0, G_OPTION_ARG_DOUBLE, &c.heartbeat_s, "Heartbeat interval, s (default 5)", "S"},
+		{"slice-size", 0, 0, G_OPTION_ARG_INT64, &c.slice_size, "Slice bytes (default 65536)", "B"},
+		{"flow-model", 0, 0, G_OPTION_ARG_STRING, &c.flow_model, "merged (default) or per-slice (the naive reference)", "M"},
+		{"abort-prob", 0, 0, G_OPTION_ARG_DOUBLE, &c.abort_prob, "Fraction of requests the client aborts (default 0)", "F"},
+		{"late-prob", 0, 0, G_OPTION_ARG_DOUBLE, &c.late_prob, "Fraction of late decoders (default 0)", "F"},
+		{"late-delay", 0, 0, G_OPTION_ARG_DOUBLE, &c.late_delay, "Mean extra delay of a late decoder, s (default 10)", "S"},
+		{"fault", 'f', 0, G_OPTION_ARG_STRING_ARRAY, &c.faults, "crash:decode:3@120, nic-down:prefill:0:2@60, nic-degrade:decode:1:0:0.5@30, rail-down:3@100, ... (repeatable)", "SPEC"},
+		{"kv-pool", 0, 0, G_OPTION_ARG_DOUBLE, &c.kv_pool, "KV pool per node, GB (default 400)", "G"},
+		{"tpot", 0, 0, G_OPTION_ARG_DOUBLE, &c.tpot, "Decode time per output token, s (default 0.03)", "S"},
+		{"out", 'o', 0, G_OPTION_ARG_FILENAME, &c.out, "Output directory (default sim-out)", "DIR"},
+		{"events", 'e', 0, G_OPTION_ARG_NONE, &c.events, "Write events.jsonl (one line per transfer)", NULL},
+		{"no-plots", 0, 0, G_OPTION_ARG_NONE, &c.no_plots, "Do not run gnuplot", NULL},
+		{"seed", 's', 0, G_OPTION_ARG_INT64, &c.seed, "Seed for workload, policies and faults (default 1)", "N"},
+		{"quiet", 'q', 0, G_OPTION_ARG_NONE, &c.quiet, "No progress lines", NULL},
+		{NULL, 0, 0, 0, NULL, NULL, NULL},
+	};
+	GOptionContext *ctx = g_option_context_new("- simulate KV-cache transfers in a disaggregated LLM cluster");
+	g_option_context_add_main_entries(ctx, entries, NULL);
+	g_option_context_set_description(ctx,
+		"Prefill and decode nodes of a P/D-disaggregated serving cluster run in SimGrid; every\n"
+		"request's KV cache moves from its prefill node to its decode node through the kvbridge\n"
+		"connector core (state machines, leases, slicing, NIC policies: the deployment code).\n"
+		"Each NIC is a simulated host; flows share links by max-min fairness (CM02).\n\n"
+		"Outputs in --out: requests.csv (per request), nics.csv (per NIC and sample), summary.txt,\n"
+		"events.jsonl (--events), and transfer_cdf, ttft, nic_util as PNG and SVG (gnuplot).\n\n"
+		"Examples:\n"
+		"  kvbridge-sim                                    built-in workload, 16P+16D x 8 x 200G\n"
+		"  kvbridge-sim -t conversation_trace.jsonl -m llama-3-70b --nics 4\n"
+		"  kvbridge-sim --nic-policy random --abort-prob 0.05 --fault crash:decode:2@300\n"
+		"  kvbridge-sim -c study.ini                       see docs/simulation.md\n");
+	GError *err = NULL;
+	if (!g_option_context_parse(ctx, &argc, &argv, &err)) {
+		int rc = fail("%s (try --help)", err->message);
+		g_error_free(err);
+		g_option_context_free(ctx);
+		return rc;
+	}
+	g_option_context_free(ctx);
+	if (argc > 1)
+		return fail("unexpected argument '%s' (try --help)", argv[1]);
+	if (c.list_models) {
+		list_models();
+		return 0;
+	}
+
+	kvb_study_params_t p;
+	kvb_study_params_defaults(&p);
+	int rc = 0;
+	kvb_workload_t *wl = NULL;
+	if (c.config && !load_config(c.config, &p, &c, &err)) {
+		rc = fail("%s", err->message);
+		goto out;
+	}
+	/* command line over file */
+	if (c.model && !(p.model = kvb_model_find(c.model))) {
+		fprintf(stderr, "kvbridge-sim: unknown model '%s'; known presets:\n", c.model);
+		list_models();
+		rc = 2;
+		goto out;
+	}
+#define SET_U(opt, field) if ((opt) >= 0) (field) = (uint32_t)(opt)
+#define SET_D(opt, field) if ((opt) >= 0) (field) = (opt)
+	SET_U(c.prefill_nodes, p.platform.prefill_nodes);
+	SET_U(c.decode_nodes, p.platform.decode_nodes);
+	SET_U(c.gpus, p.platform.gpus_per_node);
+	SET_U(c.nics, p.platform.nics_per_node);
+	SET_D(c.nic_gbps, p.platform.nic_gbps);
+	SET_D(c.nic_eff, p.platform.nic_efficiency);
+	SET_D(c.pcie, p.platform.pcie_gbytes);
+	SET_D(c.mem, p.platform.mem_gbytes);
+	SET_D(c.latency_us, p.platform.latency_us);
+	SET_D(c.oversub, p.platform.oversubscription);
+	SET_D(c.abort_prob, p.abort_prob);
+	SET_D(c.late_prob, p.late_prob);
+	SET_D(c.late_delay, p.late_delay_mean_s);
+	SET_D(c.kv_pool, p.kv_pool_gbytes);
+	SET_D(c.tpot, p.decode_tpot_s);
+	if (c.topology && !kvb_topology_parse(c.topology, &p.platform.topology)) {
+		rc = fail("--topology '%s': expected switch, rail or fattree", c.topology);
+		goto out;
+	}
+	if (c.platform_xml)
+		p.platform_xml = g_strdup(c.platform_xml);
+	if (c.nic_policy)
+		g_strlcpy(p.conn.nic_policy, c.nic_policy, sizeof(p.conn.nic_policy));
+	if (c.lease_policy && kvb_lease_policy_parse(c.lease_policy, &p.conn.lease_policy) != KVB_OK) {
+		rc = fail("--lease-policy '%s': expected fixed, heartbeat or adaptive", c.lease_policy);
+		goto out;
+	}
+	if (c.lease_s >= 0)
+		p.conn.abort_timeout_ns = (uint64_t)(c.lease_s * 1e9);
+	if (c.heartbeat_s >= 0)
+		p.conn.heartbeat_interval_ns = (uint64_t)(c.heartbeat_s * 1e9);
+	if (c.slice_size > 0) {
+		p.conn.slice_size = (uint64_t)c.slice_size;
+		p.conn.fragment_limit = p.conn.slice_size / 4;
+	}
+	if (c.flow_model) {
+		if (strcmp(c.flow_model, "merged") == 0)
+			p.flow_model = KVB_SIM_FLOWS_MERGED;
+		else if (strcmp(c.flow_model, "per-slice") == 0)
+			p.flow_model = KVB_SIM_FLOWS_PER_SLICE;
+		else {
+			rc = fail("--flow-model '%s': expected merged or per-slice", c.flow_model);
+			goto out;
+		}
+	}
+	if (c.seed >= 0) {
+		p.seed = (uint64_t)c.seed;
+		p.conn.seed = (uint64_t)c.seed;
+	}
+	if (!(p.abort_prob >= 0 && p.abort_prob <= 1) || !(p.late_prob >= 0 && p.late_prob <= 1)) {
+		rc = fail("--abort-prob and --late-prob must be in [0, 1]");
+		goto out;
+	}
+	for (gchar **f = c.faults; f && *f; f++) {
+		p.faults = g_renew(kvb_study_fault_t, p.faults, p.n_faults + 1);
+		if (!kvb_study_fault_parse(*f, &p.faults[p.n_faults], &err)) {
+			rc = fail("%s", err->message);
+			goto out;
+		}
+		p.n_faults++;
+	}
+	if (!p.platform_xml && !kvb_platform_desc_validate(&p.platform, &err)) {
+		rc = fail("platform: %s", err->message);
+		goto out;
+	}
+	kvb_err_t ke;
+	if (kvb_config_validate(&p.conn, &ke) != KVB_OK) {
+		rc = fail("connector: %s", ke.msg);
+		goto out;
+	}
+
+	/* workload: a trace, or the built-in generator */
+	if (c.trace) {
+		kvb_wl_format_t fmt = KVB_WL_AUTO;
+		if (c.format && strcmp(c.format, "mooncake") == 0)
+			fmt = KVB_WL_MOONCAKE;
+		else if (c.format && strcmp(c.format, "azure") == 0)
+			fmt = KVB_WL_AZURE;
+		else if (c.format && strcmp(c.format, "auto") != 0) {
+			rc = fail("--format '%s': expected auto, mooncake or azure", c.format);
+			goto out;
+		}
+		if (!(c.rate_mult > 0)) {
+			rc = fail("--rate-mult must be > 0");
+			goto out;
+		}
+		if (!kvb_workload_load(c.trace, fmt, c.rate_mult, c.limit > 0 ? (uint64_t)c.limit : 0, &wl, &err)) {
+			rc = fail("%s", err->message);
+			goto out;
+		}
+	} else {
+		kvb_wl_gen_params_t gp;
+		kvb_wl_gen_defaults(&gp);
+		gp.n_requests = 2000;
+		gp.seed = p.seed;
+		if (c.gen_requests > 0)
+			gp.n_requests = (uint64_t)c.gen_requests;
+		if (c.limit > 0 && (uint64_t)c.limit < gp.n_requests)
+			gp.n_requests = (uint64_t)c.limit;
+		if (c.gen_rate > 0)
+			gp.rate_per_s = c.gen_rate;
+		gp.rate_per_s *= c.rate_mult;
+		if (!kvb_workload_generate(&gp, &wl, &err)) {
+			rc = fail("%s", err->message);
+			goto out;
+		}
+	}
+	const char *out_dir = c.out ? c.out : "sim-out";
+	p.out_dir = out_dir;
+	p.events = c.events;
+	p.progress = !c.quiet;
+	if (!c.quiet) {
+		kvb_wl_stats_t st;
+		kvb_workload_stats(wl, &st);
+		fprintf(stderr, "kvbridge-sim: %s: %" PRIu64 " requests over %.1f s, mean input %.0f tokens "
+				"(%.2f GB of %s KV each)\n",
+			kvb_workload_source(wl), st.count, st.duration_s, st.mean_input,
+			st.mean_input * (double)kvb_model_kv_bytes_per_token(p.model) / 1e9, p.model->name);
+	}
+	kvb_study_result_t res;
+	if (!kvb_study_run(&p, wl, &res, &err)) {
+		rc = fail("%s", err->message);
+		goto out;
+	}
+	char *summary = kvb_study_summary(&p, &res);
+	printf("%s", summary);
+	char *path = g_build_filename(out_dir, "summary.txt", NULL);
+	g_file_set_contents(path, summary, -1, NULL);
+	g_free(path);
+	g_free(summary);
+	if (!c.no_plots)
+		write_plots(out_dir, c.quiet);
+	printf("  outputs                %s/{requests.csv,nics.csv,summary.txt%s%s}\n", out_dir,
+	       c.events ? ",events.jsonl" : "",
+	       c.no_plots ? "" : ",transfer_cdf.png,ttft.png,nic_util.png,*.svg");
+	rc = res.stale_reads ? 1 : 0;
+out:
+	kvb_workload_free(wl);
+	kvb_study_params_clear(&p);
+	g_clear_error(&err);
+	g_free(c.config);
+	g_free(c.trace);
+	g_free(c.format);
+	g_free(c.model);
+	g_free(c.topology);
+	g_free(c.platform_xml);
+	g_free(c.nic_policy);
+	g_free(c.lease_policy);
+	g_free(c.flow_model);
+	g_strfreev(c.faults);
+	g_free(c.out);
+	return rc;
+}
