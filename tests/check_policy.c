@@ -21,7 +21,7 @@
 
 #include "suites.h"
 
-static const char *const builtins[] = {"round_robin", "random", "least_loaded", "topology"};
+static const char *const builtins[] = {"round_robin", "random", "least_loaded", "topology", "sticky"};
 
 /* The NICs' state for a pick. */
 typedef struct nics {
@@ -1036,7 +1036,7 @@ static int fill_registry(void)
 	size_t n = 0;
 	while (list[n])
 		n++;
-	if (n != 4 + 16)
+	if (n != G_N_ELEMENTS(builtins) + 16)
 		return 11;
 	if (added < 1 || strcmp(list[n - 1], names[added - 1]) != 0)
 		return 12;
@@ -1093,11 +1093,11 @@ static void single_picks(kvb_nic_policy_t *p, const kvb_pick_ctx_t *ctx, uint32_
 
 START_TEST(test_bulk_equals_single_picks)
 {
-	static const char *names[] = {"round_robin", "random", "least_loaded", "topology"};
+	static const char *names[] = {"round_robin", "random", "least_loaded", "topology", "sticky"};
 	kvb_rng_t rng;
 	kvb_rng_seed(&rng, 77);
 	for (int iter = 0; iter < 4000; iter++) {
-		const char *name = names[iter % 4];
+		const char *name = names[iter % 5];
 		uint32_t k = 1 + (uint32_t)kvb_rng_below(&rng, 8);
 		uint64_t seed = kvb_rng_next(&rng);
 		kvb_policy_params_t params = {k, seed, NULL, 0};
@@ -1148,6 +1148,39 @@ START_TEST(test_bulk_equals_single_picks)
 }
 END_TEST
 
+/* sticky: every slice of a stream on one NIC, different streams spread,
+ * the next usable NIC when the home one is full or down */
+START_TEST(test_sticky)
+{
+	kvb_policy_params_t params = {8, 5, NULL, 0};
+	kvb_nic_policy_t *p;
+	ck_assert_int_eq(kvb_nic_policy_new("sticky", &params, &p, NULL), KVB_OK);
+	uint64_t load[8] = {0};
+	bool up[8];
+	for (int i = 0; i < 8; i++)
+		up[i] = true;
+	kvb_nic_view_t view = {8, load, up};
+	uint32_t used[8] = {0};
+	for (uint64_t stream = 1; stream <= 64; stream++) {
+		kvb_pick_ctx_t ctx = {NULL, 4096, 0, KVB_NIC_NONE, stream};
+		int home = kvb_nic_policy_pick(p, &ctx, &view);
+		ck_assert_int_ge(home, 0);
+		for (int k = 0; k < 5; k++)
+			ck_assert_int_eq(kvb_nic_policy_pick(p, &ctx, &view), home);
+		used[home]++;
+		up[home] = false;
+		int other = kvb_nic_policy_pick(p, &ctx, &view);
+		ck_assert_int_eq(other, (home + 1) % 8);
+		up[home] = true;
+	}
+	uint32_t nics_used = 0;
+	for (int i = 0; i < 8; i++)
+		nics_used += used[i] > 0;
+	ck_assert_uint_ge(nics_used, 6);
+	kvb_nic_policy_free(p);
+}
+END_TEST
+
 Suite *kvb_suite_policy(void)
 {
 	Suite *s = suite_create("policy");
@@ -1173,6 +1206,7 @@ Suite *kvb_suite_policy(void)
 	tcase_add_test(tc, test_none_up);
 	tcase_add_test(tc, test_contract_randomized);
 	tcase_add_test(tc, test_bulk_equals_single_picks);
+	tcase_add_test(tc, test_sticky);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("instances");

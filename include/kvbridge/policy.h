@@ -12,6 +12,9 @@
  *   least_loaded  fewest bytes in flight; ties go to the next after the last pick
  *   topology      Mooncake's priority matrix: random among the location's
  *                 preferred NICs that are up, else its secondary NICs, else any
+ *   sticky        Mooncake's per-request local NIC: a seeded hash of the
+ *                 transfer (stream) picks one NIC for all its slices; the next
+ *                 usable NIC when it is full or down
  *
  * Every policy is deterministic for a given seed and call sequence.  Extra
  * policies are added with kvb_nic_policy_register() before any connector is

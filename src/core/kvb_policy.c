@@ -554,10 +554,60 @@ static const kvb_nic_policy_ops_t topo_ops = {
 	.fini = topo_fini,
 };
 
+
+/* ---- sticky (Mooncake TE's local NIC choice) ------------------------------
+ * Mooncake's transfer engine picks one local NIC per request, at random
+ * among the buffer's preferred NICs, and posts every slice of the request on
+ * it (mooncake-te.md 3.2).  Here: the NIC is a seeded hash of the stream
+ * among the NICs that are usable, so every slice of a transfer lands on one
+ * NIC while it has room, and a full or failed NIC moves the rest to another.
+ */
+
+struct sticky_state {
+	uint64_t seed;
+};
+
+static int sticky_init(void *state, const kvb_policy_params_t *params, kvb_err_t *err)
+{
+	struct sticky_state *st = state;
+	st->seed = params->seed;
+	return KVB_OK;
+}
+
+static uint64_t sticky_mix(uint64_t x)
+{
+	x += 0x9e3779b97f4a7c15ull;
+	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+	x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+	return x ^ (x >> 31);
+}
+
+static int sticky_pick(void *state, const kvb_pick_ctx_t *ctx, const kvb_nic_view_t *view)
+{
+	struct sticky_state *st = state;
+	uint32_t n = view_len(view);
+	uint32_t home = (uint32_t)(sticky_mix(st->seed ^ sticky_mix(ctx->stream)) % n);
+	for (uint32_t k = 0; k < n; k++) {
+		uint32_t nic = (home + k) % n;
+		if (nic_usable(view, nic, ctx->avoid_nic))
+			return (int)nic;
+	}
+	return avoid_or_none(view, ctx->avoid_nic);
+}
+
+static const kvb_nic_policy_ops_t sticky_ops = {
+	.abi = KVB_POLICY_ABI,
+	.size = sizeof(kvb_nic_policy_ops_t),
+	.name = "sticky",
+	.state_size = sizeof(struct sticky_state),
+	.init = sticky_init,
+	.pick = sticky_pick,
+};
+
 /* ---- registry ------------------------------------------------------------ */
 
 static const kvb_nic_policy_ops_t *const builtin_policies[] = {
-	&rr_ops, &random_ops, &ll_ops, &topo_ops,
+	&rr_ops, &random_ops, &ll_ops, &topo_ops, &sticky_ops,
 };
 
 #define N_BUILTINS G_N_ELEMENTS(builtin_policies)
