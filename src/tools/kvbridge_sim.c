@@ -40,6 +40,9 @@ typedef struct cli {
 	gboolean events, no_plots, quiet, list_models;
 	gint64 seed;
 	gdouble kv_pool, tpot;
+	gchar *transfer_bench;
+	gint concurrency;
+	gboolean no_prefill_cache, no_decode_cache;
 } cli_t;
 
 static int fail(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
@@ -141,10 +144,12 @@ static void write_plots(const char *dir, bool quiet)
 		"  plot 'transfer_sorted.dat' using 1:2 with lines lw 2 title 'transfer'\n"
 		"  unset logscale x\n"
 		"  set output 'ttft.'.fmt\n"
-		"  set title 'Time to first token by arrival'\n"
+		"  set title 'Time to first token by arrival (log scale)'\n"
+		"  set logscale y\n"
 		"  set xlabel 'arrival (s)'; set ylabel 'TTFT (s)'\n"
 		"  plot 'requests.csv' every ::1 using 2:(strcol(17) eq 'done' ? $13 : 1/0) with points pt 7 ps 0.3 title 'TTFT', "
 		"'' every ::1 using 2:(strcol(17) eq 'done' ? $14 : 1/0) with points pt 7 ps 0.3 title 'of which transfer'\n"
+		"  unset logscale y\n"
 		"  set output 'nic_util.'.fmt\n"
 		"  set title 'NIC utilisation (mean and max over NICs, per sample)'\n"
 		"  set xlabel 'time (s)'; set ylabel 'utilisation'; set yrange [0:1.05]\n"
@@ -235,6 +240,63 @@ static void write_plots(const char *dir, bool quiet)
 	g_free(gp);
 }
 
+/* --transfer-bench: latency and bandwidth of one transfer per size. */
+static int run_transfer_bench(kvb_study_params_t *p, const cli_t *c)
+{
+	gchar **parts = g_strsplit(c->transfer_bench, ",", -1);
+	guint n = g_strv_length(parts);
+	double *sizes = g_new0(double, n ? n : 1), *secs = g_new0(double, n ? n : 1);
+	int rc = 0;
+	for (guint i = 0; i < n; i++) {
+		char *end = NULL;
+		sizes[i] = g_ascii_strtod(parts[i], &end);
+		if (!end || *end || !(sizes[i] > 0)) {
+			rc = fail("--transfer-bench: '%s' is not a size in GB", parts[i]);
+			break;
+		}
+	}
+	GError *err = NULL;
+	uint32_t conc = c->concurrency > 0 ? (uint32_t)c->concurrency : 64;
+	kvb_sim_stats_t st;
+	memset(&st, 0, sizeof(st));
+	gint64 t0 = g_get_monotonic_time();
+	if (!rc && !kvb_study_transfer_bench(p, sizes, n, conc, secs, &st, &err))
+		rc = fail("%s", err->message);
+	double wall = (double)(g_get_monotonic_time() - t0) / 1e6;
+	if (!rc) {
+		const char *dir = c->out ? c->out : "sim-out";
+		g_mkdir_with_parents(dir, 0755);
+		GString *csv = g_string_new("size_gb,seconds,gbytes_per_s\n");
+		printf("transfer bench: %u+%u NICs of %.0f Gb/s (efficiency %.2f, memory cap %.0f GB/s), policy %s, "
+		       "%u concurrent requests, %s flows\n",
+		       p->platform.nics_per_node, p->platform.nics_per_node, p->platform.nic_gbps,
+		       p->platform.nic_efficiency, p->platform.mem_gbytes, p->conn.nic_policy, conc,
+		       p->flow_model == KVB_SIM_FLOWS_MERGED ? "merged" : "per-slice");
+		printf("  %10s %12s %12s\n", "size (GB)", "latency (s)", "GB/s");
+		for (guint i = 0; i < n; i++) {
+			printf("  %10.2f %12.4f %12.2f\n", sizes[i], secs[i], sizes[i] / secs[i]);
+			g_string_append_printf(csv, "%.6f,%.9f,%.6f\n", sizes[i], secs[i], sizes[i] / secs[i]);
+		}
+		printf("  flows %" PRIu64 " (peak %" PRIu64 " in flight), wall %.3f s\n", st.flows_started, st.flows_peak,
+		       wall);
+		char *stats = g_strdup_printf("flows,flows_peak,wall_s\n%" PRIu64 ",%" PRIu64 ",%.6f\n",
+					      st.flows_started, st.flows_peak, wall);
+		char *spath = g_build_filename(dir, "transfer_bench_stats.csv", NULL);
+		g_file_set_contents(spath, stats, -1, NULL);
+		g_free(spath);
+		g_free(stats);
+		char *path = g_build_filename(dir, "transfer_bench.csv", NULL);
+		g_file_set_contents(path, csv->str, -1, NULL);
+		g_free(path);
+		g_string_free(csv, TRUE);
+	}
+	g_clear_error(&err);
+	g_strfreev(parts);
+	g_free(sizes);
+	g_free(secs);
+	return rc;
+}
+
 int main(int argc, char **argv)
 {
 	cli_t c = {
@@ -279,6 +341,10 @@ int main(int argc, char **argv)
 		{"late-prob", 0, 0, G_OPTION_ARG_DOUBLE, &c.late_prob, "Fraction of late decoders (default 0)", "F"},
 		{"late-delay", 0, 0, G_OPTION_ARG_DOUBLE, &c.late_delay, "Mean extra delay of a late decoder, s (default 10)", "S"},
 		{"fault", 'f', 0, G_OPTION_ARG_STRING_ARRAY, &c.faults, "crash:decode:3@120, nic-down:prefill:0:2@60, nic-degrade:decode:1:0:0.5@30, rail-down:3@100, ... (repeatable)", "SPEC"},
+		{"transfer-bench", 0, 0, G_OPTION_ARG_STRING, &c.transfer_bench, "Instead of a workload: time one transfer of each size (GB, comma list) between two nodes (Mooncake Fig. 12)", "SIZES"},
+		{"concurrency", 0, 0, G_OPTION_ARG_INT, &c.concurrency, "Transfer bench: concurrent requests per transfer (default 64)", "N"},
+		{"no-prefill-cache", 0, 0, G_OPTION_ARG_NONE, &c.no_prefill_cache, "No prefill prefix cache: every prompt token is computed", NULL},
+		{"no-decode-cache", 0, 0, G_OPTION_ARG_NONE, &c.no_decode_cache, "No decode prefix cache: every block moves", NULL},
 		{"kv-pool", 0, 0, G_OPTION_ARG_DOUBLE, &c.kv_pool, "KV pool per node, GB (default 400)", "G"},
 		{"tpot", 0, 0, G_OPTION_ARG_DOUBLE, &c.tpot, "Decode time per output token, s (default 0.03)", "S"},
 		{"out", 'o', 0, G_OPTION_ARG_FILENAME, &c.out, "Output directory (default sim-out)", "DIR"},
@@ -296,6 +362,7 @@ int main(int argc, char **argv)
 		"connector core (state machines, leases, slicing, NIC policies: the deployment code).\n"
 		"Each NIC is a simulated host; flows share links by max-min fairness (CM02).\n\n"
 		"Outputs in --out: requests.csv (per request), nics.csv (per NIC and sample), summary.txt,\n"
+		"metrics.csv (the summary for scripts), "
 		"events.jsonl (--events), and transfer_cdf, ttft, nic_util as PNG and SVG (gnuplot).\n\n"
 		"Examples:\n"
 		"  kvbridge-sim                                    built-in workload, 16P+16D x 8 x 200G\n"
@@ -349,6 +416,10 @@ int main(int argc, char **argv)
 	SET_D(c.late_delay, p.late_delay_mean_s);
 	SET_D(c.kv_pool, p.kv_pool_gbytes);
 	SET_D(c.tpot, p.decode_tpot_s);
+	if (c.no_prefill_cache)
+		p.prefill_prefix_cache = false;
+	if (c.no_decode_cache)
+		p.decode_prefix_cache = false;
 	if (c.topology && !kvb_topology_parse(c.topology, &p.platform.topology)) {
 		rc = fail("--topology '%s': expected switch, rail or fattree", c.topology);
 		goto out;
@@ -405,6 +476,10 @@ int main(int argc, char **argv)
 		goto out;
 	}
 
+	if (c.transfer_bench) {
+		rc = run_transfer_bench(&p, &c);
+		goto out;
+	}
 	/* workload: a trace, or the built-in generator */
 	if (c.trace) {
 		kvb_wl_format_t fmt = KVB_WL_AUTO;
@@ -463,10 +538,27 @@ int main(int argc, char **argv)
 	char *path = g_build_filename(out_dir, "summary.txt", NULL);
 	g_file_set_contents(path, summary, -1, NULL);
 	g_free(path);
+	/* the same numbers for scripts: one header line, one value line */
+	char *metrics = g_strdup_printf(
+		"requests,done,failed,aborted,crashed,xfer_p50_ms,xfer_p90_ms,xfer_p99_ms,xfer_mean_ms,"
+		"ttft_mean_s,ttft_p50_s,ttft_p99_s,ttft_share,block_s_held,block_s_leaked,leases_expired,"
+		"stale_reads,nic_imbalance,bytes_moved,avg_rate_GBps,sim_end_s,wall_s,flows,flows_peak,rss_mib\n"
+		"%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%.6f,%.6f,%.6f,%.6f,%.6f,%.6f,%.6f,%.6f,"
+		"%.6g,%.6g,%" PRIu64 ",%" PRIu64 ",%.6f,%.6g,%.6f,%.6f,%.3f,%" PRIu64 ",%" PRIu64 ",%.1f\n",
+		res.requests, res.done, res.failed, res.aborted, res.crashed, res.xfer_p50_s * 1e3,
+		res.xfer_p90_s * 1e3, res.xfer_p99_s * 1e3, res.xfer_mean_s * 1e3, res.ttft_mean_s,
+		res.ttft_p50_s, res.ttft_p99_s, res.ttft_share_mean, res.block_seconds_held,
+		res.block_seconds_leaked, res.leases_expired, res.stale_reads, res.nic_imbalance,
+		res.bytes_moved, res.avg_rate_GBps, res.sim_end_s, res.wall_s, res.sim.flows_started,
+		res.sim.flows_peak, (double)res.peak_rss_kb / 1024.0);
+	path = g_build_filename(out_dir, "metrics.csv", NULL);
+	g_file_set_contents(path, metrics, -1, NULL);
+	g_free(path);
+	g_free(metrics);
 	g_free(summary);
 	if (!c.no_plots)
 		write_plots(out_dir, c.quiet);
-	printf("  outputs                %s/{requests.csv,nics.csv,summary.txt%s%s}\n", out_dir,
+	printf("  outputs                %s/{requests.csv,nics.csv,summary.txt,metrics.csv%s%s}\n", out_dir,
 	       c.events ? ",events.jsonl" : "",
 	       c.no_plots ? "" : ",transfer_cdf.png,ttft.png,nic_util.png,*.svg");
 	rc = res.stale_reads ? 1 : 0;
@@ -485,5 +577,6 @@ out:
 	g_free(c.flow_model);
 	g_strfreev(c.faults);
 	g_free(c.out);
+	g_free(c.transfer_bench);
 	return rc;
 }

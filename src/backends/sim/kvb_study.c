@@ -368,7 +368,7 @@ static void post_hook(kvb_backend_t *be, const kvb_slice_op_t *op, void *user)
 {
 	study_t *S = user;
 	node_t *n = g_hash_table_lookup(S->node_of_be, be);
-	if (!n || !n->prefill)
+	if (!n || !n->prefill || !S->reqs)
 		return;
 	uint64_t region_span = (uint64_t)n->pool_blocks * S->block_bytes_gpu;
 	uint64_t off = op->local_addr - n->regions[0].base;
@@ -380,7 +380,7 @@ static void post_hook(kvb_backend_t *be, const kvb_slice_op_t *op, void *user)
 			S->stale_reads++;
 			return;
 		}
-	if (who < 0 || S->reqs[who].p_final)
+	if (who < 0 || (S->reqs && (uint64_t)who < S->n_reqs && S->reqs[who].p_final))
 		S->stale_reads++;
 }
 
@@ -1131,10 +1131,9 @@ static void compute_result(study_t *S, kvb_study_result_t *res)
 	g_free(ttft);
 }
 
-gboolean kvb_study_run(const kvb_study_params_t *p, const kvb_workload_t *wl, kvb_study_result_t *res,
-		       GError **err)
+/* SimGrid, the platform, the world and one connector per node. */
+static gboolean study_setup(study_t *S, const kvb_study_params_t *p, GError **err)
 {
-	memset(res, 0, sizeof(*res));
 	kvb_err_t e;
 	if (!p->model)
 		return g_set_error(err, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE, "no model"), FALSE;
@@ -1143,16 +1142,13 @@ gboolean kvb_study_run(const kvb_study_params_t *p, const kvb_workload_t *wl, kv
 	if (p->block_tokens == 0 || !(p->decode_tpot_s >= 0) || !(p->kv_pool_gbytes > 0))
 		return g_set_error(err, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
 				   "block_tokens, decode_tpot and kv_pool_gbytes must be positive"), FALSE;
-	study_t S = {0};
-	S.p = p;
-	S.wl = wl;
-	S.res = res;
-	S_ = &S;
-	S.wall0 = wall_now();
-	S.rng = g_rand_new_with_seed((guint32)(p->seed * 2654435761u));
-	S.gpus = MAX(p->platform.gpus_per_node, 1);
-	S.kv_bytes_token = kvb_model_kv_bytes_per_token(p->model);
-	S.block_bytes_gpu = (S.kv_bytes_token * p->block_tokens + S.gpus - 1) / S.gpus;
+	S->p = p;
+	S_ = S;
+	S->wall0 = wall_now();
+	S->rng = g_rand_new_with_seed((guint32)(p->seed * 2654435761u));
+	S->gpus = MAX(p->platform.gpus_per_node, 1);
+	S->kv_bytes_token = kvb_model_kv_bytes_per_token(p->model);
+	S->block_bytes_gpu = (S->kv_bytes_token * p->block_tokens + S->gpus - 1) / S->gpus;
 
 	/* SimGrid: once per process */
 	char *argv0[] = {"kvbridge-sim", "--log=root.thres:critical", "--cfg=contexts/stack-size:64",
@@ -1179,27 +1175,61 @@ gboolean kvb_study_run(const kvb_study_params_t *p, const kvb_workload_t *wl, kv
 	simgrid_load_platform(xml_path);
 	if (!p->platform_xml)
 		g_unlink(xml_path);
-	gboolean ok = kvb_platform_map_build(p->platform_xml ? p->platform_xml : "generated platform", &S.map, err);
+	gboolean ok = kvb_platform_map_build(p->platform_xml ? p->platform_xml : "generated platform", &S->map, err);
 	g_free(xml_path);
 	if (!ok)
 		return FALSE;
 	kvb_sim_world_params_t wp = {p->flow_model,
 				     p->platform_xml ? 0 : kvb_platform_route_latency_s(&p->platform),
 				     p->platform.nic_gbps * 1e9};
-	S.world = kvb_sim_world_new(&wp);
-	kvb_sim_set_post_hook(S.world, post_hook, &S);
-	S.n_p = S.map->nodes[KVB_PLATFORM_PREFILL];
-	S.n_d = S.map->nodes[KVB_PLATFORM_DECODE];
-	S.node_of_be = g_hash_table_new(g_direct_hash, g_direct_equal);
-	S.pnodes = g_new0(node_t, S.n_p);
-	S.dnodes = g_new0(node_t, S.n_d);
-	for (uint32_t i = 0; ok && i < S.n_p; i++)
-		ok = node_open(&S, &S.pnodes[i], true, i, err);
-	for (uint32_t i = 0; ok && i < S.n_d; i++)
-		ok = node_open(&S, &S.dnodes[i], false, i, err);
+	S->world = kvb_sim_world_new(&wp);
+	kvb_sim_set_post_hook(S->world, post_hook, S);
+	S->n_p = S->map->nodes[KVB_PLATFORM_PREFILL];
+	S->n_d = S->map->nodes[KVB_PLATFORM_DECODE];
+	S->node_of_be = g_hash_table_new(g_direct_hash, g_direct_equal);
+	S->pnodes = g_new0(node_t, S->n_p);
+	S->dnodes = g_new0(node_t, S->n_d);
+	for (uint32_t i = 0; ok && i < S->n_p; i++)
+		ok = node_open(S, &S->pnodes[i], true, i, err);
+	for (uint32_t i = 0; ok && i < S->n_d; i++)
+		ok = node_open(S, &S->dnodes[i], false, i, err);
+	return ok;
+}
 
-	S.n_reqs = kvb_workload_count(wl);
-	S.reqs = g_new0(req_t, S.n_reqs);
+static void study_teardown(study_t *S)
+{
+	for (uint64_t i = 0; i < S->n_reqs; i++) {
+		g_free(S->reqs[i].p_blocks);
+		g_free(S->reqs[i].d_blocks);
+	}
+	for (uint32_t i = 0; S->pnodes && i < S->n_p; i++)
+		node_close(&S->pnodes[i]);
+	for (uint32_t i = 0; S->dnodes && i < S->n_d; i++)
+		node_close(&S->dnodes[i]);
+	g_free(S->pnodes);
+	g_free(S->dnodes);
+	g_free(S->reqs);
+	if (S->world)
+		kvb_sim_world_free(S->world);
+	kvb_platform_map_free(S->map);
+	if (S->node_of_be)
+		g_hash_table_destroy(S->node_of_be);
+	if (S->rng)
+		g_rand_free(S->rng);
+	S_ = NULL;
+}
+
+gboolean kvb_study_run(const kvb_study_params_t *p, const kvb_workload_t *wl, kvb_study_result_t *res,
+		       GError **err)
+{
+	memset(res, 0, sizeof(*res));
+	study_t S = {0};
+	S.wl = wl;
+	S.res = res;
+	gboolean ok = study_setup(&S, p, err);
+
+	S.n_reqs = ok ? kvb_workload_count(wl) : 0;
+	S.reqs = g_new0(req_t, S.n_reqs + 1);
 	for (uint64_t i = 0; i < S.n_reqs; i++) {
 		req_t *r = &S.reqs[i];
 		r->idx = i;
@@ -1276,24 +1306,147 @@ gboolean kvb_study_run(const kvb_study_params_t *p, const kvb_workload_t *wl, kv
 		fclose(S.events);
 	if (S.nic_csv)
 		g_string_free(S.nic_csv, TRUE);
-	for (uint64_t i = 0; i < S.n_reqs; i++) {
-		g_free(S.reqs[i].p_blocks);
-		g_free(S.reqs[i].d_blocks);
-	}
-	for (uint32_t i = 0; i < S.n_p; i++)
-		node_close(&S.pnodes[i]);
-	for (uint32_t i = 0; i < S.n_d; i++)
-		node_close(&S.dnodes[i]);
-	g_free(S.pnodes);
-	g_free(S.dnodes);
-	g_free(S.reqs);
 	g_free(faults);
-	kvb_sim_world_free(S.world);
-	kvb_platform_map_free(S.map);
-	if (S.node_of_be)
-		g_hash_table_destroy(S.node_of_be);
-	g_rand_free(S.rng);
-	S_ = NULL;
+	study_teardown(&S);
+	return ok;
+}
+
+
+/* ---- transfer benchmark (Mooncake FAST'25 Fig. 12) ------------------------ */
+
+typedef struct bench {
+	study_t *S;
+	const double *sizes;
+	uint32_t n_sizes, conc;
+	double *out;
+	int phase;          /* size index both sides work on */
+	bool p_done;
+	uint64_t next_id;
+} bench_t;
+
+static bench_t *B_;
+
+static uint32_t bench_blocks(const study_t *S, double gb, uint32_t conc)
+{
+	double per = gb * 1e9 / conc / (double)(S->block_bytes_gpu * S->gpus);
+	return (uint32_t)MAX(1.0, ceil(per));
+}
+
+/* Run the connector until `want` requests of this side finished. */
+static void bench_wait_finished(node_t *n, uint32_t want)
+{
+	uint32_t got = 0;
+	kvb_finished_t f[64];
+	for (;;) {
+		while (kvb_connector_progress(n->conn) > 0)
+			;
+		int k;
+		while ((k = kvb_connector_poll_finished(n->conn, f, 64)) > 0)
+			for (int i = 0; i < k; i++) {
+				if (f[i].status != KVB_OK)
+					fprintf(stderr, "kvbridge-sim: bench %s %s: %s\n", n->name, f[i].id, f[i].reason);
+				got++;
+			}
+		if (got >= want)
+			return;
+		kvb_sim_wait(n->be, -1);
+	}
+}
+
+static void bench_p_main(int argc, char **argv)
+{
+	(void)argc;
+	(void)argv;
+	bench_t *b = B_;
+	node_t *n = &b->S->pnodes[0];
+	for (uint32_t k = 0; k < b->n_sizes; k++) {
+		while (b->phase != (int)k)
+			kvb_sim_wait(n->be, -1);
+		uint32_t blocks = bench_blocks(b->S, b->sizes[k], b->conc);
+		uint32_t **ids = g_new0(uint32_t *, b->conc);
+		for (uint32_t c = 0; c < b->conc; c++) {
+			char tid[32];
+			snprintf(tid, sizeof(tid), "b%u-%u", k, c);
+			ids[c] = pool_alloc(n, blocks, 0);
+			kvb_block_list_t l = {ids[c], blocks};
+			kvb_producer_begin(n->conn, tid, NULL);
+			kvb_producer_ready(n->conn, tid, &l, 1, NULL);
+		}
+		bench_wait_finished(n, b->conc);
+		for (uint32_t c = 0; c < b->conc; c++)
+			pool_free(n, &ids[c], blocks);
+		g_free(ids);
+		b->p_done = true;
+		kvb_sim_wake(b->S->dnodes[0].be);
+	}
+}
+
+static void bench_d_main(int argc, char **argv)
+{
+	(void)argc;
+	(void)argv;
+	bench_t *b = B_;
+	node_t *n = &b->S->dnodes[0];
+	for (uint32_t k = 0; k < b->n_sizes; k++) {
+		double t0 = now_s();
+		b->p_done = false;
+		b->phase = (int)k;
+		kvb_sim_wake(b->S->pnodes[0].be);
+		uint32_t blocks = bench_blocks(b->S, b->sizes[k], b->conc);
+		uint32_t **ids = g_new0(uint32_t *, b->conc);
+		for (uint32_t c = 0; c < b->conc; c++) {
+			char tid[32], rid[32];
+			snprintf(tid, sizeof(tid), "b%u-%u", k, c);
+			snprintf(rid, sizeof(rid), "q%u-%u", k, c);
+			ids[c] = pool_alloc(n, blocks, 0);
+			kvb_block_list_t l = {ids[c], blocks};
+			const char *addr = b->S->pnodes[0].name;
+			kvb_pull_params_t pp = {rid, tid, &addr, 1, 0, &l, 1};
+			kvb_consumer_pull(n->conn, &pp, NULL);
+		}
+		bench_wait_finished(n, b->conc);
+		b->out[k] = now_s() - t0;
+		while (!b->p_done)
+			kvb_sim_wait(n->be, -1);
+		for (uint32_t c = 0; c < b->conc; c++)
+			pool_free(n, &ids[c], blocks);
+		g_free(ids);
+	}
+	b->phase = -1;
+	kvb_sim_world_shutdown(b->S->world);
+}
+
+gboolean kvb_study_transfer_bench(const kvb_study_params_t *p, const double *sizes_gb, uint32_t n_sizes,
+				  uint32_t concurrency, double *seconds, kvb_sim_stats_t *stats, GError **err)
+{
+	if (!n_sizes || !concurrency)
+		return g_set_error(err, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+				   "transfer bench: no sizes or zero concurrency"), FALSE;
+	kvb_study_params_t q = *p;
+	q.platform.prefill_nodes = q.platform.decode_nodes = 1;
+	double max_gb = 0;
+	for (uint32_t k = 0; k < n_sizes; k++) {
+		if (!(sizes_gb[k] > 0))
+			return g_set_error(err, G_OPTION_ERROR, G_OPTION_ERROR_BAD_VALUE,
+					   "transfer bench: size %g GB is not positive", sizes_gb[k]), FALSE;
+		max_gb = MAX(max_gb, sizes_gb[k]);
+	}
+	q.kv_pool_gbytes = MAX(q.kv_pool_gbytes, max_gb * 1.05 + 1);
+	study_t S = {0};
+	bench_t b = {&S, sizes_gb, n_sizes, concurrency, seconds, -1, false, 0};
+	B_ = &b;
+	gboolean ok = study_setup(&S, &q, err);
+	if (ok) {
+		sg_actor_t a = sg_actor_init("bench-p", S.pnodes[0].nics[0]);
+		sg_actor_start(a, bench_p_main, 0, NULL);
+		a = sg_actor_init("bench-d", S.dnodes[0].nics[0]);
+		sg_actor_start(a, bench_d_main, 0, NULL);
+		simgrid_run();
+		if (stats)
+			kvb_sim_world_stats(S.world, stats);
+	}
+	study_teardown(&S);
+	B_ = NULL;
 	return ok;
 }
 

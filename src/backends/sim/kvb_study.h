@@ -109,6 +109,14 @@ typedef struct kvb_study_result {
 gboolean kvb_study_run(const kvb_study_params_t *p, const kvb_workload_t *wl, kvb_study_result_t *res,
 		       GError **err);
 
+/* Mooncake FAST'25 Fig. 12: one prefill and one decode node of p's platform;
+ * for each size, `concurrency` transfers of size / concurrency start at once
+ * and seconds[k] is the time until the last lands.  Sizes in GB (1e9 B).
+ * stats (may be NULL) receives the flow counts.
+ * Calls SimGrid: once per process, instead of kvb_study_run. */
+gboolean kvb_study_transfer_bench(const kvb_study_params_t *p, const double *sizes_gb, uint32_t n_sizes,
+				  uint32_t concurrency, double *seconds, kvb_sim_stats_t *stats, GError **err);
+
 /* The summary as text (g_free). */
 char *kvb_study_summary(const kvb_study_params_t *p, const kvb_study_result_t *r);
 
