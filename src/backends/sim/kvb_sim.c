@@ -32,6 +32,8 @@
 #include <simgrid/semaphore.h>
 #include <kvbridge/sim.h>
 
+#include "kvb_heap.h"
+
 #define SIM_RKEY_LEN 16u
 
 typedef struct sim_ep sim_ep_t;
@@ -235,48 +237,20 @@ static sim_ep_t *ep_by_id(kvb_sim_world_t *w, uint64_t id)
 
 /* ---- scheduling --------------------------------------------------------- */
 
-static bool item_before(const sched_item_t *a, const sched_item_t *b)
+static bool item_before(gconstpointer pa, gconstpointer pb)
 {
+	const sched_item_t *a = pa, *b = pb;
 	return a->t < b->t || (a->t == b->t && a->seq < b->seq);
 }
 
 static void heap_push(GPtrArray *h, sched_item_t *it)
 {
-	g_ptr_array_add(h, it);
-	size_t i = h->len - 1;
-	while (i > 0) {
-		size_t parent = (i - 1) / 2;
-		if (!item_before(h->pdata[i], h->pdata[parent]))
-			break;
-		gpointer tmp = h->pdata[i];
-		h->pdata[i] = h->pdata[parent];
-		h->pdata[parent] = tmp;
-		i = parent;
-	}
+	kvb_heap_push(h, it, item_before);
 }
 
 static sched_item_t *heap_pop(GPtrArray *h)
 {
-	if (!h->len)
-		return NULL;
-	sched_item_t *top = h->pdata[0];
-	h->pdata[0] = h->pdata[h->len - 1];
-	g_ptr_array_set_size(h, h->len - 1);
-	size_t i = 0;
-	for (;;) {
-		size_t l = 2 * i + 1, r = l + 1, m = i;
-		if (l < h->len && item_before(h->pdata[l], h->pdata[m]))
-			m = l;
-		if (r < h->len && item_before(h->pdata[r], h->pdata[m]))
-			m = r;
-		if (m == i)
-			break;
-		gpointer tmp = h->pdata[i];
-		h->pdata[i] = h->pdata[m];
-		h->pdata[m] = tmp;
-		i = m;
-	}
-	return top;
+	return kvb_heap_pop(h, item_before);
 }
 
 static void item_free(sched_item_t *it)

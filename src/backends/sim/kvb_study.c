@@ -32,6 +32,7 @@
 #include <kvbridge/kvbridge.h>
 #include <kvbridge/sim.h>
 
+#include "kvb_heap.h"
 #include "kvb_study.h"
 
 #define ADDR_BASE UINT64_C(0x100000000000)
@@ -229,8 +230,9 @@ static double rand_exp(GRand *rng, double mean)
 	return -mean * log(1.0 - u);
 }
 
-static bool ev_before(const eng_ev_t *a, const eng_ev_t *b)
+static bool ev_before(gconstpointer pa, gconstpointer pb)
 {
+	const eng_ev_t *a = pa, *b = pb;
 	return a->t < b->t || (a->t == b->t && a->seq < b->seq);
 }
 
@@ -241,41 +243,15 @@ static void ev_push(node_t *n, double t, ev_kind_t kind, req_t *r)
 	e->seq = n->ev_seq++;
 	e->kind = kind;
 	e->r = r;
-	GPtrArray *h = n->events;
-	g_ptr_array_add(h, e);
-	for (size_t i = h->len - 1; i > 0;) {
-		size_t up = (i - 1) / 2;
-		if (!ev_before(h->pdata[i], h->pdata[up]))
-			break;
-		gpointer tmp = h->pdata[i];
-		h->pdata[i] = h->pdata[up];
-		h->pdata[up] = tmp;
-		i = up;
-	}
+	kvb_heap_push(n->events, e, ev_before);
 }
 
 static eng_ev_t *ev_pop_due(node_t *n, double now)
 {
-	GPtrArray *h = n->events;
-	if (!h->len || ((eng_ev_t *)h->pdata[0])->t > now)
+	eng_ev_t *top = kvb_heap_peek(n->events);
+	if (!top || top->t > now)
 		return NULL;
-	eng_ev_t *top = h->pdata[0];
-	h->pdata[0] = h->pdata[h->len - 1];
-	g_ptr_array_set_size(h, h->len - 1);
-	for (size_t i = 0;;) {
-		size_t l = 2 * i + 1, r = l + 1, m = i;
-		if (l < h->len && ev_before(h->pdata[l], h->pdata[m]))
-			m = l;
-		if (r < h->len && ev_before(h->pdata[r], h->pdata[m]))
-			m = r;
-		if (m == i)
-			break;
-		gpointer tmp = h->pdata[i];
-		h->pdata[i] = h->pdata[m];
-		h->pdata[m] = tmp;
-		i = m;
-	}
-	return top;
+	return kvb_heap_pop(n->events, ev_before);
 }
 
 static double ev_next(node_t *n)

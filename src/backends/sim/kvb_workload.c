@@ -15,6 +15,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <kvbridge/policy.h>
+
 #include "kvb_workload.h"
 
 G_DEFINE_QUARK(kvb-wl-error-quark, kvb_wl_error)
@@ -1029,49 +1031,13 @@ gboolean kvb_workload_from_array(const kvb_wl_request_t *reqs, uint64_t n, const
 
 /* ---- generator ------------------------------------------------------------------ */
 
-/* xoshiro256** 1.0 (Blackman and Vigna), seeded with splitmix64 as its
- * authors recommend: a 64-bit seed fills the 256-bit state. */
-typedef struct rng {
-	uint64_t s[4];
-} rng_t;
+/* The core's xoshiro256** (kvb_rng_t, seeded through splitmix64): the same
+ * seed gives the same workload on every platform. */
+typedef kvb_rng_t rng_t;
 
-static uint64_t splitmix64(uint64_t *x)
-{
-	uint64_t z = (*x += UINT64_C(0x9e3779b97f4a7c15));
-	z = (z ^ (z >> 30)) * UINT64_C(0xbf58476d1ce4e5b9);
-	z = (z ^ (z >> 27)) * UINT64_C(0x94d049bb133111eb);
-	return z ^ (z >> 31);
-}
-
-static void rng_seed(rng_t *r, uint64_t seed)
-{
-	for (int i = 0; i < 4; i++)
-		r->s[i] = splitmix64(&seed);
-}
-
-static inline uint64_t rotl(uint64_t x, int k)
-{
-	return (x << k) | (x >> (64 - k));
-}
-
-static uint64_t rng_next(rng_t *r)
-{
-	uint64_t *s = r->s;
-	uint64_t result = rotl(s[1] * 5, 7) * 9;
-	uint64_t t = s[1] << 17;
-	s[2] ^= s[0];
-	s[3] ^= s[1];
-	s[1] ^= s[2];
-	s[0] ^= s[3];
-	s[2] ^= t;
-	s[3] = rotl(s[3], 45);
-	return result;
-}
-
-/* Uniform in [0, 1) with 53 random bits. */
 static double rng_unit(rng_t *r)
 {
-	return (double)(rng_next(r) >> 11) * 0x1.0p-53;
+	return kvb_rng_uniform(r);
 }
 
 /* Standard normal by Box-Muller (one of the pair; always two draws). */
@@ -1192,7 +1158,7 @@ gboolean kvb_workload_generate(const kvb_wl_gen_params_t *p, kvb_workload_t **ou
 	double mu_in = lognormal_mu(p->input_mean, p->input_sigma, p->max_tokens);
 	double mu_out = lognormal_mu(p->output_mean, p->output_sigma, p->max_tokens);
 	rng_t rng;
-	rng_seed(&rng, p->seed);
+	kvb_rng_seed(&rng, p->seed);
 	builder_t b = {0};
 	uint64_t next_id = 0;
 	double t = 0;
@@ -1200,7 +1166,7 @@ gboolean kvb_workload_generate(const kvb_wl_gen_params_t *p, kvb_workload_t **ou
 		double gap = -log1p(-rng_unit(&rng)) / p->rate_per_s;
 		double z_in = rng_normal(&rng), z_out = rng_normal(&rng);
 		double coin = rng_unit(&rng);
-		uint64_t pick = rng_next(&rng);
+		uint64_t pick = kvb_rng_next(&rng);
 		if (i > 0)
 			t += gap;
 		uint32_t in = lognormal_tokens(mu_in, p->input_sigma, z_in, p->max_tokens);
