@@ -80,6 +80,41 @@ START_TEST(test_pull_roundtrip)
 }
 END_TEST
 
+/* Regions without rkeys (the TCP transport's) and a short block list: the
+ * smallest PULL the hw backend sends must decode. */
+START_TEST(test_pull_without_rkeys)
+{
+	kvb_region_t regs[24];
+	kvb_rkey_t keys[24];
+	uint32_t id = 7;
+	kvb_block_list_t group = {&id, 1};
+	kvb_wire_pull_t in, out;
+	memset(&in, 0, sizeof(in));
+	memset(keys, 0, sizeof(keys));
+	g_strlcpy(in.transfer_id, "t", sizeof(in.transfer_id));
+	g_strlcpy(in.request_id, "r", sizeof(in.request_id));
+	in.tp_size = 1;
+	in.n_nics = 1;
+	in.n_regions = 24;
+	for (uint32_t i = 0; i < 24; i++)
+		regs[i] = (kvb_region_t){0x1000 + i * 0x10000ull, 4096, 4096, 16, (int32_t)i, 0, KVB_MEM_HOST, -1};
+	in.regions = regs;
+	in.rkeys = keys;
+	in.n_groups = 1;
+	in.groups = &group;
+	GByteArray *buf = g_byte_array_new();
+	ck_assert_int_eq(kvb_wire_encode_pull(buf, &in, NULL), KVB_OK);
+	kvb_err_t err;
+	ck_assert_msg(kvb_wire_decode_pull(buf->data, buf->len, &out, &err) == KVB_OK, "%s", err.msg);
+	ck_assert_uint_eq(out.n_regions, 24);
+	ck_assert_uint_eq(out.regions[23].base, regs[23].base);
+	ck_assert_uint_eq(out.rkeys[23].len, 0);
+	ck_assert_uint_eq(out.n_blocks, 1);
+	kvb_wire_pull_clear(&out);
+	g_byte_array_unref(buf);
+}
+END_TEST
+
 START_TEST(test_notice_roundtrip)
 {
 	kvb_wire_notice_t in, out;
@@ -345,6 +380,7 @@ Suite *kvb_suite_wire(void)
 	Suite *s = suite_create("wire");
 	TCase *tc = tcase_create("codec");
 	tcase_add_test(tc, test_pull_roundtrip);
+	tcase_add_test(tc, test_pull_without_rkeys);
 	tcase_add_test(tc, test_notice_roundtrip);
 	tcase_add_test(tc, test_malformed_header);
 	tcase_add_test(tc, test_every_truncation);

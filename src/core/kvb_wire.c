@@ -301,7 +301,8 @@ int kvb_wire_decode_pull(const void *buf, size_t len, kvb_wire_pull_t *pull, kvb
 		r.rc = kvb_err_set(err, KVB_ERR_PROTOCOL, "n_regions %u exceeds %u", pull->n_regions,
 				   KVB_MAX_REGIONS);
 	/* a region is at least 52 bytes on the wire */
-	if (r.rc == KVB_OK && (uint64_t)pull->n_regions * 52 > r.left)
+	/* a region is 48 bytes before its rkey (which may be empty: TCP) */
+	if (r.rc == KVB_OK && (uint64_t)pull->n_regions * 48 > r.left)
 		r.rc = kvb_err_set(err, KVB_ERR_PROTOCOL, "n_regions %u does not fit in %zu bytes",
 				   pull->n_regions, r.left);
 	if (r.rc == KVB_OK && pull->n_regions) {
