@@ -19,6 +19,8 @@
 #include <kvbridge/kvbridge.h>
 #include <kvbridge/loop.h>
 
+#include "kvb_pattern.h"
+
 typedef struct demo_opts {
 	gchar *model;
 	gint tokens;
@@ -53,24 +55,6 @@ typedef struct request {
 	int status;
 	uint64_t end_ns;
 } request_t;
-
-static uint64_t mix(uint64_t x)
-{
-	x += 0x9e3779b97f4a7c15ull;
-	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-	x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-	return x ^ (x >> 31);
-}
-
-static void fill_block(uint8_t *p, uint64_t len, uint64_t seed)
-{
-	uint64_t w = 0;
-	for (uint64_t i = 0; i < len; i++) {
-		if ((i & 7) == 0)
-			w = mix(seed ^ (i >> 3));
-		p[i] = (uint8_t)(w >> (8 * (i & 7)));
-	}
-}
 
 static int side_open(kvb_loop_fabric_t *fab, const char *name, kvb_role_t role, const kvb_config_t *base,
 		     const kvb_loop_params_t *lp, const kvb_model_t *model, uint32_t block_tokens,
@@ -333,9 +317,9 @@ static int demo_run(demo_opts_t *o)
 			q->p_ids[k] = (uint32_t)r * per_req + k;
 			q->d_ids[k] = perm[(uint32_t)r * per_req + k];
 			for (uint32_t l = 0; l < model->layers; l++)
-				fill_block((uint8_t *)(uintptr_t)(prod.regions[l].base +
+				kvb_pattern_fill((uint8_t *)(uintptr_t)(prod.regions[l].base +
 								  (uint64_t)q->p_ids[k] * prod.regions[l].block_stride),
-					   block_bytes, mix(cfg.seed ^ ((uint64_t)r << 40) ^ ((uint64_t)l << 20) ^ k));
+					   block_bytes, kvb_pattern_mix(cfg.seed ^ ((uint64_t)r << 40) ^ ((uint64_t)l << 20) ^ k));
 		}
 	}
 

@@ -1,0 +1,150 @@
+/*
+ * The hw backend: real bytes between real processes.
+ *
+ * Part 1 (this release) is the control plane and the TCP data path, wire-
+ * compatible with the Mooncake Transfer Engine (classic TE, P2PHANDSHAKE)
+ * and with vLLM's MooncakeConnector side channel (Gen 0), so that a kvbridge
+ * endpoint can sit on either side of a real vLLM or Mooncake peer:
+ *
+ *  - A handshake listener (the Mooncake "RPC port") answers Metadata (type 1,
+ *    this endpoint's segment descriptor), Notify (2) and Probe (3), and
+ *    refuses Connection (0: RDMA queue pairs arrive with part 2).  kvbridge
+ *    peers open a persistent control stream on the same port (type 0x10).
+ *  - A Mooncake TCP transport server (the descriptor's tcp_data_port)
+ *    serves READ and WRITE into registered memory, v1 and v2 (acknowledged);
+ *    every range is checked against the registrations before a byte moves.
+ *    Slices this endpoint posts travel the same protocol to the peer's data
+ *    port, one persistent connection per local NIC.
+ *  - With a side-channel port, a ZMQ ROUTER serves vLLM Gen 0 decoders:
+ *    MooncakeAgentMetadata in, one-sided writes into the decoder's Mooncake
+ *    segment, "trans_done" or "trans_error" out.  Each message becomes a
+ *    pull of the connector core, so leases, fencing and NIC policies are the
+ *    core's.  A consumer pulls from a vLLM Gen 0 producer through the peer
+ *    address "vllm://host:port".
+ *
+ * Peer addresses for kvb_consumer_pull / conn_connect:
+ *   "host:port", "kvb://host:port"   a kvbridge peer's handshake port
+ *   "vllm://host:port"               a vLLM Gen 0 producer's side channel
+ *
+ * Event loop: every socket and timer is a GSource on one GMainContext (the
+ * caller's, or the instance's own).  event_poll dispatches that context
+ * without blocking unless the context is already being dispatched; an
+ * application running a GMainLoop on it calls kvb_connector_progress from the
+ * notify callback (kvb_hw_set_notify), and a plain loop calls kvb_hw_wait.
+ * One thread per instance; no threads are created.
+ *
+ * Environment (applied by kvb_hw_params_apply_env, Mooncake's names):
+ *   MC_HANDSHAKE_MAX_LENGTH, MC_MIN_RPC_PORT, MC_MAX_RPC_PORT,
+ *   MC_HANDSHAKE_CONNECT_TIMEOUT (s), MC_TCP_PROTO (1 = legacy),
+ *   MC_TCP_STATUS_TIMEOUT_SEC, MC_TCP_BIND_ADDRESS.
+ */
+#ifndef KVBRIDGE_HW_H
+#define KVBRIDGE_HW_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <glib.h>
+#include <kvbridge/backend.h>
+#include <kvbridge/layout.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define KVB_HW_MAX_NICS 16u
+
+typedef struct kvb_hw_params {
+	const char *host;           /* how peers reach this endpoint; the segment name is
+				     * host:rpc_port.  Default "127.0.0.1". */
+	const char *bind_host;      /* listen address; default "0.0.0.0" */
+	uint16_t rpc_port;          /* handshake port; 0 = random free port in
+				     * [rpc_port_min, rpc_port_max], as Mooncake P2P */
+	uint16_t data_port;         /* TCP transport port; 0 = random in the same range */
+	uint16_t rpc_port_min, rpc_port_max; /* default 15000, 17000 */
+	uint32_t n_nics;            /* TCP "NICs": one data connection per peer each;
+				     * default 1 */
+	const char *nic_addrs[KVB_HW_MAX_NICS]; /* local source address per NIC; NULL or ""
+				     * = any */
+	uint64_t nic_bandwidth_bps; /* reported by nic_query; default 0 (unknown) */
+	uint32_t handshake_max;     /* largest handshake frame; default 1 MiB */
+	uint32_t tcp_proto_version; /* 2 (acknowledged, default) or 1 */
+	uint64_t connect_timeout_ns;/* handshake and data connects; default 5 s */
+	uint64_t status_timeout_ns; /* wait for a v2 status frame; default 30 s */
+	uint32_t lane_depth;        /* ops queued per data connection; default 4096 */
+	uint16_t side_channel_port; /* vLLM Gen 0 ROUTER port; 0 = none */
+	const char *side_channel_host; /* bind address for it; default bind_host */
+	GMainContext *context;      /* NULL = a context of the instance's own */
+	/* Warnings about peers (a vLLM request answered trans_error and why, a
+	 * connection dropped): one line each, without a newline.  NULL = silent
+	 * (KVB_HW_DEBUG=1 prints them and more on stderr). */
+	void (*warn_fn)(void *arg, const char *line);
+	void *warn_arg;
+} kvb_hw_params_t;
+
+/* Arguments of kvb_backend_open(kvb_hw_backend_ops(), &args, ...). */
+typedef struct kvb_hw_args {
+	const kvb_hw_params_t *params; /* NULL = defaults */
+} kvb_hw_args_t;
+
+KVB_API const kvb_backend_ops_t *kvb_hw_backend_ops(void);
+
+KVB_API void kvb_hw_params_default(kvb_hw_params_t *params);
+
+/* Apply Mooncake's MC_* variables from envp (NULL: the process environment).
+ * KVB_ERR_CONFIG naming the variable when a value is unparsable or out of range. */
+KVB_API int kvb_hw_params_apply_env(kvb_hw_params_t *params, char **envp, kvb_err_t *err);
+
+/* Convenience: open an instance (listeners bound before it returns). */
+KVB_API int kvb_hw_open(const kvb_hw_params_t *params, kvb_backend_t **out, kvb_err_t *err);
+
+KVB_API GMainContext *kvb_hw_context(kvb_backend_t *be);
+
+/* "host:rpc_port": the segment name Mooncake peers and vLLM decoders use. */
+KVB_API const char *kvb_hw_segment_name(kvb_backend_t *be);
+KVB_API uint16_t kvb_hw_rpc_port(kvb_backend_t *be);
+KVB_API uint16_t kvb_hw_data_port(kvb_backend_t *be);
+KVB_API uint16_t kvb_hw_side_channel_port(kvb_backend_t *be);
+
+/* The KV layout vLLM Gen 0 decoders share with this producer (Gen 0 sends
+ * only base addresses: strides, block sizes, layers and groups are assumed
+ * equal on both sides).  Needed before the side channel can serve; regions
+ * are copied. */
+KVB_API int kvb_hw_set_vllm_layout(kvb_backend_t *be, const kvb_region_t *regions, uint32_t n,
+				   uint32_t tp_size, uint32_t tp_rank, kvb_err_t *err);
+
+/* Called (from inside the context's dispatch) whenever an event becomes
+ * ready for event_poll; the callee typically schedules
+ * kvb_connector_progress.  NULL clears it. */
+KVB_API void kvb_hw_set_notify(kvb_backend_t *be, void (*fn)(void *user), void *user);
+
+/* Dispatch the context until an event is ready or timeout_ns passes (0 =
+ * poll once without blocking).  Returns true when events are ready. */
+KVB_API bool kvb_hw_wait(kvb_backend_t *be, uint64_t timeout_ns);
+
+/* Buffer i of the segment descriptor a connected peer published (its
+ * registered memory: where slices to it may go).  KVB_ERR_NOT_FOUND when
+ * the peer has no such buffer or its descriptor is not known yet. */
+KVB_API int kvb_hw_peer_buffer(kvb_backend_t *be, kvb_conn_t *conn, uint32_t i, uint64_t *addr,
+			       uint64_t *len);
+
+/* Counters of the wire protocols, for logs and tests. */
+typedef struct kvb_hw_stats {
+	uint64_t handshakes_served;     /* Mooncake frames answered (types 0-3) */
+	uint64_t handshake_errors;      /* frames refused (bad length, type, JSON) */
+	uint64_t streams_opened;        /* kvbridge control streams */
+	uint64_t tcp_requests_served;   /* TCP transport requests applied */
+	uint64_t tcp_requests_rejected; /* ranges outside registered memory, bad headers */
+	uint64_t tcp_bytes_in, tcp_bytes_out;      /* served (into / out of our memory) */
+	uint64_t tcp_bytes_posted;      /* our own posts, completed */
+	uint64_t nic_bytes[KVB_HW_MAX_NICS]; /* our posts per local NIC */
+	uint64_t vllm_messages;         /* side-channel messages received */
+	uint64_t vllm_errors;           /* answered trans_error */
+	uint64_t fenced_writes;         /* writes refused into fenced (cancelled) ranges */
+} kvb_hw_stats_t;
+
+KVB_API void kvb_hw_stats_get(kvb_backend_t *be, kvb_hw_stats_t *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* KVBRIDGE_HW_H */

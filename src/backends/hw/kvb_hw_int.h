@@ -1,0 +1,201 @@
+/*
+ * hw backend internals shared by its files:
+ *   kvb_hw.c       instance, vtable, events, timers, memory, GSource helpers,
+ *                  the handshake listener and kvbridge control streams
+ *   kvb_hw_tcp.c   Mooncake TCP transport: client lanes and the data server
+ *   kvb_hw_vllm.c  vLLM Gen 0 side channel: ROUTER sessions, DEALER client
+ */
+#ifndef KVB_HW_INT_H
+#define KVB_HW_INT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <glib.h>
+#include <kvbridge/backend.h>
+#include <kvbridge/hw.h>
+
+#include "kvb_mc_wire.h"
+
+typedef struct hw hw_t;
+typedef struct hw_peer hw_peer_t;
+typedef struct hw_lane hw_lane_t;
+typedef struct hw_call hw_call_t;
+
+/* ---- GSource helpers ----------------------------------------------------- */
+
+/* A file descriptor watched on the instance's context; fn returns false to
+ * stop watching (the watch is then destroyed: do not touch it again). */
+typedef bool (*hw_watch_fn)(void *obj, GIOCondition cond);
+typedef struct hw_watch hw_watch_t;
+hw_watch_t *hw_watch_new(hw_t *hw, int fd, GIOCondition cond, hw_watch_fn fn, void *obj);
+void hw_watch_set(hw_watch_t *w, GIOCondition cond);
+void hw_watch_free(hw_watch_t *w); /* NULL is a no-op; safe from inside fn */
+
+/* A one-shot deadline on the context: fn(obj) runs once after hw_deadline_arm. */
+typedef struct hw_deadline hw_deadline_t;
+hw_deadline_t *hw_deadline_new(hw_t *hw, void (*fn)(void *obj), void *obj);
+void hw_deadline_arm(hw_deadline_t *d, uint64_t delay_ns);
+void hw_deadline_disarm(hw_deadline_t *d);
+void hw_deadline_free(hw_deadline_t *d); /* NULL is a no-op */
+
+/* ---- memory -------------------------------------------------------------- */
+
+typedef struct hw_mr {
+	uint64_t addr, len;
+	uint32_t id;
+	kvb_mem_kind_t kind;
+	int32_t device;
+	uint32_t busy;           /* data-server sessions moving bytes in or out */
+} hw_mr_t;
+
+/* The registration holding all of [addr, addr + len), or NULL. */
+hw_mr_t *hw_mr_find(hw_t *hw, uint64_t addr, uint64_t len);
+
+/* True when [addr, addr + len) overlaps a fenced range (a cancelled vLLM
+ * Gen 0 pull whose producer cannot be told to stop). */
+bool hw_fenced(hw_t *hw, uint64_t addr, uint64_t len);
+void hw_fence_add(hw_t *hw, uint64_t addr, uint64_t len);
+void hw_fence_clear(hw_t *hw, uint64_t addr, uint64_t len);
+
+/* ---- peers --------------------------------------------------------------- */
+
+typedef enum hw_peer_kind {
+	HW_PEER_KVB = 1,          /* kvbridge control stream */
+	HW_PEER_VLLM_SESSION = 2, /* producer side: one Gen 0 message being served */
+	HW_PEER_VLLM_CLIENT = 3,  /* consumer side: a Gen 0 producer's side channel */
+	HW_PEER_MOONCAKE = 4,     /* a Mooncake segment: data only, no control messages */
+} hw_peer_kind_t;
+
+typedef enum hw_peer_state {
+	HW_PEER_CONNECTING = 1,
+	HW_PEER_UP = 2,
+	HW_PEER_DOWN = 3,        /* CONN_DOWN delivered (or due); waiting for conn_close */
+} hw_peer_state_t;
+
+struct hw_peer {
+	hw_t *hw;
+	kvb_conn_t *conn;        /* NULL after conn_close (and before conn_accept) */
+	hw_peer_kind_t kind;
+	hw_peer_state_t state;
+	char addr[KVB_ADDR_MAX];
+	char host[KVB_MC_NAME_MAX];
+	uint16_t port;
+	uint64_t incoming_id;
+
+	/* kvbridge stream */
+	int fd;
+	hw_watch_t *w;
+	hw_deadline_t *connect_deadline;
+	GByteArray *rx;
+	GByteArray *tx;
+	size_t tx_off;
+	bool hello_sent, hello_done;
+
+	/* where our slices go: the peer's Mooncake TCP transport */
+	kvb_mc_segment_t seg;
+	bool have_seg;
+	char data_host[KVB_MC_NAME_MAX];
+	uint16_t data_port;
+	bool data_v2;
+	hw_lane_t *lanes[KVB_HW_MAX_NICS];
+	uint64_t ops_outstanding;
+
+	void *vllm;              /* kvb_hw_vllm.c's per-peer state */
+	hw_call_t *call;         /* MOONCAKE: the descriptor fetch */
+};
+
+/* Peer events to the core. */
+void hw_peer_up(hw_peer_t *p);
+void hw_peer_down(hw_peer_t *p, int status, const char *why);
+/* Deliver a control message (copied) from p to the core. */
+void hw_peer_deliver(hw_peer_t *p, const void *data, size_t len);
+/* A peer that is neither a stream nor lanes-only is freed by its kind's code. */
+hw_peer_t *hw_peer_new(hw_t *hw, hw_peer_kind_t kind, const char *addr);
+void hw_peer_free(hw_peer_t *p);
+/* Announce an incoming peer to the core (CONN_INCOMING). */
+void hw_peer_announce(hw_peer_t *p);
+/* Use seg (moved in) as the peer's data target. */
+int hw_peer_set_segment(hw_peer_t *p, kvb_mc_segment_t *seg, const char *fallback_host,
+			kvb_err_t *err);
+
+/* ---- events -------------------------------------------------------------- */
+
+void hw_event_push(hw_t *hw, const kvb_event_t *ev);
+void hw_xfer_done(hw_t *hw, uint64_t cookie, int status, uint32_t nic);
+
+/* ---- errors -------------------------------------------------------------- */
+
+void hw_set_error(hw_t *hw, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+void hw_log(hw_t *hw, const char *fmt, ...) G_GNUC_PRINTF(2, 3); /* KVB_HW_DEBUG=1 */
+/* A peer-caused problem worth a line in the application's log (params.warn_fn). */
+void hw_warn(hw_t *hw, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+
+/* ---- sockets ------------------------------------------------------------- */
+
+/* Non-blocking TCP connect to host:port (IPv4/IPv6 by getaddrinfo), bound to
+ * src (NULL or "" = any).  Returns the fd (connect may be in progress) or -1
+ * with the reason in err. */
+int hw_tcp_connect(const char *host, uint16_t port, const char *src, kvb_err_t *err);
+/* After POLLOUT on a connecting socket: 0, or the connect's errno. */
+int hw_tcp_connect_result(int fd);
+/* Listening socket on bind_host:port (port 0 = try [min, max] at random,
+ * as Mooncake's P2P mode does).  Returns the fd and the bound port, or -1. */
+int hw_tcp_listen(const char *bind_host, uint16_t port, uint16_t min, uint16_t max,
+		  uint16_t *bound, kvb_err_t *err);
+
+/* ---- the TCP transport (kvb_hw_tcp.c) ------------------------------------ */
+
+int hw_tcp_server_start(hw_t *hw, kvb_err_t *err);
+uint16_t hw_tcp_server_port(hw_t *hw);
+void hw_tcp_server_stop(hw_t *hw);
+/* Close data-server sessions moving bytes in or out of mr (deregistration). */
+void hw_tcp_server_drop_mr(hw_t *hw, hw_mr_t *mr);
+int hw_lane_post(hw_peer_t *p, const kvb_slice_op_t *op);
+/* Fail every op of p's lanes with status and close them. */
+void hw_lanes_fail(hw_peer_t *p, int status);
+void hw_lanes_free(hw_peer_t *p);
+
+/* ---- the vLLM side channel (kvb_hw_vllm.c) ------------------------------- */
+
+int hw_vllm_start(hw_t *hw, kvb_err_t *err);
+void hw_vllm_stop(hw_t *hw);
+int hw_vllm_client_connect(hw_peer_t *p, const char *host, uint16_t port, kvb_err_t *err);
+/* A control message the core sends on a vLLM peer (translated or dropped). */
+int hw_vllm_msg_send(hw_peer_t *p, const void *buf, size_t len);
+/* The core closed the conn of a vLLM peer (frees it). */
+void hw_vllm_peer_closed(hw_peer_t *p);
+/* The core accepted a producer-side session: deliver its pulls. */
+void hw_vllm_accepted(hw_peer_t *p);
+/* Release a vLLM peer's state (from hw_peer_free). */
+void hw_vllm_peer_detach(hw_peer_t *p);
+int hw_vllm_set_layout(hw_t *hw, const kvb_region_t *regions, uint32_t n, uint32_t tp_size,
+		       uint32_t tp_rank, kvb_err_t *err);
+
+/* ---- the handshake client (kvb_hw.c) ------------------------------------- */
+
+/* One Mooncake request: connect, send a frame, read the reply, close.  cb
+ * runs once with KVB_OK and the reply payload, or an error and a reason. */
+typedef void (*hw_call_fn)(void *obj, int status, const char *why, kvb_mc_msg_type_t type,
+			   const uint8_t *payload, size_t len);
+hw_call_t *hw_call_start(hw_t *hw, const char *host, uint16_t port, kvb_mc_msg_type_t type,
+			 const void *payload, size_t len, hw_call_fn cb, void *obj);
+void hw_call_cancel(hw_call_t *c); /* cb will not run; NULL is a no-op */
+
+/* This endpoint's descriptor as JSON (g_free). */
+char *hw_descriptor_json(hw_t *hw);
+
+/* Accessors used by the other files. */
+const kvb_hw_params_t *hw_params(hw_t *hw);
+const char *hw_host(hw_t *hw);
+uint16_t hw_rpc_port_of(hw_t *hw);
+kvb_hw_stats_t *hw_stats(hw_t *hw);
+uint64_t hw_now_ns(void);
+
+/* State the TCP and vLLM files keep in the instance. */
+typedef struct hw_tcp_server hw_tcp_server_t;
+typedef struct hw_vllm hw_vllm_t;
+hw_tcp_server_t **hw_tcp_server_slot(hw_t *hw);
+hw_vllm_t **hw_vllm_slot(hw_t *hw);
+
+#endif /* KVB_HW_INT_H */

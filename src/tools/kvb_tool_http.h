@@ -1,0 +1,50 @@
+/*
+ * HTTP plumbing shared by kvbridge-serve and kvbridge-proxy, on top of the
+ * strict parser of src/backends/hw/kvb_http.h:
+ *  - a small non-blocking server on a GMainContext (one request per
+ *    connection, answered whenever the handler is ready, then closed);
+ *  - a blocking client for worker threads (one request per connection).
+ */
+#ifndef KVB_TOOL_HTTP_H
+#define KVB_TOOL_HTTP_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <glib.h>
+
+#include "kvb_http.h"
+
+typedef struct kvb_httpd kvb_httpd_t;
+
+/* A request arrived whole.  Answer now or later with kvb_httpd_respond
+ * (conn_id stays valid until answered or until the client goes away). */
+typedef void (*kvb_httpd_handler)(kvb_httpd_t *d, uint64_t conn_id, const kvb_http_msg_t *req,
+				  const char *body, size_t body_len, void *user);
+
+/* Listen on bind_host:port (port 0 = any free port). */
+kvb_httpd_t *kvb_httpd_new(GMainContext *ctx, const char *bind_host, uint16_t port,
+			   kvb_httpd_handler handler, void *user, GError **error);
+uint16_t kvb_httpd_port(const kvb_httpd_t *d);
+void kvb_httpd_free(kvb_httpd_t *d); /* NULL is a no-op */
+
+/* Send the response and close.  false when the client is gone. */
+bool kvb_httpd_respond(kvb_httpd_t *d, uint64_t conn_id, int status, const char *content_type,
+		       const char *body, size_t body_len);
+/* JSON convenience: {"error": {"message": msg, "type": type}} */
+bool kvb_httpd_respond_error(kvb_httpd_t *d, uint64_t conn_id, int status, const char *type,
+			     const char *msg);
+
+/* Blocking client: connect to host:port, send one request (Connection:
+ * close), read the whole response.  *status and body (decoded from chunked
+ * if needed) on success; false with error set on connect, I/O, timeout or
+ * parse failures. */
+bool kvb_http_request(const char *host, uint16_t port, const char *method, const char *target,
+		      const char *const *extra_fields, const char *content_type, const char *body,
+		      size_t body_len, int timeout_ms, int *status, GByteArray *resp_body,
+		      GError **error);
+
+/* Blocking connect with a timeout; fd or -1 with error set. */
+int kvb_http_connect(const char *host, uint16_t port, int timeout_ms, GError **error);
+
+#endif /* KVB_TOOL_HTTP_H */

@@ -1,0 +1,509 @@
+/*
+ * The hw backend over real sockets on loopback: connectors in one process
+ * sharing one GMainContext, every byte verified, and the wire protocols fed
+ * what they must refuse.  (Two processes, network namespaces and the real
+ * Mooncake and vLLM peers are in tests/test_hw_*.sh.)
+ */
+#include "config.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <check.h>
+#include <glib.h>
+#include <zmq.h>
+#include <kvbridge/kvbridge.h>
+#include <kvbridge/hw.h>
+
+#include "../src/tools/kvb_pattern.h"
+#include "kvb_mc_wire.h"
+#include "kvb_vllm_wire.h"
+#include "suites.h"
+
+#define LAYERS 4
+#define BLOCKS 64
+#define BLOCK_BYTES 8192u
+#define STRIDE (BLOCK_BYTES + 512u)
+#define S_NS(x) ((uint64_t)((x) * 1e9))
+
+typedef struct side {
+	kvb_backend_t *be;
+	kvb_connector_t *c;
+	uint8_t *mem;
+	size_t len;
+	kvb_region_t regs[LAYERS];
+	GArray *fin;             /* kvb_finished_t */
+} side_t;
+
+static GMainContext *ctx;
+
+static void side_open(side_t *s, kvb_role_t role, double lease_s, uint32_t nics, uint16_t side_port)
+{
+	memset(s, 0, sizeof(*s));
+	s->len = (size_t)LAYERS * BLOCKS * STRIDE;
+	s->mem = g_malloc(s->len);
+	memset(s->mem, 0xEE, s->len);
+	for (uint32_t i = 0; i < LAYERS; i++)
+		s->regs[i] = (kvb_region_t){(uint64_t)(uintptr_t)s->mem + (uint64_t)i * BLOCKS * STRIDE, STRIDE,
+					    BLOCK_BYTES, BLOCKS, (int32_t)i, 0, KVB_MEM_HOST, -1};
+	kvb_hw_params_t p;
+	kvb_hw_params_default(&p);
+	p.bind_host = "127.0.0.1";
+	p.context = ctx;
+	p.n_nics = nics;
+	p.nic_addrs[0] = "127.0.0.1";
+	p.nic_addrs[1] = "127.0.0.2";
+	p.side_channel_port = side_port;
+	p.side_channel_host = "127.0.0.1";
+	p.connect_timeout_ns = S_NS(2);
+	kvb_err_t err;
+	ck_assert_msg(kvb_hw_open(&p, &s->be, &err) == KVB_OK, "open: %s", err.msg);
+	kvb_config_t cfg;
+	kvb_config_init(&cfg);
+	cfg.role = role;
+	cfg.abort_timeout_ns = S_NS(lease_s);
+	cfg.consumer_timeout_ns = S_NS(lease_s + 5);
+	cfg.slice_size = 16384;
+	cfg.fragment_limit = 4096;
+	ck_assert_msg(kvb_connector_new(&cfg, s->be, &s->c, &err) == KVB_OK, "connector: %s", err.msg);
+	kvb_config_clear(&cfg);
+	ck_assert_msg(kvb_connector_register_layout(s->c, s->regs, LAYERS, &err) == KVB_OK, "%s", err.msg);
+	if (side_port)
+		ck_assert(kvb_hw_set_vllm_layout(s->be, s->regs, LAYERS, 1, 0, &err) == KVB_OK);
+	s->fin = g_array_new(FALSE, FALSE, sizeof(kvb_finished_t));
+}
+
+/* Teardown invariant: no block held, no live request. */
+static void side_close(side_t *s)
+{
+	if (s->c) {
+		kvb_counters_t c;
+		kvb_connector_counters(s->c, &c);
+		ck_assert_uint_eq(c.blocks_held, 0);
+		ck_assert_uint_eq(c.live_requests, 0);
+		kvb_connector_free(s->c);
+	}
+	if (s->be)
+		kvb_backend_close(s->be);
+	g_free(s->mem);
+	g_array_free(s->fin, TRUE);
+}
+
+static void step(side_t **sides, int n)
+{
+	for (int i = 0; i < n; i++) {
+		if (!sides[i]->c)
+			continue;
+		kvb_connector_progress(sides[i]->c);
+		kvb_finished_t f[16];
+		int k;
+		while ((k = kvb_connector_poll_finished(sides[i]->c, f, 16)) > 0)
+			g_array_append_vals(sides[i]->fin, f, (guint)k);
+	}
+	g_main_context_iteration(ctx, FALSE);
+	g_usleep(200);
+}
+
+/* Run until side s has n finished requests or max_s passes. */
+static bool run_until(side_t **sides, int n, side_t *s, guint want, double max_s)
+{
+	gint64 end = g_get_monotonic_time() + (gint64)(max_s * 1e6);
+	while (g_get_monotonic_time() < end) {
+		step(sides, n);
+		if (s->fin->len >= want)
+			return true;
+	}
+	return false;
+}
+
+
+static void fill_request(side_t *s, const char *id, const uint32_t *blocks, uint32_t n)
+{
+	uint64_t seed = kvb_pattern_request_seed(id);
+	for (uint32_t r = 0; r < LAYERS; r++)
+		for (uint32_t k = 0; k < n; k++)
+			kvb_pattern_fill((uint8_t *)(uintptr_t)(s->regs[r].base + (uint64_t)blocks[k] * STRIDE),
+					 BLOCK_BYTES, kvb_pattern_block_seed(seed, r, k));
+}
+
+static uint64_t check_request(side_t *s, const char *id, const uint32_t *blocks, uint32_t n)
+{
+	uint64_t seed = kvb_pattern_request_seed(id), bad = 0;
+	for (uint32_t r = 0; r < LAYERS; r++)
+		for (uint32_t k = 0; k < n; k++) {
+			const uint8_t *b = (const uint8_t *)(uintptr_t)(s->regs[r].base + (uint64_t)blocks[k] * STRIDE);
+			bad += kvb_pattern_mismatches(b, BLOCK_BYTES, kvb_pattern_block_seed(seed, r, k));
+			/* the padding after the meaningful bytes never changes */
+			for (uint32_t i = BLOCK_BYTES; i < STRIDE; i++)
+				bad += b[i] != 0xEE;
+		}
+	return bad;
+}
+
+static void pull(side_t *cons, const char *addr, const char *id, const uint32_t *blocks, uint32_t n)
+{
+	const char *prods[1] = {addr};
+	kvb_block_list_t g = {blocks, n};
+	kvb_pull_params_t pp = {.request_id = id, .transfer_id = id, .producers = prods, .n_producers = 1,
+				.groups = &g, .n_groups = 1};
+	kvb_err_t err;
+	ck_assert_msg(kvb_consumer_pull(cons->c, &pp, &err) == KVB_OK, "pull: %s", err.msg);
+}
+
+static void produce(side_t *prod, const char *id, const uint32_t *blocks, uint32_t n)
+{
+	kvb_err_t err;
+	fill_request(prod, id, blocks, n);
+	kvb_block_list_t g = {blocks, n};
+	ck_assert(kvb_producer_begin(prod->c, id, &err) == KVB_OK);
+	ck_assert_msg(kvb_producer_ready(prod->c, id, &g, 1, &err) == KVB_OK, "%s", err.msg);
+}
+
+static void setup(void)
+{
+	ctx = g_main_context_new();
+}
+
+static void teardown(void)
+{
+	while (g_main_context_iteration(ctx, FALSE))
+		;
+	g_main_context_unref(ctx);
+}
+
+/* ---- end to end ------------------------------------------------------------ */
+
+static void transfer_case(uint32_t nics, const char *scheme, uint16_t side_port)
+{
+	side_t P, D;
+	side_open(&P, KVB_ROLE_PRODUCER, 30, nics, side_port);
+	side_open(&D, KVB_ROLE_CONSUMER, 30, nics, 0);
+	side_t *both[2] = {&P, &D};
+	uint32_t pb[24], db[24];
+	for (uint32_t i = 0; i < 24; i++) {
+		pb[i] = 3 + i * 2;       /* scattered on the producer */
+		db[i] = 40 - i;          /* reversed on the consumer */
+	}
+	char addr[128];
+	if (side_port)
+		g_snprintf(addr, sizeof(addr), "%s127.0.0.1:%u", scheme, side_port);
+	else
+		g_snprintf(addr, sizeof(addr), "%s%s", scheme, kvb_hw_segment_name(P.be));
+	produce(&P, "req-1", pb, 24);
+	pull(&D, addr, "req-1", db, 24);
+	ck_assert_msg(run_until(both, 2, &D, 1, 20), "no answer");
+	kvb_finished_t *f = &g_array_index(D.fin, kvb_finished_t, 0);
+	ck_assert_msg(f->state == KVB_CONSUMER_DONE, "consumer: %s (%s)", kvb_status_name(f->status), f->reason);
+	ck_assert_uint_eq(check_request(&D, "req-1", db, 24), 0);
+	ck_assert(run_until(both, 2, &P, 1, 10));
+	ck_assert_int_eq(g_array_index(P.fin, kvb_finished_t, 0).state, KVB_PRODUCER_SENT);
+	kvb_hw_stats_t st;
+	kvb_hw_stats_get(P.be, &st);
+	ck_assert_uint_eq(st.tcp_bytes_posted, (uint64_t)24 * LAYERS * BLOCK_BYTES);
+	for (uint32_t i = 0; i < nics; i++)
+		ck_assert_msg(st.nic_bytes[i] > 0, "NIC %u carried nothing", i);
+	side_close(&D);
+	side_close(&P);
+}
+
+START_TEST(test_kvb_transfer)
+{
+	transfer_case(1, "kvb://", 0);
+}
+END_TEST
+
+START_TEST(test_kvb_transfer_two_nics)
+{
+	transfer_case(2, "", 0);
+}
+END_TEST
+
+START_TEST(test_vllm_gen0_transfer)
+{
+	/* the consumer speaks vLLM's side channel; the producer's ROUTER turns
+	 * it into a pull and writes through the consumer's Mooncake transport */
+	transfer_case(1, "vllm://", 39000 + (uint16_t)(getpid() % 1000));
+}
+END_TEST
+
+START_TEST(test_lease_expiry_refuses_late_pull)
+{
+	side_t P, D;
+	side_open(&P, KVB_ROLE_PRODUCER, 0.3, 1, 0);
+	side_open(&D, KVB_ROLE_CONSUMER, 30, 1, 0);
+	side_t *both[2] = {&P, &D};
+	uint32_t b[4] = {1, 2, 3, 4};
+	produce(&P, "late", b, 4);
+	ck_assert(run_until(both, 2, &P, 1, 5));
+	ck_assert_int_eq(g_array_index(P.fin, kvb_finished_t, 0).state, KVB_PRODUCER_EXPIRED);
+	pull(&D, kvb_hw_segment_name(P.be), "late", b, 4);
+	ck_assert(run_until(both, 2, &D, 1, 10));
+	kvb_finished_t *f = &g_array_index(D.fin, kvb_finished_t, 0);
+	ck_assert_int_eq(f->state, KVB_CONSUMER_FAILED);
+	ck_assert_int_eq(f->status, KVB_ERR_EXPIRED);
+	/* nothing was written into the consumer's blocks */
+	for (uint32_t r = 0; r < LAYERS; r++)
+		for (uint32_t k = 0; k < 4; k++)
+			ck_assert_uint_eq(((uint8_t *)(uintptr_t)(D.regs[r].base + b[k] * STRIDE))[0], 0xEE);
+	side_close(&D);
+	side_close(&P);
+}
+END_TEST
+
+START_TEST(test_consumer_dies_producer_frees_at_lease)
+{
+	side_t P, D;
+	side_open(&P, KVB_ROLE_PRODUCER, 1.0, 1, 0);
+	side_open(&D, KVB_ROLE_CONSUMER, 30, 1, 0);
+	side_t *both[2] = {&P, &D};
+	uint32_t b[BLOCKS / 2];
+	for (uint32_t i = 0; i < BLOCKS / 2; i++)
+		b[i] = i;
+	produce(&P, "dies", b, BLOCKS / 2);
+	pull(&D, kvb_hw_segment_name(P.be), "dies", b, BLOCKS / 2);
+	/* let the transfer start, then the consumer vanishes as a killed process would */
+	for (int i = 0; i < 50; i++)
+		step(both, 2);
+	kvb_connector_free(D.c);
+	D.c = NULL;
+	kvb_backend_close(D.be);
+	D.be = NULL;
+	side_t *one[1] = {&P};
+	ck_assert(run_until(one, 1, &P, 1, 10));
+	kvb_finished_t *f = &g_array_index(P.fin, kvb_finished_t, 0);
+	ck_assert_msg(f->state == KVB_PRODUCER_EXPIRED || f->state == KVB_PRODUCER_SENT,
+		      "producer state %d", f->state);
+	/* and it still serves the next consumer */
+	side_t D2;
+	side_open(&D2, KVB_ROLE_CONSUMER, 30, 1, 0);
+	side_t *two[2] = {&P, &D2};
+	produce(&P, "next", b, 8);
+	pull(&D2, kvb_hw_segment_name(P.be), "next", b, 8);
+	ck_assert(run_until(two, 2, &D2, 1, 10));
+	ck_assert_int_eq(g_array_index(D2.fin, kvb_finished_t, 0).state, KVB_CONSUMER_DONE);
+	ck_assert_uint_eq(check_request(&D2, "next", b, 8), 0);
+	ck_assert(run_until(two, 2, &P, 2, 5));
+	side_close(&D2);
+	side_close(&D);
+	side_close(&P);
+}
+END_TEST
+
+/* ---- bad input --------------------------------------------------------------- */
+
+static int raw_connect(uint16_t port)
+{
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+	inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+	ck_assert(connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0);
+	return fd;
+}
+
+/* Pump the context while waiting for fd to have data or close. */
+static ssize_t raw_read(side_t **sides, int n, int fd, void *buf, size_t len, double max_s)
+{
+	gint64 end = g_get_monotonic_time() + (gint64)(max_s * 1e6);
+	size_t got = 0;
+	while (g_get_monotonic_time() < end && got < len) {
+		step(sides, n);
+		struct pollfd p = {.fd = fd, .events = POLLIN};
+		if (poll(&p, 1, 1) == 1) {
+			ssize_t r = recv(fd, (uint8_t *)buf + got, len - got, 0);
+			if (r <= 0)
+				return got ? (ssize_t)got : r;
+			got += (size_t)r;
+		}
+	}
+	return (ssize_t)got;
+}
+
+/* A probe must still be answered: the listener kept serving. */
+static void assert_probe(side_t **sides, int n, uint16_t port)
+{
+	int fd = raw_connect(port);
+	GByteArray *f = g_byte_array_new();
+	kvb_mc_frame_encode(f, KVB_MC_PROBE, "{}", 2);
+	ck_assert(send(fd, f->data, f->len, 0) == (ssize_t)f->len);
+	g_byte_array_unref(f);
+	uint8_t buf[64];
+	ssize_t r = raw_read(sides, n, fd, buf, 8 + 1 + 20, 5);
+	ck_assert_int_eq(r, 29);
+	ck_assert_int_eq(buf[8], KVB_MC_PROBE);
+	ck_assert(memcmp(buf + 9, "{\"status\":\"success\"}", 20) == 0);
+	close(fd);
+}
+
+START_TEST(test_handshake_bad_frames)
+{
+	side_t P;
+	side_open(&P, KVB_ROLE_PRODUCER, 30, 1, 0);
+	side_t *one[1] = {&P};
+	uint16_t port = kvb_hw_rpc_port(P.be);
+	static const uint8_t zero_len[8] = {0};
+	static const uint8_t huge_len[8] = {0, 0, 0, 0x40, 0, 0, 0, 0}; /* 1 GiB */
+	uint8_t bad_type[8 + 3] = {3, 0, 0, 0, 0, 0, 0, 0, 0x42, '{', '}'};
+	uint8_t bad_json[8 + 6] = {6, 0, 0, 0, 0, 0, 0, 0, KVB_MC_NOTIFY, '{', '"', 'n', 'a', ':'};
+	uint8_t truncated[8 + 4] = {100, 0, 0, 0, 0, 0, 0, 0, KVB_MC_METADATA, '{', '}', ' '};
+	struct { const uint8_t *b; size_t n; bool expect_close; } cases[] = {
+		{zero_len, 8, true}, {huge_len, 8, true}, {bad_type, sizeof(bad_type), true},
+		{bad_json, sizeof(bad_json), true}, {truncated, sizeof(truncated), false},
+	};
+	for (size_t i = 0; i < G_N_ELEMENTS(cases); i++) {
+		int fd = raw_connect(port);
+		ck_assert(send(fd, cases[i].b, cases[i].n, 0) == (ssize_t)cases[i].n);
+		if (!cases[i].expect_close)
+			shutdown(fd, SHUT_WR); /* a peer that stops mid-frame */
+		uint8_t buf[16];
+		ssize_t r = raw_read(one, 1, fd, buf, sizeof(buf), 7);
+		ck_assert_msg(r <= 0, "case %zu: got a reply to a bad frame", i);
+		close(fd);
+		assert_probe(one, 1, port);
+	}
+	kvb_hw_stats_t st;
+	kvb_hw_stats_get(P.be, &st);
+	ck_assert_uint_ge(st.handshake_errors, 4);
+	side_close(&P);
+}
+END_TEST
+
+START_TEST(test_tcp_transport_refuses_out_of_range)
+{
+	side_t P;
+	side_open(&P, KVB_ROLE_PRODUCER, 30, 1, 0);
+	side_t *one[1] = {&P};
+	uint16_t port = kvb_hw_data_port(P.be);
+	uint8_t before[64];
+	memcpy(before, P.mem, sizeof(before));
+	/* v2 write just past the registered memory: status 1, connection closed */
+	int fd = raw_connect(port);
+	uint8_t hdr[KVB_MC_TCP_HEADER_LEN];
+	kvb_mc_tcp_header_t h = {.size = 64, .addr = (uint64_t)(uintptr_t)P.mem + P.len - 32,
+				 .opcode = KVB_MC_TCP_OP_WRITE, .v2 = true};
+	kvb_mc_tcp_header_encode(hdr, &h);
+	uint8_t payload[64];
+	memset(payload, 0x11, sizeof(payload));
+	send(fd, hdr, sizeof(hdr), 0);
+	send(fd, payload, sizeof(payload), 0);
+	uint8_t st[8];
+	ck_assert_int_eq(raw_read(one, 1, fd, st, 8, 5), 8);
+	uint32_t code;
+	ck_assert(kvb_mc_tcp_status_decode(st, &code, NULL) == KVB_OK);
+	ck_assert_uint_eq(code, KVB_MC_TCP_STATUS_REJECTED);
+	uint8_t more;
+	ck_assert_int_le(raw_read(one, 1, fd, &more, 1, 2), 0);
+	close(fd);
+	/* garbage header (opcode 7): closed without a status */
+	fd = raw_connect(port);
+	memset(hdr, 0, sizeof(hdr));
+	hdr[0] = 8;
+	hdr[16] = 7;
+	send(fd, hdr, sizeof(hdr), 0);
+	ck_assert_int_le(raw_read(one, 1, fd, st, 8, 5), 0);
+	close(fd);
+	/* a read of memory that was never registered */
+	fd = raw_connect(port);
+	h = (kvb_mc_tcp_header_t){.size = 16, .addr = 4096, .opcode = KVB_MC_TCP_OP_READ, .v2 = true};
+	kvb_mc_tcp_header_encode(hdr, &h);
+	send(fd, hdr, sizeof(hdr), 0);
+	ck_assert_int_eq(raw_read(one, 1, fd, st, 8, 5), 8);
+	ck_assert(kvb_mc_tcp_status_decode(st, &code, NULL) == KVB_OK);
+	ck_assert_uint_eq(code, KVB_MC_TCP_STATUS_REJECTED);
+	close(fd);
+	/* and a valid v2 write still lands */
+	fd = raw_connect(port);
+	h = (kvb_mc_tcp_header_t){.size = 64, .addr = (uint64_t)(uintptr_t)P.mem, .opcode = KVB_MC_TCP_OP_WRITE,
+				  .v2 = true};
+	kvb_mc_tcp_header_encode(hdr, &h);
+	send(fd, hdr, sizeof(hdr), 0);
+	send(fd, payload, sizeof(payload), 0);
+	ck_assert_int_eq(raw_read(one, 1, fd, st, 8, 5), 8);
+	ck_assert(kvb_mc_tcp_status_decode(st, &code, NULL) == KVB_OK);
+	ck_assert_uint_eq(code, KVB_MC_TCP_STATUS_OK);
+	ck_assert(memcmp(P.mem, payload, 64) == 0);
+	/* the end of memory was never touched */
+	ck_assert_uint_eq(P.mem[P.len - 1], 0xEE);
+	close(fd);
+	kvb_hw_stats_t s;
+	kvb_hw_stats_get(P.be, &s);
+	ck_assert_uint_eq(s.tcp_requests_rejected, 3);
+	ck_assert_uint_eq(s.tcp_requests_served, 1);
+	(void)before;
+	side_close(&P);
+}
+END_TEST
+
+START_TEST(test_vllm_bad_messages_get_trans_error)
+{
+	uint16_t sport = 40000 + (uint16_t)(getpid() % 1000);
+	side_t P;
+	side_open(&P, KVB_ROLE_PRODUCER, 30, 1, sport);
+	side_t *one[1] = {&P};
+	void *zc = zmq_ctx_new();
+	char ep[64];
+	g_snprintf(ep, sizeof(ep), "tcp://127.0.0.1:%u", sport);
+	const char *garbage[] = {"\xc1", "\x81\xa3" "abc", "not msgpack at all"};
+	for (size_t i = 0; i < G_N_ELEMENTS(garbage); i++) {
+		for (int req = 0; req < 2; req++) {
+			/* as REQ would ([id, "", payload]) and as DEALER ([id, payload]) */
+			void *s = zmq_socket(zc, ZMQ_DEALER);
+			int zero = 0;
+			zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof(zero));
+			ck_assert(zmq_connect(s, ep) == 0);
+			if (req)
+				zmq_send(s, "", 0, ZMQ_SNDMORE);
+			zmq_send(s, garbage[i], strlen(garbage[i]), 0);
+			char buf[64];
+			int got = -1;
+			for (int k = 0; k < 2000 && got < 0; k++) {
+				step(one, 1);
+				got = zmq_recv(s, buf, sizeof(buf), ZMQ_DONTWAIT);
+				if (got == 0 && req)
+					got = -1; /* the empty delimiter */
+			}
+			ck_assert_int_eq(got, 11);
+			ck_assert(memcmp(buf, "trans_error", 11) == 0);
+			zmq_close(s);
+		}
+	}
+	kvb_hw_stats_t st;
+	kvb_hw_stats_get(P.be, &st);
+	ck_assert_uint_eq(st.vllm_errors, 6);
+	zmq_ctx_term(zc);
+	side_close(&P);
+}
+END_TEST
+
+Suite *kvb_suite_hw_backend(void)
+{
+	Suite *s = suite_create("hw_backend");
+	TCase *tc = tcase_create("loopback");
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_set_timeout(tc, 60);
+	tcase_add_test(tc, test_kvb_transfer);
+	tcase_add_test(tc, test_kvb_transfer_two_nics);
+	tcase_add_test(tc, test_vllm_gen0_transfer);
+	tcase_add_test(tc, test_lease_expiry_refuses_late_pull);
+	tcase_add_test(tc, test_consumer_dies_producer_frees_at_lease);
+	tcase_add_test(tc, test_handshake_bad_frames);
+	tcase_add_test(tc, test_tcp_transport_refuses_out_of_range);
+	tcase_add_test(tc, test_vllm_bad_messages_get_trans_error);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int main(void)
+{
+	SRunner *sr = srunner_create(kvb_suite_hw_backend());
+	srunner_set_tap(sr, "-");
+	srunner_run_all(sr, CK_ENV);
+	int failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}

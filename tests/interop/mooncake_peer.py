@@ -1,0 +1,101 @@
+"""The real Mooncake Transfer Engine (PyPI mooncake-transfer-engine-non-cuda,
+TCP transport, P2PHANDSHAKE) and kvbridge move verified bytes both ways.
+
+  Mooncake -> kvbridge: the engine opens kvbridge's segment (handshake type
+  1: it parses kvbridge's descriptor), writes random bytes into kvbridge's
+  buffer and reads kvbridge's pattern back; kvbridge-bench's target reports
+  SHA-256 of its memory to compare.
+  kvbridge -> Mooncake: kvbridge-bench fetches the engine's descriptor and
+  reads the engine's buffer (checked against the pattern the test wrote
+  there) and writes its own pattern into it (checked here).
+
+Prints TAP.  Usage: mooncake_peer.py PATH/TO/kvbridge-bench
+"""
+import hashlib
+import os
+import subprocess
+import sys
+
+import patterns
+
+os.environ.setdefault("MC_FORCE_TCP", "1")
+os.environ.setdefault("MC_LOG_LEVEL", "WARNING")
+from mooncake.engine import TransferEngine  # noqa: E402
+
+bench = sys.argv[1]
+n = 0
+failed = 0
+
+
+def check(cond, what):
+    global n, failed
+    n += 1
+    print(("ok %d - %s" if cond else "not ok %d - %s") % (n, what), flush=True)
+    if not cond:
+        failed = 1
+
+
+print("1..7", flush=True)
+MB = 1 << 20
+eng = TransferEngine()
+rc = eng.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "")
+if rc != 0:
+    print("Bail out! the Mooncake engine did not initialize (rc %d)" % rc)
+    sys.exit(1)
+mc_port = eng.get_rpc_port()
+local = eng.allocate_managed_buffer(4 * MB)
+
+# ---- Mooncake -> kvbridge --------------------------------------------------
+tgt = subprocess.Popen([bench, "--mode", "target", "--buffer-size", "4M", "--fill-seed", "11"],
+                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+line = tgt.stdout.readline()
+fields = dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
+seg = fields["segment"]
+kaddr = int(fields["buffer"], 16)
+
+
+def target_sum(off, length):
+    tgt.stdin.write("sum %d %d\n" % (off, length))
+    tgt.stdin.flush()
+    return tgt.stdout.readline().split()[-1]
+
+
+check(eng.get_first_buffer_address(seg) == kaddr,
+      "Mooncake parsed kvbridge's segment descriptor (buffer 0x%x)" % kaddr)
+data = os.urandom(MB)
+eng.write_bytes_to_buffer(local, data, MB)
+rc = eng.transfer_sync_write(seg, local, kaddr + MB, MB)
+check(rc == 0 and target_sum(MB, MB) == hashlib.sha256(data).hexdigest(),
+      "Mooncake wrote 1 MiB into kvbridge: bytes identical (rc %d)" % rc)
+rc = eng.transfer_sync_read(seg, local, kaddr + 2 * MB, MB)
+got = eng.read_bytes_from_buffer(local, MB)
+check(rc == 0 and hashlib.sha256(got).hexdigest() == target_sum(2 * MB, MB)
+      and got == patterns.bench_fill(11, 3 * MB)[2 * MB:],
+      "Mooncake read 1 MiB of kvbridge's pattern: bytes identical (rc %d)" % rc)
+rc = eng.transfer_sync_write(seg, local, kaddr + 4 * MB - 100, MB)
+check(rc != 0 and target_sum(4 * MB - 100, 100) == hashlib.sha256(
+    patterns.bench_fill(11, 4 * MB)[4 * MB - 100:]).hexdigest(),
+      "a write past kvbridge's buffer is refused and nothing is written (rc %d)" % rc)
+tgt.stdin.close()
+tgt.terminate()
+tgt.wait()
+
+# ---- kvbridge -> Mooncake --------------------------------------------------
+eng.write_bytes_to_buffer(local, patterns.bench_fill(21, 4 * MB), 4 * MB)
+common = [bench, "-t", "mooncake://127.0.0.1:%d" % mc_port, "--remote-addr", str(local),
+          "--buffer-size", "4M", "-b", "256K", "--count", "16", "--batch", "4", "-q"]
+r = subprocess.run(common + ["--op", "read", "--check-pattern", "21"], capture_output=True, text=True)
+check(r.returncode == 0 and "verified 4194304 bytes" in r.stdout,
+      "kvbridge read 4 MiB from Mooncake: every byte is the engine's (rc %d) %s" % (
+          r.returncode, r.stderr.strip()[-200:]))
+r = subprocess.run(common + ["--op", "write"], capture_output=True, text=True)
+got = eng.read_bytes_from_buffer(local, 4 * MB)
+check(r.returncode == 0 and got == patterns.bench_fill(7, 4 * MB),
+      "kvbridge wrote 4 MiB into Mooncake: every byte landed (rc %d) %s" % (
+          r.returncode, r.stderr.strip()[-200:]))
+r = subprocess.run([bench, "-t", "mooncake://127.0.0.1:%d" % mc_port, "--remote-addr", "4096",
+                    "--buffer-size", "1M", "-b", "64K", "--count", "1", "-q"],
+                   capture_output=True, text=True)
+check(r.returncode != 0 and "refused" in r.stderr,
+      "a kvbridge write outside Mooncake's memory is refused with a reason: %s" % r.stderr.strip()[-160:])
+sys.exit(failed)

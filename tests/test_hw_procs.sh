@@ -1,0 +1,61 @@
+#!/bin/sh
+# kvbridge-serve and kvbridge-proxy as separate processes on loopback:
+# requests through the proxy move a Qwen2.5-0.5B-shaped KV cache producer ->
+# consumer over the vLLM side channel and over kvbridge's own stream, every
+# byte checked by the consumer; a lease runs out across processes; bad HTTP.
+# Nothing leaks: /stats shows no block held.  (A consumer killed mid-transfer
+# is in test_hw_netns.sh, where a shaped link makes "mid" certain.)
+tmp=$(mktemp -d)
+. "${top_srcdir:-.}/tests/hw_lib.sh"
+trap cleanup EXIT
+command -v curl >/dev/null || skip_all "curl not installed"
+[ -x "$serve" ] || skip_all "kvbridge-serve not built (hw backend disabled)"
+echo "1..9"
+base=$((20000 + $$ % 20000))
+export VLLM_MOONCAKE_BOOTSTRAP_PORT=$base
+
+start prod "$serve" --role producer --http-port 0 --blocks 8192 --lease 3 -v || exit 1
+P=$(field prod http)
+start cons "$serve" --role consumer --http-port 0 --blocks 8192 --pull-protocol vllm -v || exit 1
+C=$(field cons http)
+start cons2 "$serve" --role consumer --http-port 0 --blocks 8192 -v || exit 1
+C2=$(field cons2 http)
+start proxy "$proxy" --port 0 --prefiller-port "$P" --decoder-port "$C" -v || exit 1
+X=$(sed -n 's/.*ready on [^:]*:\([0-9]*\).*/\1/p' "$tmp/proxy.out")
+start proxy2 "$proxy" --port 0 --prefiller-port "$P" --decoder-port "$C2" || exit 1
+X2=$(sed -n 's/.*ready on [^:]*:\([0-9]*\).*/\1/p' "$tmp/proxy2.out")
+
+good=0
+for len in 1 15 16 17 200 1000 3000 9000; do
+	st=$(post "http://127.0.0.1:$X/v1/completions" "{\"model\":\"q\",\"prompt\":\"$(words $len)\",\"max_tokens\":4}")
+	[ "$st" = 200 ] && grep -q '"mismatched_bytes":0' "$tmp/resp" && good=$((good+1))
+done
+check "8 prompts (1 to 9000 tokens) through the proxy over the vLLM side channel: all verified" "[ $good -eq 8 ]"
+check "consumer counted the verified bytes" "get http://127.0.0.1:$C/stats > '$tmp/s' && [ \$(json_num '$tmp/s' mismatched_bytes) -eq 0 ] && [ \$(json_num '$tmp/s' verified_bytes) -gt 100000000 ]"
+good=0
+for len in 5 500 5000; do
+	st=$(post "http://127.0.0.1:$X2/v1/chat/completions" "{\"model\":\"q\",\"messages\":[{\"role\":\"user\",\"content\":\"$(words $len)\"}]}")
+	[ "$st" = 200 ] && grep -q '"mismatched_bytes":0' "$tmp/resp" && good=$((good+1))
+done
+check "chat requests over kvbridge's own stream: all verified" "[ $good -eq 3 ]"
+sleep 0.3
+check "producer: every served request freed its blocks" "get http://127.0.0.1:$P/stats > '$tmp/s' && grep -q '\"blocks_held\":0' '$tmp/s' && grep -q '\"producer_live\":0' '$tmp/s'"
+
+# lease expiry across processes: the producer holds the blocks 3 s, the pull comes at 4 s
+st=$(post "http://127.0.0.1:$P/v1/completions" '{"prompt":"late late late","kv_transfer_params":{"do_remote_decode":true}}' late-1)
+cp "$tmp/resp" "$tmp/late-params"
+params=$(sed -n 's/.*"kv_transfer_params":\({[^}]*}\).*/\1/p' "$tmp/late-params")
+sleep 4
+st=$(post "http://127.0.0.1:$C2/v1/completions" "{\"prompt\":\"late late late\",\"kv_transfer_params\":$params}" late-1)
+check "late pull after the lease (kvbridge stream): refused with the reason (HTTP $st)" "[ '$st' = 502 ] && grep -q -i 'expired' '$tmp/resp'"
+check "producer counted the expired lease, holds nothing" "get http://127.0.0.1:$P/stats > '$tmp/s' && [ \$(json_num '$tmp/s' leases_expired) -ge 1 ] && grep -q '\"blocks_held\":0' '$tmp/s'"
+
+# bad HTTP: the daemons answer 400 and keep serving
+printf 'GARBAGE\r\n\r\n' | curl -s -o /dev/null --max-time 5 telnet://127.0.0.1:$P >/dev/null 2>&1
+st=$(curl -s -o "$tmp/resp" -w '%{http_code}' --max-time 5 -H 'Content-Type: application/json' -d '{not json' http://127.0.0.1:$C/v1/completions)
+check "malformed JSON: 400 with a message (HTTP $st)" "[ '$st' = 400 ] && grep -q message '$tmp/resp'"
+st=$(curl -s -o "$tmp/resp" -w '%{http_code}' --max-time 5 -H 'Transfer-Encoding: chunked' -H 'Content-Length: 5' -d 'hello' http://127.0.0.1:$X/v1/completions)
+check "request smuggling shape (TE + CL) refused by the proxy (HTTP $st)" "[ '$st' = 400 ]"
+st=$(post "http://127.0.0.1:$X/v1/completions" "{\"prompt\":\"$(words 40)\"}")
+check "still serving after bad input (HTTP $st)" "[ '$st' = 200 ]"
+exit $fail
