@@ -4,7 +4,8 @@
 #   1. -Werror build, make check (TAP)
 #   2. ASan + UBSan build of the suite (separate build tree)
 #   3. the suite under valgrind
-#   4. make distcheck
+#   4. libFuzzer on every wire parser (bounded time)
+#   5. make distcheck
 # Build trees live under build/ so the source tree stays clean.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,10 @@ if [ -f config.status ]; then
 	echo "test.sh: the source tree is configured in place; run 'make distclean' first" >&2
 	exit 1
 fi
+
+# the interop tests' venv (the Mooncake wheel, pyzmq, msgpack): one for all
+# build trees, distcheck's included
+export KVB_INTEROP_VENV="$top/build/interop-venv"
 
 stage "autoreconf"
 autoreconf -fi
@@ -36,6 +41,11 @@ export PKG_CONFIG_PATH="$dest/lib/pkgconfig"
 cc -std=gnu11 -Wall -Werror -o "$dest/consumer-app" tests/install_check.c \
 	$(pkg-config --cflags --libs kvbridge-loop kvbridge)
 LD_LIBRARY_PATH="$dest/lib" "$dest/consumer-app"
+if pkg-config --exists kvbridge-hw; then
+	cc -std=gnu11 -Wall -Werror -o "$dest/hw-app" tests/install_check_hw.c \
+		$(pkg-config --cflags --libs kvbridge-hw)
+	LD_LIBRARY_PATH="$dest/lib" "$dest/hw-app"
+fi
 # only kvb_* may be exported
 bad=$(nm -D --defined-only "$dest"/lib/libkvbridge*.so | awk 'NF==3 && $2 ~ /[TDBR]/ {print $3}' | grep -v '^kvb_' || true)
 [ -z "$bad" ] || { echo "exported symbols outside kvb_*: $bad" >&2; exit 1; }
@@ -70,6 +80,9 @@ mkdir -p build/asan
 
 stage "valgrind"
 (cd build/main && make check-valgrind)
+
+stage "fuzz every wire parser (libFuzzer, ASan, UBSan)"
+bash tests/fuzz/run.sh "${FUZZ_SECONDS:-20}"
 
 stage "make distcheck"
 (cd build/main && make -j"$jobs" distcheck DISTCHECK_CONFIGURE_FLAGS=--enable-werror >distcheck.log 2>&1) \

@@ -56,10 +56,11 @@ typedef struct serve_opts {
 	gdouble lease_s;
 	gboolean verbose;
 	gboolean list_models;
+	gint tp_size, tp_rank, dp_rank;
 } serve_opts_t;
 
 static serve_opts_t o = {.blocks = 1024, .block_tokens = 16, .http_port = 8100, .nics = 1,
-			 .lease_s = -1};
+			 .lease_s = -1, .tp_size = -1, .tp_rank = -1, .dp_rank = -1};
 
 typedef struct prod_req {
 	char id[KVB_ID_MAX];
@@ -617,6 +618,9 @@ static GOptionEntry entries[] = {
 	{"rpc-port", 0, 0, G_OPTION_ARG_INT, &o.rpc_port, "Mooncake handshake port (default random in 15000-17000)", "PORT"},
 	{"data-port", 0, 0, G_OPTION_ARG_INT, &o.data_port, "TCP transport port (default random)", "PORT"},
 	{"nics", 0, 0, G_OPTION_ARG_INT, &o.nics, "data connections per peer (default 1)", "N"},
+	{"tp-size", 0, 0, G_OPTION_ARG_INT, &o.tp_size, "tensor-parallel size (default the config's, 1)", "N"},
+	{"tp-rank", 0, 0, G_OPTION_ARG_INT, &o.tp_rank, "this worker's tensor-parallel rank (default 0)", "R"},
+	{"dp-rank", 0, 0, G_OPTION_ARG_INT, &o.dp_rank, "this worker's data-parallel rank (default 0)", "R"},
 	{"nic-addr", 0, 0, G_OPTION_ARG_STRING_ARRAY, &o.nic_addrs, "source address of a data connection (repeat per NIC)", "IP"},
 	{"pull-protocol", 0, 0, G_OPTION_ARG_STRING, &o.pull_protocol,
 	 "consumer: vllm (Gen 0 side channel), kvb (kvbridge stream) or auto (kvb when the producer "
@@ -650,6 +654,12 @@ static int setup(void)
 	}
 	if (o.lease_s >= 0)
 		S.cfg.abort_timeout_ns = (uint64_t)(o.lease_s * 1e9);
+	if (o.tp_size >= 0)
+		S.cfg.tp_size = (uint32_t)o.tp_size;
+	if (o.tp_rank >= 0)
+		S.cfg.tp_rank = (uint32_t)o.tp_rank;
+	if (o.dp_rank >= 0)
+		S.cfg.dp_rank = (uint32_t)o.dp_rank;
 	if (o.pull_protocol && strcmp(o.pull_protocol, "vllm") && strcmp(o.pull_protocol, "kvb") &&
 	    strcmp(o.pull_protocol, "auto")) {
 		fprintf(stderr, "kvbridge-serve: --pull-protocol %s: expected vllm, kvb or auto\n", o.pull_protocol);
