@@ -36,7 +36,9 @@
  * Environment (applied by kvb_hw_params_apply_env, Mooncake's names):
  *   MC_HANDSHAKE_MAX_LENGTH, MC_MIN_RPC_PORT, MC_MAX_RPC_PORT,
  *   MC_HANDSHAKE_CONNECT_TIMEOUT (s), MC_TCP_PROTO (1 = legacy),
- *   MC_TCP_STATUS_TIMEOUT_SEC, MC_TCP_BIND_ADDRESS.
+ *   MC_TCP_STATUS_TIMEOUT_SEC, MC_TCP_BIND_ADDRESS; RDMA: MC_GID_INDEX,
+ *   MC_IB_PORT, MC_MTU, MC_NUM_QP_PER_EP, MC_MAX_WR, MC_TE_FILTERS (device
+ *   whitelist), MC_FORCE_TCP=1 (no RDMA), KVB_RDMA_DEVICES (the device list).
  */
 #ifndef KVBRIDGE_HW_H
 #define KVBRIDGE_HW_H
@@ -79,6 +81,16 @@ typedef struct kvb_hw_params {
 	 * (KVB_HW_DEBUG=1 prints them and more on stderr). */
 	void (*warn_fn)(void *arg, const char *line);
 	void *warn_arg;
+	/* RDMA (libibverbs).  rdma_devices: comma list of device names ("mlx5_0,
+	 * mlx5_1", "rxe0,rxe1"), "auto" = every device with an ACTIVE port, NULL
+	 * or "" = TCP only.  With devices, they are the NICs (n_nics and
+	 * nic_addrs are ignored) and the descriptor says protocol "rdma". */
+	const char *rdma_devices;
+	uint8_t ib_port;            /* MC_IB_PORT; default 1 */
+	int32_t gid_index;          /* MC_GID_INDEX; -1 = auto (RoCE v2 IPv4 first) */
+	uint32_t mtu;               /* MC_MTU: 512..4096; path MTU = min(active, this) */
+	uint32_t qp_per_ep;         /* MC_NUM_QP_PER_EP; default 2, must equal the peer's */
+	uint32_t max_wr;            /* MC_MAX_WR: WRs in flight per QP; default 256 */
 } kvb_hw_params_t;
 
 /* Arguments of kvb_backend_open(kvb_hw_backend_ops(), &args, ...). */
@@ -136,6 +148,7 @@ typedef struct kvb_hw_stats {
 	uint64_t tcp_requests_rejected; /* ranges outside registered memory, bad headers */
 	uint64_t tcp_bytes_in, tcp_bytes_out;      /* served (into / out of our memory) */
 	uint64_t tcp_bytes_posted;      /* our own posts, completed */
+	uint64_t rdma_bytes_posted;     /* our own RDMA posts, completed */
 	uint64_t nic_bytes[KVB_HW_MAX_NICS]; /* our posts per local NIC */
 	uint64_t vllm_messages;         /* side-channel messages received */
 	uint64_t vllm_errors;           /* answered trans_error */

@@ -61,6 +61,7 @@ typedef struct opts {
 	gint64 check_seed;
 	gchar *remote_addr;
 	gboolean quiet;
+	gchar *rdma_devices;
 } opts_t;
 
 static opts_t o = {
@@ -137,11 +138,15 @@ static kvb_backend_t *open_backend(uint16_t rpc_port, uint16_t data_port, GMainC
 	p.data_port = data_port;
 	p.n_nics = (uint32_t)o.nics;
 	p.context = ctx;
+	if (o.rdma_devices)
+		p.rdma_devices = o.rdma_devices;
 	kvb_backend_t *be;
 	if (kvb_hw_open(&p, &be, &err) != KVB_OK) {
 		fprintf(stderr, "kvbridge-bench: %s\n", err.msg);
 		exit(1);
 	}
+	if (p.rdma_devices && *p.rdma_devices) /* RDMA: the devices are the NICs */
+		o.nics = (int)be->ops->nic_count(be);
 	return be;
 }
 
@@ -342,7 +347,8 @@ static gpointer worker_run(gpointer arg)
 		while (posting && inflight < w->batch && slot < limit) {
 			uint64_t cookie = free_cookies[n_free - 1];
 			kvb_slice_op_t op = {
-				.opcode = w->op, .local_nic = (uint32_t)(nic++ % (uint64_t)o.nics),
+				.opcode = w->op, .local_nic = (uint32_t)(nic % (uint64_t)o.nics),
+				.remote_nic = (uint32_t)(nic++ % (uint64_t)o.nics), /* rail i -> peer NIC i */
 				.local_addr = (uint64_t)(uintptr_t)buf + (slot % nslots) * w->block,
 				.local_mr = mr, .remote_addr = rbase + (slot % nslots) * w->block,
 				.remote_key = &rkey, .len = w->block, .cookie = cookie, .n_slices = 1,
@@ -676,6 +682,9 @@ static GOptionEntry entries[] = {
 	{"batch", 'B', 0, G_OPTION_ARG_INT, &o.batch, "requests in flight per thread (default 16)", "N"},
 	{"threads", 'T', 0, G_OPTION_ARG_INT, &o.threads, "initiator threads, one connection each (default 1)", "N"},
 	{"nics", 'n', 0, G_OPTION_ARG_INT, &o.nics, "data connections per thread (TCP NICs, default 1)", "N"},
+	{"rdma-devices", 0, 0, G_OPTION_ARG_STRING, &o.rdma_devices,
+	 "RDMA devices to use (rxe0,rxe1 or auto; default TCP; also KVB_RDMA_DEVICES); requests go "
+	 "round-robin over them, device i to the peer's device i", "LIST"},
 	{"duration", 'd', 0, G_OPTION_ARG_DOUBLE, &o.duration, "seconds per block size (default 1)", "S"},
 	{"repeat", 'r', 0, G_OPTION_ARG_INT, &o.repeat,
 	 "measure each size N times (kvbridge and the socket ceiling interleaved) and report the median run "

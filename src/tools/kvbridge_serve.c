@@ -57,6 +57,7 @@ typedef struct serve_opts {
 	gboolean verbose;
 	gboolean list_models;
 	gint tp_size, tp_rank, dp_rank;
+	gchar *rdma_devices;
 } serve_opts_t;
 
 static serve_opts_t o = {.blocks = 1024, .block_tokens = 16, .http_port = 8100, .nics = 1,
@@ -480,6 +481,9 @@ static void respond_stats(uint64_t cid)
 	kvb_connector_counters(S.conn, &c);
 	kvb_hw_stats_t h;
 	kvb_hw_stats_get(S.be, &h);
+	GString *nic_bytes = g_string_new(NULL);
+	for (uint32_t i = 0; i < S.be->ops->nic_count(S.be) && i < KVB_HW_MAX_NICS; i++)
+		g_string_append_printf(nic_bytes, "%s%" PRIu64, i ? "," : "", h.nic_bytes[i]);
 	GString *s = g_string_new(NULL);
 	g_string_append_printf(s,
 		"{\"role\":\"%s\",\"segment\":\"%s\",\"data_port\":%u,\"side_channel_port\":%u,"
@@ -495,7 +499,7 @@ static void respond_stats(uint64_t cid)
 		",\"streams_opened\":%" PRIu64 ",\"tcp_requests_served\":%" PRIu64
 		",\"tcp_requests_rejected\":%" PRIu64 ",\"tcp_bytes_in\":%" PRIu64 ",\"tcp_bytes_out\":%" PRIu64
 		",\"tcp_bytes_posted\":%" PRIu64 ",\"vllm_messages\":%" PRIu64 ",\"vllm_errors\":%" PRIu64
-		",\"fenced_writes\":%" PRIu64 "}}\n",
+		",\"fenced_writes\":%" PRIu64 ",\"rdma_bytes_posted\":%" PRIu64 ",\"nic_bytes\":[%s]}}\n",
 		kvb_role_name(S.cfg.role), kvb_hw_segment_name(S.be), kvb_hw_data_port(S.be),
 		kvb_hw_side_channel_port(S.be), o.blocks, S.free_blocks->len, g_hash_table_size(S.prod),
 		g_hash_table_size(S.cons), S.served_ok, S.served_failed, S.verified_bytes, S.mismatched_bytes,
@@ -504,7 +508,8 @@ static void respond_stats(uint64_t cid)
 		c.malformed_messages, c.blocks_held, c.live_requests, h.handshakes_served,
 		h.handshake_errors, h.streams_opened, h.tcp_requests_served, h.tcp_requests_rejected,
 		h.tcp_bytes_in, h.tcp_bytes_out, h.tcp_bytes_posted, h.vllm_messages, h.vllm_errors,
-		h.fenced_writes);
+		h.fenced_writes, h.rdma_bytes_posted, nic_bytes->str);
+	g_string_free(nic_bytes, TRUE);
 	kvb_httpd_respond(S.httpd, cid, 200, "application/json", s->str, s->len);
 	g_string_free(s, TRUE);
 }
@@ -618,6 +623,8 @@ static GOptionEntry entries[] = {
 	{"rpc-port", 0, 0, G_OPTION_ARG_INT, &o.rpc_port, "Mooncake handshake port (default random in 15000-17000)", "PORT"},
 	{"data-port", 0, 0, G_OPTION_ARG_INT, &o.data_port, "TCP transport port (default random)", "PORT"},
 	{"nics", 0, 0, G_OPTION_ARG_INT, &o.nics, "data connections per peer (default 1)", "N"},
+	{"rdma-devices", 0, 0, G_OPTION_ARG_STRING, &o.rdma_devices,
+	 "RDMA devices (mlx5_0,mlx5_1 / rxe0,rxe1 / auto; also KVB_RDMA_DEVICES); default TCP", "LIST"},
 	{"tp-size", 0, 0, G_OPTION_ARG_INT, &o.tp_size, "tensor-parallel size (default the config's, 1)", "N"},
 	{"tp-rank", 0, 0, G_OPTION_ARG_INT, &o.tp_rank, "this worker's tensor-parallel rank (default 0)", "R"},
 	{"dp-rank", 0, 0, G_OPTION_ARG_INT, &o.dp_rank, "this worker's data-parallel rank (default 0)", "R"},
@@ -722,6 +729,8 @@ static int setup(void)
 	for (guint i = 0; o.nic_addrs && o.nic_addrs[i] && i < KVB_HW_MAX_NICS; i++)
 		hp.nic_addrs[i] = o.nic_addrs[i];
 	hp.context = S.ctx;
+	if (o.rdma_devices)
+		hp.rdma_devices = o.rdma_devices;
 	uint32_t worker_port = 0;
 	if (S.cfg.role != KVB_ROLE_CONSUMER) {
 		if (kvb_config_worker_port(&S.cfg, &worker_port, &err) != KVB_OK) {

@@ -100,6 +100,8 @@ struct hw {
 
 	hw_tcp_server_t *tcp;
 	hw_vllm_t *vllm;
+	hw_rdma_t *rdma;
+	char rdma_devices[512];
 };
 
 static hw_t *hw_of(kvb_backend_t *be)
@@ -142,6 +144,16 @@ kvb_hw_stats_t *hw_stats(hw_t *hw)
 hw_tcp_server_t **hw_tcp_server_slot(hw_t *hw)
 {
 	return &hw->tcp;
+}
+
+hw_rdma_t **hw_rdma_slot(hw_t *hw)
+{
+	return &hw->rdma;
+}
+
+const char *hw_segment(hw_t *hw)
+{
+	return hw->segment;
 }
 
 hw_vllm_t **hw_vllm_slot(hw_t *hw)
@@ -415,16 +427,19 @@ static int op_random_fill(kvb_backend_t *be, void *buf, size_t len)
 
 static uint32_t op_nic_count(kvb_backend_t *be)
 {
-	return hw_of(be)->p.n_nics;
+	hw_t *hw = hw_of(be);
+	return hw->rdma ? hw_rdma_n_devices(hw) : hw->p.n_nics;
 }
 
 static int op_nic_query(kvb_backend_t *be, uint32_t index, kvb_nic_info_t *info)
 {
 	hw_t *hw = hw_of(be);
-	if (index >= hw->p.n_nics)
+	if (index >= op_nic_count(be))
 		return KVB_ERR_NOT_FOUND;
 	memset(info, 0, sizeof(*info));
-	if (hw->nic_addrs[index][0])
+	if (hw->rdma)
+		g_strlcpy(info->name, hw_rdma_device_name(hw, index), sizeof(info->name));
+	else if (hw->nic_addrs[index][0])
 		g_snprintf(info->name, sizeof(info->name), "tcp%u@%s", index, hw->nic_addrs[index]);
 	else
 		g_snprintf(info->name, sizeof(info->name), "tcp%u", index);
@@ -454,13 +469,19 @@ static int op_mr_reg(kvb_backend_t *be, void *addr, size_t len, const kvb_mem_at
 		return KVB_ERR_INVALID;
 	}
 	if (attr && attr->kind == KVB_MEM_CUDA) {
-		hw_set_error(hw, "mr_reg: GPU memory needs the RDMA/CUDA path (issue 5); this build "
-				 "moves host memory over TCP");
+		hw_set_error(hw, "mr_reg: GPU memory is registered through the CUDA path, which this "
+				 "build does not have (configure --with-cuda)");
 		return KVB_ERR_UNSUPPORTED;
 	}
 	hw_mr_t *m = g_new0(hw_mr_t, 1);
 	m->addr = (uint64_t)(uintptr_t)addr;
 	m->len = len;
+	kvb_err_t rerr;
+	if (hw_rdma_mr_reg(hw, m, &rerr) != KVB_OK) {
+		hw_set_error(hw, "mr_reg: %s", rerr.msg);
+		g_free(m);
+		return rerr.code;
+	}
 	m->id = ++hw->mr_seq;
 	m->kind = attr ? attr->kind : KVB_MEM_HOST;
 	m->device = attr ? attr->device : -1;
@@ -486,6 +507,7 @@ static int op_mr_dereg(kvb_backend_t *be, void *mr)
 	/* peers writing into or reading from it lose their connection: no byte
 	 * lands in memory that is no longer ours to serve */
 	hw_tcp_server_drop_mr(hw, mr);
+	hw_rdma_mr_dereg(hw, mr);
 	g_free(mr);
 	return KVB_OK;
 }
@@ -542,13 +564,14 @@ char *hw_descriptor_json(hw_t *hw)
 		seg.buffers[i].addr = m->addr;
 		seg.buffers[i].length = m->len;
 	}
+	hw_rdma_describe(hw, &seg);
 	GString *out = g_string_new(NULL);
 	kvb_err_t err;
 	if (kvb_mc_segment_to_json(&seg, out, &err) != KVB_OK) {
 		hw_set_error(hw, "descriptor: %s", err.msg);
 		g_string_assign(out, "{}");
 	}
-	g_free(seg.buffers);
+	kvb_mc_segment_clear(&seg);
 	return g_string_free(out, FALSE);
 }
 
@@ -903,6 +926,7 @@ void hw_peer_free(hw_peer_t *p)
 		hw_vllm_peer_detach(p);
 	hw_call_cancel(p->call);
 	hw_lanes_free(p);
+	hw_rdma_peer_detach(p);
 	hw_watch_free(p->w);
 	hw_deadline_free(p->connect_deadline);
 	if (p->fd >= 0)
@@ -972,16 +996,28 @@ void hw_peer_announce(hw_peer_t *p)
 int hw_peer_set_segment(hw_peer_t *p, kvb_mc_segment_t *seg, const char *fallback_host,
 			kvb_err_t *err)
 {
-	if (strcmp(seg->protocol, "tcp") != 0) {
+	bool rdma = !strcmp(seg->protocol, "rdma");
+	int rc = KVB_OK;
+	if (rdma && !hw_rdma_n_devices(p->hw))
+		rc = kvb_err_set(err, KVB_ERR_UNSUPPORTED,
+				 "peer segment %s speaks rdma and this endpoint has no RDMA devices "
+				 "(give it some: rdma_devices, KVB_RDMA_DEVICES, --rdma-devices)", seg->name);
+	else if (rdma && !seg->n_devices)
+		rc = kvb_err_set(err, KVB_ERR_PROTOCOL, "peer segment %s speaks rdma but lists no devices",
+				 seg->name);
+	else if (!rdma && strcmp(seg->protocol, "tcp"))
+		rc = kvb_err_set(err, KVB_ERR_UNSUPPORTED, "peer segment %s speaks '%s' (expected tcp or rdma)",
+				 seg->name, seg->protocol);
+	else if (!rdma && (!seg->tcp_data_port || seg->tcp_data_port > 65535))
+		rc = kvb_err_set(err, KVB_ERR_PROTOCOL, "peer segment %s: tcp_data_port %u", seg->name,
+				 seg->tcp_data_port);
+	else if (!rdma && hw_rdma_n_devices(p->hw))
+		rc = kvb_err_set(err, KVB_ERR_UNSUPPORTED,
+				 "peer segment %s speaks tcp and this endpoint moves data over RDMA "
+				 "(run both sides with RDMA devices, or neither)", seg->name);
+	if (rc != KVB_OK) {
 		kvb_mc_segment_clear(seg);
-		return kvb_err_set(err, KVB_ERR_UNSUPPORTED,
-				   "peer segment %s speaks %s; this build moves data over tcp only "
-				   "(RDMA arrives with the verbs path)", seg->name, seg->protocol);
-	}
-	if (!seg->tcp_data_port || seg->tcp_data_port > 65535) {
-		kvb_mc_segment_clear(seg);
-		return kvb_err_set(err, KVB_ERR_PROTOCOL, "peer segment %s: tcp_data_port %u",
-				   seg->name, seg->tcp_data_port);
+		return rc;
 	}
 	kvb_mc_segment_clear(&p->seg);
 	p->seg = *seg;
@@ -1222,8 +1258,8 @@ static bool rpc_handle(rpc_session_t *s, kvb_mc_msg_type_t type, const uint8_t *
 		rpc_reply(s, type, kvb_mc_probe_reply_json());
 		break;
 	case KVB_MC_CONNECTION: {
-		/* RDMA queue pairs: not in this build.  Reject the way Mooncake does,
-		 * with reply_msg, so the peer reports a reason. */
+		/* RDMA queue pairs (a refusal with reply_msg when we have none, the
+		 * way Mooncake refuses, so the peer reports a reason) */
 		kvb_mc_handshake_t hs;
 		if (kvb_mc_handshake_from_json((const char *)payload, len, &hs, &err) != KVB_OK) {
 			hw->stats.handshake_errors++;
@@ -1231,17 +1267,9 @@ static bool rpc_handle(rpc_session_t *s, kvb_mc_msg_type_t type, const uint8_t *
 			rpc_session_free(s);
 			return false;
 		}
-		kvb_mc_handshake_t reply;
-		memset(&reply, 0, sizeof(reply));
-		g_strlcpy(reply.local_nic_path, hs.peer_nic_path, sizeof(reply.local_nic_path));
-		g_strlcpy(reply.peer_nic_path, hs.local_nic_path, sizeof(reply.peer_nic_path));
-		reply.ready_ack = -1;
-		g_strlcpy(reply.reply_msg, "kvbridge: this endpoint has no RDMA devices (tcp only)",
-			  sizeof(reply.reply_msg));
-		GString *out = g_string_new(NULL);
-		kvb_mc_handshake_to_json(&reply, out, NULL);
-		rpc_reply(s, type, out->str);
-		g_string_free(out, TRUE);
+		char *reply = hw_rdma_handshake(hw, &hs);
+		rpc_reply(s, type, reply);
+		g_free(reply);
 		break;
 	}
 	case KVB_MC_KVB_HELLO:
@@ -1505,8 +1533,9 @@ static int op_xfer_post(kvb_backend_t *be, kvb_conn_t *conn, const kvb_slice_op_
 		hw_set_error(hw, "xfer_post: connection %s is not up", p ? p->addr : "?");
 		return KVB_ERR_PEER;
 	}
+	bool rdma = hw_rdma_peer_usable(p);
 	for (size_t i = 0; i < n; i++) {
-		int rc = hw_lane_post(p, &ops[i]);
+		int rc = rdma ? hw_rdma_post(p, &ops[i]) : hw_lane_post(p, &ops[i]);
 		if (rc != KVB_OK)
 			return rc;
 		(*n_posted)++;
@@ -1590,6 +1619,10 @@ static void hw_free_all(hw_t *hw)
 		hw_peer_free(p);
 	}
 	hw_tcp_server_stop(hw);
+	if (hw->mrs)
+		for (guint i = 0; i < hw->mrs->len; i++)
+			hw_rdma_mr_dereg(hw, hw->mrs->pdata[i]);
+	hw_rdma_close(hw);
 	hw_watch_free(hw->rpc_w);
 	if (hw->rpc_fd >= 0)
 		close(hw->rpc_fd);
@@ -1695,6 +1728,23 @@ static int op_instance_open(kvb_backend_t *be, const void *args, kvb_err_t *err)
 	hw->rpc_w = hw_watch_new(hw, hw->rpc_fd, G_IO_IN, rpc_accept, hw);
 	if (hw_tcp_server_start(hw, err) != KVB_OK)
 		goto fail;
+	if (p->rdma_devices && *p->rdma_devices) {
+		g_strlcpy(hw->rdma_devices, p->rdma_devices, sizeof(hw->rdma_devices));
+		p->rdma_devices = hw->rdma_devices;
+		if (p->mtu && p->mtu != 512 && p->mtu != 1024 && p->mtu != 2048 && p->mtu != 4096) {
+			kvb_err_set(err, KVB_ERR_CONFIG, "mtu %u: expected 512, 1024, 2048 or 4096", p->mtu);
+			goto fail;
+		}
+		if (p->qp_per_ep > KVB_MC_MAX_QP) {
+			kvb_err_set(err, KVB_ERR_CONFIG, "qp_per_ep %u out of range 1..%u", p->qp_per_ep,
+				    KVB_MC_MAX_QP);
+			goto fail;
+		}
+		if (hw_rdma_open(hw, err) != KVB_OK)
+			goto fail;
+	} else {
+		p->rdma_devices = NULL;
+	}
 	if (p->side_channel_port && hw_vllm_start(hw, err) != KVB_OK)
 		goto fail;
 	hw_log(hw, "up: handshake port %u, data port %u", hw->rpc_port, kvb_hw_data_port(be));
@@ -1756,6 +1806,11 @@ void kvb_hw_params_default(kvb_hw_params_t *p)
 	p->connect_timeout_ns = 5 * G_GUINT64_CONSTANT(1000000000);
 	p->status_timeout_ns = 30 * G_GUINT64_CONSTANT(1000000000);
 	p->lane_depth = 4096;
+	p->ib_port = 1;
+	p->gid_index = -1;
+	p->mtu = 4096;
+	p->qp_per_ep = 2;
+	p->max_wr = 256;
 }
 
 static bool env_u64(char **envp, const char *name, uint64_t min, uint64_t max, uint64_t *out,
@@ -1794,6 +1849,26 @@ int kvb_hw_params_apply_env(kvb_hw_params_t *p, char **envp, kvb_err_t *err)
 		p->tcp_proto_version = (uint32_t)v;
 	if (env_u64(envp, "MC_TCP_STATUS_TIMEOUT_SEC", 1, 3600, &v, err, &rc))
 		p->status_timeout_ns = v * G_GUINT64_CONSTANT(1000000000);
+	if (env_u64(envp, "MC_IB_PORT", 1, 255, &v, err, &rc))
+		p->ib_port = (uint8_t)v;
+	if (env_u64(envp, "MC_GID_INDEX", 0, 1023, &v, err, &rc))
+		p->gid_index = (int32_t)v;
+	if (env_u64(envp, "MC_MTU", 512, 4096, &v, err, &rc)) {
+		if (v != 512 && v != 1024 && v != 2048 && v != 4096)
+			rc = kvb_err_set(err, KVB_ERR_CONFIG, "MC_MTU=%" PRIu64 ": expected 512, 1024, 2048 or 4096", v);
+		else
+			p->mtu = (uint32_t)v;
+	}
+	if (env_u64(envp, "MC_NUM_QP_PER_EP", 1, KVB_MC_MAX_QP, &v, err, &rc))
+		p->qp_per_ep = (uint32_t)v;
+	if (env_u64(envp, "MC_MAX_WR", 1, 65536, &v, err, &rc))
+		p->max_wr = (uint32_t)v;
+	const char *devs = envp ? g_environ_getenv(envp, "KVB_RDMA_DEVICES") : g_getenv("KVB_RDMA_DEVICES");
+	if (devs)
+		p->rdma_devices = devs; /* borrowed, copied at open */
+	const char *force_tcp = envp ? g_environ_getenv(envp, "MC_FORCE_TCP") : g_getenv("MC_FORCE_TCP");
+	if (force_tcp && (!strcmp(force_tcp, "1") || !g_ascii_strcasecmp(force_tcp, "true")))
+		p->rdma_devices = NULL;
 	const char *bind = envp ? g_environ_getenv(envp, "MC_TCP_BIND_ADDRESS")
 				: g_getenv("MC_TCP_BIND_ADDRESS");
 	if (bind && *bind)

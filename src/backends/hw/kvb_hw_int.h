@@ -4,6 +4,8 @@
  *                  the handshake listener and kvbridge control streams
  *   kvb_hw_tcp.c   Mooncake TCP transport: client lanes and the data server
  *   kvb_hw_vllm.c  vLLM Gen 0 side channel: ROUTER sessions, DEALER client
+ *   kvb_hw_rdma.c  RDMA verbs: devices, registrations, Mooncake-compatible
+ *                  endpoints (type-0 handshake), WRITE/READ, completions
  */
 #ifndef KVB_HW_INT_H
 #define KVB_HW_INT_H
@@ -47,6 +49,7 @@ typedef struct hw_mr {
 	kvb_mem_kind_t kind;
 	int32_t device;
 	uint32_t busy;           /* data-server sessions moving bytes in or out */
+	void *rdma;              /* kvb_hw_rdma.c: one ibv_mr per device */
 } hw_mr_t;
 
 /* The registration holding all of [addr, addr + len), or NULL. */
@@ -195,7 +198,28 @@ uint64_t hw_now_ns(void);
 /* State the TCP and vLLM files keep in the instance. */
 typedef struct hw_tcp_server hw_tcp_server_t;
 typedef struct hw_vllm hw_vllm_t;
+typedef struct hw_rdma hw_rdma_t;
 hw_tcp_server_t **hw_tcp_server_slot(hw_t *hw);
 hw_vllm_t **hw_vllm_slot(hw_t *hw);
+hw_rdma_t **hw_rdma_slot(hw_t *hw);
+const char *hw_segment(hw_t *hw);
+
+/* ---- the RDMA data path (kvb_hw_rdma.c) ---------------------------------- */
+
+/* Open params.rdma_devices (no-op when empty). */
+int hw_rdma_open(hw_t *hw, kvb_err_t *err);
+void hw_rdma_close(hw_t *hw);
+uint32_t hw_rdma_n_devices(hw_t *hw); /* 0: no RDMA, TCP only */
+const char *hw_rdma_device_name(hw_t *hw, uint32_t i);
+int hw_rdma_mr_reg(hw_t *hw, hw_mr_t *m, kvb_err_t *err);
+void hw_rdma_mr_dereg(hw_t *hw, hw_mr_t *m);
+/* Turn a tcp descriptor (buffers filled) into an rdma one: devices, keys, matrix. */
+void hw_rdma_describe(hw_t *hw, kvb_mc_segment_t *seg);
+/* Passive type-0 handshake: the reply JSON (g_free); a refusal has reply_msg. */
+char *hw_rdma_handshake(hw_t *hw, const kvb_mc_handshake_t *req);
+/* This instance has RDMA and the peer published an rdma descriptor. */
+bool hw_rdma_peer_usable(hw_peer_t *p);
+int hw_rdma_post(hw_peer_t *p, const kvb_slice_op_t *op);
+void hw_rdma_peer_detach(hw_peer_t *p);
 
 #endif /* KVB_HW_INT_H */

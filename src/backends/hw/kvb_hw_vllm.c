@@ -174,10 +174,14 @@ static void vsess_finish(vsess_t *s, bool ok, const char *why)
 {
 	hw_t *hw = s->v->hw;
 	if (!ok) {
-		hw_set_error(hw, "vLLM request from %s:%u: %s", s->meta.remote_hostname,
-			     s->meta.remote_port, why);
-		hw_warn(hw, "vLLM request from %s:%u answered trans_error: %s", s->meta.remote_hostname,
-			s->meta.remote_port, why);
+		char from[KVB_ADDR_MAX];
+		if (s->meta.remote_hostname[0])
+			g_snprintf(from, sizeof(from), "from %s:%u", s->meta.remote_hostname,
+				   s->meta.remote_port);
+		else
+			g_strlcpy(from, "(unreadable metadata)", sizeof(from));
+		hw_set_error(hw, "vLLM request %s: %s", from, why);
+		hw_warn(hw, "vLLM request %s answered trans_error: %s", from, why);
 	}
 	if (!s->replied) {
 		s->replied = true;

@@ -1,0 +1,975 @@
+/*
+ * The RDMA data path of the hw backend: libibverbs on one or many NICs,
+ * queue pairs compatible with the Mooncake Transfer Engine's (notes:
+ * ../shared/research/mooncake-te.md sections 1.5, 2, 10).
+ *
+ *  - Devices: the names in params.rdma_devices (comma list; "auto" = every
+ *    device with an ACTIVE port), filtered by MC_TE_FILTERS.  Per device one
+ *    PD, one completion channel and one CQ; the channel's fd is a GSource.
+ *  - GID: params.gid_index (MC_GID_INDEX), or the first RoCE v2 entry with
+ *    an IPv4-mapped address, then any RoCE v2 entry, then index 0.
+ *  - Memory: every registration on every device; the descriptor publishes
+ *    one rkey/lkey per device, in devices[] order.
+ *  - Endpoints: one per (local device, peer NIC path), each of qp_per_ep RC
+ *    QPs (Mooncake's default 2; QP i pairs with peer QP i), PSN 0 both ways,
+ *    GRH always, path MTU = min(active MTU, params.mtu).  The active side
+ *    sends a type-0 Connection request to the peer's handshake port; the
+ *    passive side answers it in hw_rdma_handshake.  No receive is ever
+ *    posted and no SEND is ever sent: one-sided WRITE and READ only.
+ *  - Posting: one signalled WR per slice, round-robin over the endpoint's
+ *    QPs, at most max_wr outstanding per QP; the rest waits in the
+ *    endpoint's queue and goes out as completions come back.  No WR
+ *    crosses a remote buffer entry (the slice must lie in one).
+ *  - Errors: a failed completion fails its op with KVB_ERR_TRANSPORT (the
+ *    core retries it on another NIC and counts it against this one); the
+ *    endpoint is retired and rebuilt by the next post.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <glib.h>
+#include <infiniband/verbs.h>
+#include <kvbridge/kvbridge.h>
+#include <kvbridge/hw.h>
+
+#include "kvb_hw_int.h"
+
+#define RDMA_MAX_DEVICES KVB_HW_MAX_NICS
+#define POLL_BATCH 64
+
+typedef struct rdma_dev {
+	hw_rdma_t *r;
+	uint32_t index;
+	char name[KVB_MC_DEVICE_NAME_MAX];
+	struct ibv_context *ctx;
+	struct ibv_pd *pd;
+	struct ibv_comp_channel *ch;
+	struct ibv_cq *cq;
+	int cqe;
+	hw_watch_t *w;
+	uint8_t port;
+	int gid_index;
+	union ibv_gid gid;
+	uint16_t lid;
+	enum ibv_mtu mtu;            /* min(active, configured) */
+	uint32_t max_qp_wr;
+} rdma_dev_t;
+
+typedef enum ep_state { EP_CONNECTING = 1, EP_UP = 2, EP_ERROR = 3 } ep_state_t;
+
+typedef struct rdma_op rdma_op_t;
+
+typedef struct rdma_ep {
+	hw_t *hw;
+	rdma_dev_t *dev;
+	char key[KVB_MC_NAME_MAX * 2];
+	char local_path[KVB_MC_NAME_MAX];
+	char peer_path[KVB_MC_NAME_MAX];
+	ep_state_t state;
+	uint32_t n_qp;
+	struct ibv_qp *qp[KVB_MC_MAX_QP];
+	uint32_t qp_out[KVB_MC_MAX_QP];   /* WRs outstanding per QP */
+	uint32_t peer_qpn[KVB_MC_MAX_QP];
+	uint32_t next_qp;
+	uint64_t outstanding;             /* WRs posted, not completed */
+	GQueue pending;                   /* rdma_op_t* with slices left to post */
+	hw_call_t *call;
+	bool retired;                     /* out of the table, freed once drained */
+} rdma_ep_t;
+
+struct rdma_op {
+	hw_peer_t *peer;                  /* NULL: the core closed the conn, drop the event */
+	uint64_t cookie;
+	uint32_t nic;
+	int status;
+	uint32_t n_slices, posted, done;
+	uint64_t len, slice_len;
+	uint64_t laddr, raddr;
+	uint32_t lkey, rkey;
+	int opcode;                       /* IBV_WR_RDMA_WRITE / _READ */
+	rdma_ep_t *ep;
+};
+
+struct hw_rdma {
+	hw_t *hw;
+	uint32_t n_devs;
+	rdma_dev_t devs[RDMA_MAX_DEVICES];
+	GHashTable *eps;                  /* key -> rdma_ep_t* */
+	GQueue retired;                   /* rdma_ep_t* draining */
+	GHashTable *ops;                  /* rdma_op_t* in flight (set) */
+};
+
+/* mr->rdma: one ibv_mr* per device */
+typedef struct rdma_mrs {
+	struct ibv_mr *mr[RDMA_MAX_DEVICES];
+} rdma_mrs_t;
+
+static hw_rdma_t *R(hw_t *hw)
+{
+	return *hw_rdma_slot(hw);
+}
+
+uint32_t hw_rdma_n_devices(hw_t *hw)
+{
+	return R(hw) ? R(hw)->n_devs : 0;
+}
+
+const char *hw_rdma_device_name(hw_t *hw, uint32_t i)
+{
+	return R(hw) && i < R(hw)->n_devs ? R(hw)->devs[i].name : NULL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* devices                                                                  */
+
+static int mtu_bytes(enum ibv_mtu m)
+{
+	return m >= IBV_MTU_256 && m <= IBV_MTU_4096 ? 128 << m : 0;
+}
+
+static enum ibv_mtu mtu_enum(uint32_t bytes)
+{
+	switch (bytes) {
+	case 256: return IBV_MTU_256;
+	case 512: return IBV_MTU_512;
+	case 1024: return IBV_MTU_1024;
+	case 2048: return IBV_MTU_2048;
+	default: return IBV_MTU_4096;
+	}
+}
+
+/* Mooncake's auto rule, simplified: RoCE v2 with an IPv4-mapped address
+ * first, then any RoCE v2 (or IB) entry, then the first non-null one. */
+static int pick_gid(rdma_dev_t *d, int gid_tbl_len, int forced, kvb_err_t *err)
+{
+	if (forced >= 0) {
+		if (forced >= gid_tbl_len || ibv_query_gid(d->ctx, d->port, forced, &d->gid))
+			return kvb_err_set(err, KVB_ERR_CONFIG, "%s: gid index %d is not in its table (%d entries)",
+					   d->name, forced, gid_tbl_len);
+		d->gid_index = forced;
+		return KVB_OK;
+	}
+	int best = -1, best_rank = 99;
+	for (int i = 0; i < gid_tbl_len; i++) {
+		struct ibv_gid_entry e;
+		if (ibv_query_gid_ex(d->ctx, d->port, (uint32_t)i, &e, 0))
+			continue;
+		static const uint8_t zero[16];
+		if (!memcmp(e.gid.raw, zero, 16))
+			continue;
+		static const uint8_t v4map[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+		int rank;
+		if (e.gid_type == IBV_GID_TYPE_ROCE_V2 && !memcmp(e.gid.raw, v4map, 12))
+			rank = 0;
+		else if (e.gid_type == IBV_GID_TYPE_ROCE_V2 || e.gid_type == IBV_GID_TYPE_IB)
+			rank = 1;
+		else
+			rank = 2;
+		if (rank < best_rank) {
+			best_rank = rank;
+			best = i;
+		}
+	}
+	if (best < 0)
+		return kvb_err_set(err, KVB_ERR_TRANSPORT, "%s port %u: no usable GID (is the netdev up "
+				   "with an address?)", d->name, d->port);
+	d->gid_index = best;
+	ibv_query_gid(d->ctx, d->port, best, &d->gid);
+	return KVB_OK;
+}
+
+static bool cq_io(void *obj, GIOCondition cond);
+
+static int dev_open(hw_rdma_t *r, struct ibv_device *ibdev, kvb_err_t *err)
+{
+	const kvb_hw_params_t *p = hw_params(r->hw);
+	rdma_dev_t *d = &r->devs[r->n_devs];
+	memset(d, 0, sizeof(*d));
+	d->r = r;
+	d->index = r->n_devs;
+	g_strlcpy(d->name, ibv_get_device_name(ibdev), sizeof(d->name));
+	d->port = (uint8_t)(p->ib_port ? p->ib_port : 1);
+	d->ctx = ibv_open_device(ibdev);
+	if (!d->ctx)
+		return kvb_err_set(err, KVB_ERR_TRANSPORT, "%s: ibv_open_device: %s", d->name, g_strerror(errno));
+	struct ibv_device_attr da;
+	struct ibv_port_attr pa;
+	if (ibv_query_device(d->ctx, &da) || ibv_query_port(d->ctx, d->port, &pa)) {
+		kvb_err_set(err, KVB_ERR_TRANSPORT, "%s: query device/port %u: %s", d->name, d->port,
+			    g_strerror(errno));
+		goto fail;
+	}
+	if (pa.state != IBV_PORT_ACTIVE) {
+		kvb_err_set(err, KVB_ERR_TRANSPORT, "%s port %u is %s, not ACTIVE", d->name, d->port,
+			    ibv_port_state_str(pa.state));
+		goto fail;
+	}
+	d->lid = pa.lid;
+	d->mtu = MIN(pa.active_mtu, mtu_enum(p->mtu ? p->mtu : 4096));
+	d->max_qp_wr = (uint32_t)da.max_qp_wr;
+	if (pick_gid(d, pa.gid_tbl_len, p->gid_index, err) != KVB_OK)
+		goto fail;
+	d->pd = ibv_alloc_pd(d->ctx);
+	d->ch = d->pd ? ibv_create_comp_channel(d->ctx) : NULL;
+	d->cqe = MIN(da.max_cqe, 4096);
+	d->cq = d->ch ? ibv_create_cq(d->ctx, d->cqe, d, d->ch, 0) : NULL;
+	if (!d->cq || ibv_req_notify_cq(d->cq, 0)) {
+		kvb_err_set(err, KVB_ERR_TRANSPORT, "%s: PD/CQ setup: %s", d->name, g_strerror(errno));
+		goto fail;
+	}
+	int fl = fcntl(d->ch->fd, F_GETFL);
+	fcntl(d->ch->fd, F_SETFL, fl | O_NONBLOCK);
+	d->w = hw_watch_new(r->hw, d->ch->fd, G_IO_IN, cq_io, d);
+	char gid[KVB_MC_GID_TEXT_LEN + 1];
+	kvb_mc_gid_format(d->gid.raw, gid);
+	hw_log(r->hw, "rdma device %s: port %u, gid[%d] %s, lid %u, mtu %d", d->name, d->port,
+	       d->gid_index, gid, d->lid, mtu_bytes(d->mtu));
+	r->n_devs++;
+	return KVB_OK;
+fail:
+	if (d->cq)
+		ibv_destroy_cq(d->cq);
+	if (d->ch)
+		ibv_destroy_comp_channel(d->ch);
+	if (d->pd)
+		ibv_dealloc_pd(d->pd);
+	ibv_close_device(d->ctx);
+	memset(d, 0, sizeof(*d));
+	return err ? err->code : KVB_ERR_TRANSPORT;
+}
+
+static bool name_listed(const char *list, const char *name)
+{
+	if (!list || !*list)
+		return true;
+	gchar **v = g_strsplit(list, ",", -1);
+	bool found = false;
+	for (gchar **s = v; *s && !found; s++)
+		found = !strcmp(g_strstrip(*s), name);
+	g_strfreev(v);
+	return found;
+}
+
+static void ep_free(rdma_ep_t *ep);
+
+int hw_rdma_open(hw_t *hw, kvb_err_t *err)
+{
+	const kvb_hw_params_t *p = hw_params(hw);
+	if (!p->rdma_devices || !*p->rdma_devices)
+		return KVB_OK;
+	hw_rdma_t *r = g_new0(hw_rdma_t, 1);
+	r->hw = hw;
+	r->eps = g_hash_table_new(g_str_hash, g_str_equal);
+	r->ops = g_hash_table_new(g_direct_hash, g_direct_equal);
+	g_queue_init(&r->retired);
+	*hw_rdma_slot(hw) = r;
+	int n = 0;
+	struct ibv_device **list = ibv_get_device_list(&n);
+	if (!list) {
+		int rc = kvb_err_set(err, KVB_ERR_TRANSPORT, "ibv_get_device_list: %s (no RDMA devices "
+				     "or no rdma-core provider)", g_strerror(errno));
+		hw_rdma_close(hw);
+		return rc;
+	}
+	bool all = !strcmp(p->rdma_devices, "auto");
+	const char *filters = g_getenv("MC_TE_FILTERS");
+	int rc = KVB_OK;
+	/* in the order given (devices[] order is the NIC numbering) */
+	gchar **want = all ? NULL : g_strsplit(p->rdma_devices, ",", -1);
+	for (guint k = 0; rc == KVB_OK && (all ? k < (guint)n : want[k] != NULL); k++) {
+		struct ibv_device *dev = NULL;
+		if (all) {
+			dev = list[k];
+		} else {
+			const char *nm = g_strstrip(want[k]);
+			for (int i = 0; i < n && !dev; i++)
+				if (!strcmp(ibv_get_device_name(list[i]), nm))
+					dev = list[i];
+			if (!dev) {
+				GString *have = g_string_new(NULL);
+				for (int i = 0; i < n; i++)
+					g_string_append_printf(have, "%s%s", i ? ", " : "", ibv_get_device_name(list[i]));
+				rc = kvb_err_set(err, KVB_ERR_CONFIG, "RDMA device %s not found (have: %s)", nm,
+						 have->len ? have->str : "none");
+				g_string_free(have, TRUE);
+				break;
+			}
+		}
+		if (!name_listed(filters, ibv_get_device_name(dev)))
+			continue;
+		if (r->n_devs == RDMA_MAX_DEVICES) {
+			rc = kvb_err_set(err, KVB_ERR_CONFIG, "more than %u RDMA devices", RDMA_MAX_DEVICES);
+			break;
+		}
+		kvb_err_t e2;
+		int drc = dev_open(r, dev, &e2);
+		if (drc != KVB_OK) {
+			if (all) { /* auto: skip devices that cannot serve */
+				hw_log(hw, "skipping %s: %s", ibv_get_device_name(dev), e2.msg);
+				continue;
+			}
+			rc = kvb_err_set(err, drc, "%s", e2.msg);
+		}
+	}
+	g_strfreev(want);
+	ibv_free_device_list(list);
+	if (rc == KVB_OK && r->n_devs == 0)
+		rc = kvb_err_set(err, KVB_ERR_TRANSPORT, "no usable RDMA device (%s%s)",
+				 all ? "none has an ACTIVE port" : "all filtered out by MC_TE_FILTERS",
+				 n == 0 ? "; ibv_get_device_list found none" : "");
+	if (rc != KVB_OK)
+		hw_rdma_close(hw);
+	return rc;
+}
+
+void hw_rdma_close(hw_t *hw)
+{
+	hw_rdma_t *r = R(hw);
+	if (!r)
+		return;
+	GList *eps = g_hash_table_get_values(r->eps);
+	for (GList *l = eps; l; l = l->next)
+		ep_free(l->data);
+	g_list_free(eps);
+	while (r->retired.head)
+		ep_free(g_queue_pop_head(&r->retired));
+	GList *ops = g_hash_table_get_keys(r->ops);
+	g_list_free_full(ops, g_free);
+	for (uint32_t i = 0; i < r->n_devs; i++) {
+		rdma_dev_t *d = &r->devs[i];
+		hw_watch_free(d->w);
+		ibv_destroy_cq(d->cq);
+		ibv_destroy_comp_channel(d->ch);
+		ibv_dealloc_pd(d->pd);
+		ibv_close_device(d->ctx);
+	}
+	g_hash_table_destroy(r->eps);
+	g_hash_table_destroy(r->ops);
+	g_free(r);
+	*hw_rdma_slot(hw) = NULL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* memory                                                                   */
+
+int hw_rdma_mr_reg(hw_t *hw, hw_mr_t *m, kvb_err_t *err)
+{
+	hw_rdma_t *r = R(hw);
+	if (!r)
+		return KVB_OK;
+	rdma_mrs_t *mrs = g_new0(rdma_mrs_t, 1);
+	int access = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ;
+	for (uint32_t i = 0; i < r->n_devs; i++) {
+		mrs->mr[i] = ibv_reg_mr(r->devs[i].pd, (void *)(uintptr_t)m->addr, m->len, access);
+		if (!mrs->mr[i]) {
+			int e = errno;
+			for (uint32_t j = 0; j < i; j++)
+				ibv_dereg_mr(mrs->mr[j]);
+			g_free(mrs);
+			return kvb_err_set(err, KVB_ERR_NO_RESOURCE, "ibv_reg_mr on %s (%" PRIu64 " bytes): %s%s",
+					   r->devs[i].name, m->len, g_strerror(e),
+					   e == ENOMEM || e == EPERM ? " (raise RLIMIT_MEMLOCK: ulimit -l)" : "");
+		}
+	}
+	m->rdma = mrs;
+	return KVB_OK;
+}
+
+void hw_rdma_mr_dereg(hw_t *hw, hw_mr_t *m)
+{
+	hw_rdma_t *r = R(hw);
+	rdma_mrs_t *mrs = m->rdma;
+	if (!r || !mrs)
+		return;
+	for (uint32_t i = 0; i < r->n_devs; i++)
+		if (mrs->mr[i])
+			ibv_dereg_mr(mrs->mr[i]);
+	g_free(mrs);
+	m->rdma = NULL;
+}
+
+void hw_rdma_describe(hw_t *hw, kvb_mc_segment_t *seg)
+{
+	hw_rdma_t *r = R(hw);
+	if (!r)
+		return;
+	g_strlcpy(seg->protocol, "rdma", sizeof(seg->protocol));
+	seg->tcp_data_port = 0;
+	seg->n_devices = r->n_devs;
+	seg->devices = g_new0(kvb_mc_device_t, r->n_devs);
+	for (uint32_t i = 0; i < r->n_devs; i++) {
+		g_strlcpy(seg->devices[i].name, r->devs[i].name, sizeof(seg->devices[i].name));
+		seg->devices[i].lid = r->devs[i].lid;
+		memcpy(seg->devices[i].gid, r->devs[i].gid.raw, 16);
+	}
+	for (uint32_t b = 0; b < seg->n_buffers; b++) {
+		hw_mr_t *m = hw_mr_find(hw, seg->buffers[b].addr, seg->buffers[b].length);
+		rdma_mrs_t *mrs = m ? m->rdma : NULL;
+		g_strlcpy(seg->buffers[b].name, "cpu:0", sizeof(seg->buffers[b].name));
+		seg->buffers[b].n_keys = r->n_devs;
+		seg->buffers[b].rkey = g_new0(uint32_t, r->n_devs);
+		seg->buffers[b].lkey = g_new0(uint32_t, r->n_devs);
+		for (uint32_t i = 0; mrs && i < r->n_devs; i++) {
+			seg->buffers[b].rkey[i] = mrs->mr[i]->rkey;
+			seg->buffers[b].lkey[i] = mrs->mr[i]->lkey;
+		}
+	}
+	seg->n_locations = 1;
+	seg->locations = g_new0(kvb_mc_location_t, 1);
+	g_strlcpy(seg->locations[0].name, "cpu:0", sizeof(seg->locations[0].name));
+	seg->locations[0].n_preferred = r->n_devs;
+	for (uint32_t i = 0; i < r->n_devs; i++)
+		seg->locations[0].preferred[i] = i;
+}
+
+/* ------------------------------------------------------------------------ */
+/* endpoints                                                                */
+
+static struct ibv_qp *qp_create(rdma_dev_t *d, uint32_t max_wr)
+{
+	struct ibv_qp_init_attr a = {
+		.send_cq = d->cq, .recv_cq = d->cq, .qp_type = IBV_QPT_RC, .sq_sig_all = 0,
+		.cap = {.max_send_wr = max_wr, .max_recv_wr = 1, .max_send_sge = 1, .max_recv_sge = 1,
+			.max_inline_data = 64},
+	};
+	struct ibv_qp *qp = ibv_create_qp(d->pd, &a);
+	if (!qp) { /* providers that refuse inline data */
+		a.cap.max_inline_data = 0;
+		qp = ibv_create_qp(d->pd, &a);
+	}
+	if (!qp)
+		return NULL;
+	struct ibv_qp_attr at = {
+		.qp_state = IBV_QPS_INIT, .pkey_index = 0, .port_num = d->port,
+		.qp_access_flags = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_READ |
+				   IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_ATOMIC,
+	};
+	if (ibv_modify_qp(qp, &at, IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_ACCESS_FLAGS)) {
+		ibv_destroy_qp(qp);
+		return NULL;
+	}
+	return qp;
+}
+
+/* INIT -> RTR -> RTS against the peer's QP, with Mooncake's attributes. */
+static int qp_connect(rdma_dev_t *d, struct ibv_qp *qp, uint32_t peer_qpn, const uint8_t gid[16],
+		      uint16_t lid, char *why, size_t why_len)
+{
+	struct ibv_qp_attr a;
+	memset(&a, 0, sizeof(a));
+	a.qp_state = IBV_QPS_RTR;
+	a.path_mtu = d->mtu;
+	a.dest_qp_num = peer_qpn;
+	a.rq_psn = 0;
+	a.max_dest_rd_atomic = 16;
+	a.min_rnr_timer = 12;
+	a.ah_attr.is_global = 1;
+	memcpy(a.ah_attr.grh.dgid.raw, gid, 16);
+	a.ah_attr.grh.sgid_index = (uint8_t)d->gid_index;
+	a.ah_attr.grh.hop_limit = 16;
+	a.ah_attr.dlid = lid;
+	a.ah_attr.sl = 0;
+	a.ah_attr.port_num = d->port;
+	int rc = ibv_modify_qp(qp, &a, IBV_QP_STATE | IBV_QP_AV | IBV_QP_PATH_MTU | IBV_QP_DEST_QPN |
+				       IBV_QP_RQ_PSN | IBV_QP_MAX_DEST_RD_ATOMIC | IBV_QP_MIN_RNR_TIMER);
+	if (rc) {
+		g_snprintf(why, why_len, "%s: QP %u to RTR (peer QP %u): %s", d->name, qp->qp_num, peer_qpn,
+			   g_strerror(rc));
+		return KVB_ERR_TRANSPORT;
+	}
+	memset(&a, 0, sizeof(a));
+	a.qp_state = IBV_QPS_RTS;
+	a.timeout = 14;
+	a.retry_cnt = 7;
+	a.rnr_retry = 7;
+	a.sq_psn = 0;
+	a.max_rd_atomic = 16;
+	rc = ibv_modify_qp(qp, &a, IBV_QP_STATE | IBV_QP_TIMEOUT | IBV_QP_RETRY_CNT | IBV_QP_RNR_RETRY |
+				       IBV_QP_SQ_PSN | IBV_QP_MAX_QP_RD_ATOMIC);
+	if (rc) {
+		g_snprintf(why, why_len, "%s: QP %u to RTS: %s", d->name, qp->qp_num, g_strerror(rc));
+		return KVB_ERR_TRANSPORT;
+	}
+	return KVB_OK;
+}
+
+static rdma_ep_t *ep_new(hw_rdma_t *r, rdma_dev_t *d, const char *local_path, const char *peer_path)
+{
+	const kvb_hw_params_t *p = hw_params(r->hw);
+	rdma_ep_t *ep = g_new0(rdma_ep_t, 1);
+	ep->hw = r->hw;
+	ep->dev = d;
+	g_strlcpy(ep->local_path, local_path, sizeof(ep->local_path));
+	g_strlcpy(ep->peer_path, peer_path, sizeof(ep->peer_path));
+	g_snprintf(ep->key, sizeof(ep->key), "%u|%s", d->index, peer_path);
+	ep->n_qp = p->qp_per_ep ? p->qp_per_ep : 2;
+	g_queue_init(&ep->pending);
+	uint32_t max_wr = MIN(p->max_wr ? p->max_wr : 256, d->max_qp_wr);
+	for (uint32_t i = 0; i < ep->n_qp; i++) {
+		ep->qp[i] = qp_create(d, max_wr);
+		if (!ep->qp[i]) {
+			hw_set_error(r->hw, "%s: ibv_create_qp: %s", d->name, g_strerror(errno));
+			ep_free(ep);
+			return NULL;
+		}
+	}
+	g_hash_table_insert(r->eps, ep->key, ep);
+	return ep;
+}
+
+static void op_finish(hw_rdma_t *r, rdma_op_t *op)
+{
+	g_hash_table_remove(r->ops, op);
+	if (op->peer) {
+		if (op->peer->ops_outstanding)
+			op->peer->ops_outstanding--;
+		if (op->status == KVB_OK) {
+			hw_stats(r->hw)->rdma_bytes_posted += op->len;
+			hw_stats(r->hw)->nic_bytes[op->nic] += op->len;
+		}
+		hw_xfer_done(r->hw, op->cookie, op->status, op->nic);
+	}
+	g_free(op);
+}
+
+/* Fail the ops still waiting to be posted; those posted come back flushed. */
+static void ep_fail_pending(hw_rdma_t *r, rdma_ep_t *ep, int status)
+{
+	rdma_op_t *op;
+	while ((op = g_queue_pop_head(&ep->pending))) {
+		if (op->status == KVB_OK)
+			op->status = status;
+		op->n_slices = op->posted; /* nothing more goes out */
+		if (op->done == op->posted)
+			op_finish(r, op);
+	}
+}
+
+static void ep_free(rdma_ep_t *ep)
+{
+	hw_call_cancel(ep->call);
+	for (uint32_t i = 0; i < ep->n_qp; i++)
+		if (ep->qp[i])
+			ibv_destroy_qp(ep->qp[i]);
+	/* ops left here belong to an instance being closed: no events */
+	rdma_op_t *op;
+	while ((op = g_queue_pop_head(&ep->pending)))
+		op->ep = NULL;
+	g_free(ep);
+}
+
+/* Take ep out of service: new posts build a fresh endpoint; ep is freed
+ * once every WR it carries has come back. */
+static void ep_retire(hw_rdma_t *r, rdma_ep_t *ep, int status, const char *why)
+{
+	if (ep->retired)
+		return;
+	hw_set_error(r->hw, "rdma endpoint %s -> %s: %s", ep->local_path, ep->peer_path, why);
+	hw_warn(r->hw, "rdma endpoint %s -> %s retired: %s", ep->local_path, ep->peer_path, why);
+	ep->state = EP_ERROR;
+	ep->retired = true;
+	g_hash_table_remove(r->eps, ep->key);
+	hw_call_cancel(ep->call);
+	ep->call = NULL;
+	ep_fail_pending(r, ep, status);
+	/* move the QPs to ERROR so posted WRs flush back now */
+	for (uint32_t i = 0; i < ep->n_qp; i++) {
+		struct ibv_qp_attr a = {.qp_state = IBV_QPS_ERR};
+		if (ep->qp[i])
+			ibv_modify_qp(ep->qp[i], &a, IBV_QP_STATE);
+	}
+	if (ep->outstanding == 0)
+		ep_free(ep);
+	else
+		g_queue_push_tail(&r->retired, ep);
+}
+
+/* Post as many slices of ep's pending ops as the QPs have room for. */
+static void ep_drain(hw_rdma_t *r, rdma_ep_t *ep)
+{
+	const kvb_hw_params_t *p = hw_params(r->hw);
+	uint32_t max_wr = MIN(p->max_wr ? p->max_wr : 256, ep->dev->max_qp_wr);
+	while (ep->state == EP_UP && ep->pending.head) {
+		rdma_op_t *op = ep->pending.head->data;
+		uint32_t q = ep->next_qp, tries = 0;
+		while (ep->qp_out[q] >= max_wr && tries++ < ep->n_qp)
+			q = (q + 1) % ep->n_qp;
+		if (ep->qp_out[q] >= max_wr)
+			return; /* every QP full: completions will call us again */
+		uint64_t off = (uint64_t)op->posted * op->slice_len;
+		uint64_t len = op->posted + 1 == op->n_slices ? op->len - off : op->slice_len;
+		struct ibv_sge sge = {.addr = op->laddr + off, .length = (uint32_t)len, .lkey = op->lkey};
+		struct ibv_send_wr wr = {
+			.wr_id = (uint64_t)(uintptr_t)op, .sg_list = &sge, .num_sge = 1,
+			.opcode = op->opcode, .send_flags = IBV_SEND_SIGNALED,
+			.wr.rdma = {.remote_addr = op->raddr + off, .rkey = op->rkey},
+		};
+		struct ibv_send_wr *bad = NULL;
+		int rc = ibv_post_send(ep->qp[q], &wr, &bad);
+		if (rc) {
+			char why[128];
+			g_snprintf(why, sizeof(why), "ibv_post_send: %s", g_strerror(rc));
+			ep_retire(r, ep, KVB_ERR_TRANSPORT, why);
+			return;
+		}
+		ep->qp_out[q]++;
+		ep->outstanding++;
+		ep->next_qp = (q + 1) % ep->n_qp;
+		if (++op->posted == op->n_slices)
+			g_queue_pop_head(&ep->pending);
+	}
+}
+
+static bool ep_reply_ok(rdma_ep_t *ep, const kvb_mc_handshake_t *hs, char *why, size_t why_len)
+{
+	if (hs->reply_msg[0]) {
+		g_snprintf(why, why_len, "the peer refused the connection: %s", hs->reply_msg);
+		return false;
+	}
+	if (strcmp(hs->local_nic_path, ep->peer_path) || strcmp(hs->peer_nic_path, ep->local_path)) {
+		g_snprintf(why, why_len, "reply names %s -> %s, expected %s -> %s", hs->local_nic_path,
+			   hs->peer_nic_path, ep->peer_path, ep->local_path);
+		return false;
+	}
+	if (hs->n_qp != ep->n_qp) {
+		g_snprintf(why, why_len, "QP count mismatch: the peer has %u per endpoint, we have %u "
+			   "(MC_NUM_QP_PER_EP must agree)", hs->n_qp, ep->n_qp);
+		return false;
+	}
+	return true;
+}
+
+static void ack_done(void *obj, int status, const char *why, kvb_mc_msg_type_t type,
+		     const uint8_t *payload, size_t len)
+{
+	(void)obj; (void)status; (void)why; (void)type; (void)payload; (void)len;
+}
+
+static void ep_handshake_reply(void *obj, int status, const char *why, kvb_mc_msg_type_t type,
+			       const uint8_t *payload, size_t len)
+{
+	rdma_ep_t *ep = obj;
+	hw_rdma_t *r = R(ep->hw);
+	ep->call = NULL;
+	char reason[KVB_ERR_MSG_MAX + 128];
+	if (status != KVB_OK) {
+		g_snprintf(reason, sizeof(reason), "handshake: %s", why);
+		ep_retire(r, ep, status == KVB_ERR_TIMEOUT ? KVB_ERR_TRANSPORT : KVB_ERR_PEER, reason);
+		return;
+	}
+	kvb_mc_handshake_t hs;
+	kvb_err_t err;
+	if (type != KVB_MC_CONNECTION ||
+	    kvb_mc_handshake_from_json((const char *)payload, len, &hs, &err) != KVB_OK) {
+		g_snprintf(reason, sizeof(reason), "handshake reply: %s",
+			   type != KVB_MC_CONNECTION ? "wrong type" : err.msg);
+		ep_retire(r, ep, KVB_ERR_PEER, reason);
+		return;
+	}
+	if (!ep_reply_ok(ep, &hs, reason, sizeof(reason)) || !hs.has_gid) {
+		if (!hs.has_gid)
+			g_strlcpy(reason, "reply carries no local_gid (Mooncake < 0.3.11 is not supported)",
+				  sizeof(reason));
+		ep_retire(r, ep, KVB_ERR_PEER, reason);
+		return;
+	}
+	for (uint32_t i = 0; i < ep->n_qp; i++) {
+		ep->peer_qpn[i] = hs.qp_num[i];
+		if (qp_connect(ep->dev, ep->qp[i], hs.qp_num[i], hs.local_gid, (uint16_t)hs.local_lid, reason,
+			       sizeof(reason)) != KVB_OK) {
+			ep_retire(r, ep, KVB_ERR_TRANSPORT, reason);
+			return;
+		}
+	}
+	ep->state = EP_UP;
+	hw_log(ep->hw, "rdma endpoint %s -> %s up (%u QPs)", ep->local_path, ep->peer_path, ep->n_qp);
+	if (hs.ready_ack >= 0) {
+		/* the peer waits for our ack before it posts on this endpoint */
+		kvb_mc_handshake_t ack;
+		memset(&ack, 0, sizeof(ack));
+		g_strlcpy(ack.local_nic_path, ep->local_path, sizeof(ack.local_nic_path));
+		g_strlcpy(ack.peer_nic_path, ep->peer_path, sizeof(ack.peer_nic_path));
+		ack.n_qp = ep->n_qp;
+		for (uint32_t i = 0; i < ep->n_qp; i++)
+			ack.qp_num[i] = ep->qp[i]->qp_num;
+		ack.has_gid = true;
+		memcpy(ack.local_gid, ep->dev->gid.raw, 16);
+		ack.local_lid = ep->dev->lid;
+		ack.ready_ack = 1;
+		GString *js = g_string_new(NULL);
+		if (kvb_mc_handshake_to_json(&ack, js, NULL) == KVB_OK) {
+			char host[KVB_MC_NAME_MAX], dev[KVB_MC_NAME_MAX];
+			uint16_t port;
+			if (kvb_mc_nic_path_split(ep->peer_path, host, sizeof(host), dev, sizeof(dev), NULL) ==
+				    KVB_OK &&
+			    kvb_mc_parse_host_port(host, host, sizeof(host), &port, NULL) == KVB_OK)
+				hw_call_start(ep->hw, host, port, KVB_MC_CONNECTION, js->str, js->len, ack_done, NULL);
+		}
+		g_string_free(js, TRUE);
+	}
+	ep_drain(r, ep);
+}
+
+/* The endpoint from local device d to the peer NIC path, connecting it
+ * (type-0 handshake to the peer's handshake port) if it is new. */
+static rdma_ep_t *ep_get(hw_rdma_t *r, hw_peer_t *p, rdma_dev_t *d, uint32_t peer_dev)
+{
+	const char *server = p->seg.rdma_server_name[0] ? p->seg.rdma_server_name : p->seg.name;
+	char peer_path[KVB_MC_NAME_MAX], local_path[KVB_MC_NAME_MAX], key[KVB_MC_NAME_MAX * 2];
+	g_snprintf(peer_path, sizeof(peer_path), "%s@%s", server, p->seg.devices[peer_dev].name);
+	g_snprintf(local_path, sizeof(local_path), "%s@%s", hw_segment(r->hw), d->name);
+	g_snprintf(key, sizeof(key), "%u|%s", d->index, peer_path);
+	rdma_ep_t *ep = g_hash_table_lookup(r->eps, key);
+	if (ep)
+		return ep;
+	ep = ep_new(r, d, local_path, peer_path);
+	if (!ep)
+		return NULL;
+	ep->state = EP_CONNECTING;
+	kvb_mc_handshake_t hs;
+	memset(&hs, 0, sizeof(hs));
+	g_strlcpy(hs.local_nic_path, local_path, sizeof(hs.local_nic_path));
+	g_strlcpy(hs.peer_nic_path, peer_path, sizeof(hs.peer_nic_path));
+	hs.n_qp = ep->n_qp;
+	for (uint32_t i = 0; i < ep->n_qp; i++)
+		hs.qp_num[i] = ep->qp[i]->qp_num;
+	hs.has_gid = true;
+	memcpy(hs.local_gid, d->gid.raw, 16);
+	hs.local_lid = d->lid;
+	hs.ready_ack = -1; /* a legacy-style active side: ready once we reach RTS */
+	GString *js = g_string_new(NULL);
+	kvb_err_t err;
+	char host[KVB_MC_NAME_MAX];
+	uint16_t port;
+	if (kvb_mc_handshake_to_json(&hs, js, &err) != KVB_OK ||
+	    kvb_mc_parse_host_port(server, host, sizeof(host), &port, &err) != KVB_OK) {
+		g_string_free(js, TRUE);
+		ep_retire(r, ep, KVB_ERR_PEER, err.msg);
+		return NULL;
+	}
+	ep->call = hw_call_start(r->hw, host, port, KVB_MC_CONNECTION, js->str, js->len,
+				 ep_handshake_reply, ep);
+	g_string_free(js, TRUE);
+	return ep;
+}
+
+/* Passive side of the type-0 handshake: the reply JSON (g_free), always one
+ * (a refusal carries reply_msg). */
+char *hw_rdma_handshake(hw_t *hw, const kvb_mc_handshake_t *req)
+{
+	hw_rdma_t *r = R(hw);
+	kvb_mc_handshake_t rep;
+	memset(&rep, 0, sizeof(rep));
+	g_strlcpy(rep.local_nic_path, req->peer_nic_path, sizeof(rep.local_nic_path));
+	g_strlcpy(rep.peer_nic_path, req->local_nic_path, sizeof(rep.peer_nic_path));
+	rep.ready_ack = req->ready_ack >= 0 ? 0 : -1;
+	char server[KVB_MC_NAME_MAX], devname[KVB_MC_NAME_MAX];
+	rdma_dev_t *d = NULL;
+	if (!r) {
+		g_strlcpy(rep.reply_msg, "kvbridge: this endpoint has no RDMA devices (tcp only)",
+			  sizeof(rep.reply_msg));
+	} else if (kvb_mc_nic_path_split(req->peer_nic_path, server, sizeof(server), devname,
+					 sizeof(devname), NULL) != KVB_OK || strcmp(server, hw_segment(hw))) {
+		g_snprintf(rep.reply_msg, sizeof(rep.reply_msg), "peer_nic_path %s is not a NIC of %s",
+			   req->peer_nic_path, hw_segment(hw));
+	} else {
+		for (uint32_t i = 0; i < r->n_devs && !d; i++)
+			if (!strcmp(r->devs[i].name, devname))
+				d = &r->devs[i];
+		if (!d)
+			g_snprintf(rep.reply_msg, sizeof(rep.reply_msg), "no RDMA device %s here", devname);
+	}
+	if (d && !req->has_gid)
+		g_strlcpy(rep.reply_msg, "no local_gid in the request", sizeof(rep.reply_msg));
+	const kvb_hw_params_t *p = hw_params(hw);
+	uint32_t n_qp = p->qp_per_ep ? p->qp_per_ep : 2;
+	if (d && !rep.reply_msg[0] && req->n_qp != n_qp)
+		g_snprintf(rep.reply_msg, sizeof(rep.reply_msg), "QP count mismatch: %u requested, %u here "
+			   "(MC_NUM_QP_PER_EP must agree)", req->n_qp, n_qp);
+	if (!rep.reply_msg[0]) {
+		char key[KVB_MC_NAME_MAX * 2];
+		g_snprintf(key, sizeof(key), "%u|%s", d->index, req->local_nic_path);
+		rdma_ep_t *ep = g_hash_table_lookup(r->eps, key);
+		bool same = ep && ep->state == EP_UP && ep->n_qp == req->n_qp;
+		for (uint32_t i = 0; same && i < ep->n_qp; i++)
+			same = ep->peer_qpn[i] == req->qp_num[i];
+		if (req->ready_ack == 1) {
+			/* the active side's ack: nothing to change, QPNs must match */
+			if (!same)
+				g_strlcpy(rep.reply_msg, "ready ack for an unknown endpoint", sizeof(rep.reply_msg));
+			else
+				rep.ready_ack = -1;
+		} else if (!same) {
+			if (ep) /* a restarted peer (new QPNs) or a crossing connect: rebuild */
+				ep_retire(r, ep, KVB_ERR_TRANSPORT, "the peer reconnected with new queue pairs");
+			ep = ep_new(r, d, req->peer_nic_path, req->local_nic_path);
+			char why[256] = "cannot create queue pairs";
+			bool ok = ep != NULL;
+			for (uint32_t i = 0; ok && i < ep->n_qp; i++) {
+				ep->peer_qpn[i] = req->qp_num[i];
+				ok = qp_connect(d, ep->qp[i], req->qp_num[i], req->local_gid, (uint16_t)req->local_lid,
+						why, sizeof(why)) == KVB_OK;
+			}
+			if (!ok) {
+				if (ep)
+					ep_retire(r, ep, KVB_ERR_TRANSPORT, why);
+				g_strlcpy(rep.reply_msg, why, sizeof(rep.reply_msg));
+			} else {
+				ep->state = EP_UP;
+				hw_log(hw, "rdma endpoint %s -> %s up (passive)", ep->local_path, ep->peer_path);
+			}
+		}
+		if (!rep.reply_msg[0] && req->ready_ack != 1) {
+			rep.n_qp = ep->n_qp;
+			for (uint32_t i = 0; i < ep->n_qp; i++)
+				rep.qp_num[i] = ep->qp[i]->qp_num;
+			rep.has_gid = true;
+			memcpy(rep.local_gid, d->gid.raw, 16);
+			rep.local_lid = d->lid;
+		}
+	}
+	if (rep.reply_msg[0])
+		hw_warn(hw, "rdma handshake from %s refused: %s", req->local_nic_path, rep.reply_msg);
+	GString *out = g_string_new(NULL);
+	kvb_mc_handshake_to_json(&rep, out, NULL);
+	return g_string_free(out, FALSE);
+}
+
+/* ------------------------------------------------------------------------ */
+/* posting and completions                                                  */
+
+bool hw_rdma_peer_usable(hw_peer_t *p)
+{
+	return R(p->hw) && p->have_seg && !strcmp(p->seg.protocol, "rdma") && p->seg.n_devices > 0;
+}
+
+int hw_rdma_post(hw_peer_t *p, const kvb_slice_op_t *op)
+{
+	hw_t *hw = p->hw;
+	hw_rdma_t *r = R(hw);
+	if (op->local_nic >= r->n_devs) {
+		hw_set_error(hw, "xfer_post: local nic %u of %u", op->local_nic, r->n_devs);
+		return KVB_ERR_INVALID;
+	}
+	if (!op->len || op->len > UINT32_MAX * (uint64_t)op->n_slices || !op->n_slices ||
+	    (op->n_slices > 1 && op->slice_len > UINT32_MAX) ||
+	    (op->opcode != KVB_XFER_WRITE && op->opcode != KVB_XFER_READ)) {
+		hw_set_error(hw, "xfer_post: bad op (len %" PRIu64 ", %u slices)", op->len, op->n_slices);
+		return KVB_ERR_INVALID;
+	}
+	hw_mr_t *m = hw_mr_find(hw, op->local_addr, op->len);
+	if (!m || !m->rdma) {
+		hw_set_error(hw, "xfer_post: local range 0x%" PRIx64 " + %" PRIu64 " is not registered memory",
+			     op->local_addr, op->len);
+		return KVB_ERR_RANGE;
+	}
+	/* the whole op must lie in one remote buffer entry: no WR crosses one */
+	const kvb_mc_buffer_t *b = kvb_mc_segment_find(&p->seg, op->remote_addr, op->len);
+	if (!b) {
+		hw_set_error(hw, "xfer_post: remote range 0x%" PRIx64 " + %" PRIu64 " is outside %s's "
+			     "registered buffers", op->remote_addr, op->len, p->seg.name);
+		return KVB_ERR_RANGE;
+	}
+	uint32_t peer_dev = op->remote_nic % p->seg.n_devices;
+	if (b->n_keys != p->seg.n_devices) {
+		hw_set_error(hw, "xfer_post: %s's buffer has %u keys for %u devices", p->seg.name, b->n_keys,
+			     p->seg.n_devices);
+		return KVB_ERR_PROTOCOL;
+	}
+	rdma_dev_t *d = &r->devs[op->local_nic];
+	rdma_ep_t *ep = ep_get(r, p, d, peer_dev);
+	if (!ep)
+		return KVB_ERR_TRANSPORT;
+	rdma_op_t *o = g_new0(rdma_op_t, 1);
+	o->peer = p;
+	o->cookie = op->cookie;
+	o->nic = op->local_nic;
+	o->n_slices = op->n_slices;
+	o->len = op->len;
+	o->slice_len = op->n_slices > 1 ? op->slice_len : op->len;
+	o->laddr = op->local_addr;
+	o->raddr = op->remote_addr;
+	o->lkey = ((rdma_mrs_t *)m->rdma)->mr[op->local_nic]->lkey;
+	o->rkey = b->rkey[peer_dev];
+	o->opcode = op->opcode == KVB_XFER_WRITE ? IBV_WR_RDMA_WRITE : IBV_WR_RDMA_READ;
+	o->ep = ep;
+	g_hash_table_add(r->ops, o);
+	p->ops_outstanding++;
+	g_queue_push_tail(&ep->pending, o);
+	ep_drain(r, ep);
+	return KVB_OK;
+}
+
+/* The core closed p's conn: its ops still in flight complete silently. */
+void hw_rdma_peer_detach(hw_peer_t *p)
+{
+	hw_rdma_t *r = R(p->hw);
+	if (!r)
+		return;
+	GHashTableIter it;
+	gpointer k;
+	g_hash_table_iter_init(&it, r->ops);
+	while (g_hash_table_iter_next(&it, &k, NULL)) {
+		rdma_op_t *o = k;
+		if (o->peer == p)
+			o->peer = NULL;
+	}
+}
+
+static void cq_poll(hw_rdma_t *r, rdma_dev_t *d)
+{
+	struct ibv_wc wc[POLL_BATCH];
+	int n;
+	while ((n = ibv_poll_cq(d->cq, POLL_BATCH, wc)) > 0) {
+		for (int i = 0; i < n; i++) {
+			rdma_op_t *o = (rdma_op_t *)(uintptr_t)wc[i].wr_id;
+			rdma_ep_t *ep = o->ep;
+			for (uint32_t q = 0; q < ep->n_qp; q++)
+				if (ep->qp[q]->qp_num == wc[i].qp_num)
+					ep->qp_out[q]--;
+			ep->outstanding--;
+			if (wc[i].status != IBV_WC_SUCCESS) {
+				if (o->status == KVB_OK)
+					o->status = KVB_ERR_TRANSPORT;
+				if (wc[i].status != IBV_WC_WR_FLUSH_ERR) {
+					char why[160];
+					g_snprintf(why, sizeof(why), "work completion %s (vendor error 0x%x) on QP %u",
+						   ibv_wc_status_str(wc[i].status), wc[i].vendor_err, wc[i].qp_num);
+					ep_retire(r, ep, KVB_ERR_TRANSPORT, why);
+				}
+			}
+			/* a failed op's unposted slices were dropped (n_slices = posted) */
+			if (++o->done == o->n_slices)
+				op_finish(r, o);
+			if (ep->retired && ep->outstanding == 0) {
+				g_queue_remove(&r->retired, ep);
+				ep_free(ep);
+			} else if (!ep->retired) {
+				ep_drain(r, ep);
+			}
+		}
+	}
+	if (n < 0)
+		hw_set_error(r->hw, "%s: ibv_poll_cq failed", d->name);
+}
+
+static bool cq_io(void *obj, GIOCondition cond)
+{
+	(void)cond;
+	rdma_dev_t *d = obj;
+	hw_rdma_t *r = d->r;
+	struct ibv_cq *cq;
+	void *cq_ctx;
+	if (ibv_get_cq_event(d->ch, &cq, &cq_ctx) == 0) {
+		ibv_ack_cq_events(cq, 1);
+		ibv_req_notify_cq(cq, 0);
+	}
+	cq_poll(r, d);
+	return true;
+}
