@@ -88,35 +88,39 @@ int kvb_mc_parse_host_port(const char *s, char *host, size_t host_len, uint16_t 
 	if (*s == '[') {
 		const char *close = strchr(s, ']');
 		if (!close || close[1] != ':')
-			return kvb_err_set(err, KVB_ERR_INVALID, "'%s': expected [v6addr]:port", s);
+			return kvb_err_set(err, KVB_ERR_INVALID, "'%.64s': expected [v6addr]:port",
+					   s);
 		h = s + 1;
 		hl = (size_t)(close - h);
 		colon = close + 1;
 	} else {
 		colon = strrchr(s, ':');
 		if (!colon)
-			return kvb_err_set(err, KVB_ERR_INVALID, "'%s': expected host:port", s);
+			return kvb_err_set(err, KVB_ERR_INVALID, "'%.64s': expected host:port",
+					   s);
 		if (memchr(s, ':', (size_t)(colon - s)))
 			return kvb_err_set(err, KVB_ERR_INVALID,
-					   "'%s': an IPv6 address needs brackets ([addr]:port)", s);
+					   "'%.64s': an IPv6 address needs brackets ([addr]:port)", s);
 		hl = (size_t)(colon - s);
 	}
 	if (!hl)
-		return kvb_err_set(err, KVB_ERR_INVALID, "'%s': empty host", s);
+		return kvb_err_set(err, KVB_ERR_INVALID, "'%.64s': empty host", s);
 	if (hl >= host_len)
-		return kvb_err_set(err, KVB_ERR_INVALID, "'%s': host longer than %zu bytes", s,
+		return kvb_err_set(err, KVB_ERR_INVALID, "'%.64s': host longer than %zu bytes", s,
 				   host_len - 1);
 	const char *p = colon + 1;
 	if (!*p)
-		return kvb_err_set(err, KVB_ERR_INVALID, "'%s': missing port", s);
+		return kvb_err_set(err, KVB_ERR_INVALID, "'%.64s': missing port", s);
 	unsigned long v = 0;
 	for (; *p; p++) {
 		if (*p < '0' || *p > '9' || v > 65535)
-			return kvb_err_set(err, KVB_ERR_INVALID, "'%s': port is not a number in 1..65535", s);
+			return kvb_err_set(err, KVB_ERR_INVALID,
+					   "'%.64s': port is not a number in 1..65535", s);
 		v = v * 10 + (unsigned long)(*p - '0');
 	}
 	if (v < 1 || v > 65535)
-		return kvb_err_set(err, KVB_ERR_INVALID, "'%s': port %lu outside 1..65535", s, v);
+		return kvb_err_set(err, KVB_ERR_INVALID, "'%.64s': port %lu outside 1..65535", s,
+				   v);
 	memcpy(host, h, hl);
 	host[hl] = '\0';
 	*port = (uint16_t)v;
@@ -128,13 +132,14 @@ int kvb_mc_nic_path_split(const char *path, char *server, size_t server_len, cha
 {
 	const char *at = path ? strchr(path, '@') : NULL;
 	if (!at)
-		return kvb_err_set(err, KVB_ERR_PROTOCOL, "NIC path '%s': expected server@device",
+		return kvb_err_set(err, KVB_ERR_PROTOCOL, "NIC path '%.64s': expected server@device",
 				   path ? path : "");
 	size_t sl = (size_t)(at - path), dl = strlen(at + 1);
 	if (!sl || !dl)
-		return kvb_err_set(err, KVB_ERR_PROTOCOL, "NIC path '%s': empty server or device", path);
+		return kvb_err_set(err, KVB_ERR_PROTOCOL, "NIC path '%.64s': empty server or device",
+				   path);
 	if (sl >= server_len || dl >= device_len)
-		return kvb_err_set(err, KVB_ERR_PROTOCOL, "NIC path '%s' too long", path);
+		return kvb_err_set(err, KVB_ERR_PROTOCOL, "NIC path '%.64s' too long", path);
 	memcpy(server, path, sl);
 	server[sl] = '\0';
 	memcpy(device, at + 1, dl + 1);
@@ -156,13 +161,13 @@ int kvb_mc_gid_parse(const char *text, uint8_t gid[16], kvb_err_t *err)
 {
 	if (!text || strlen(text) != KVB_MC_GID_TEXT_LEN)
 		return kvb_err_set(err, KVB_ERR_PROTOCOL,
-				   "gid '%s': expected 16 hex bytes joined by ':'", text ? text : "");
+				   "gid '%.64s': expected 16 hex bytes joined by ':'", text ? text : "");
 	for (int i = 0; i < 16; i++) {
 		const char *p = text + i * 3;
 		int hi = hexval(p[0]), lo = hexval(p[1]);
 		if (hi < 0 || lo < 0 || (i < 15 && p[2] != ':'))
 			return kvb_err_set(err, KVB_ERR_PROTOCOL,
-					   "gid '%s': byte %d is not two hex digits and a ':'", text, i);
+					   "gid '%.64s': byte %d is not two hex digits and a ':'", text, i);
 		gid[i] = (uint8_t)(hi << 4 | lo);
 	}
 	return KVB_OK;
@@ -182,6 +187,41 @@ void kvb_mc_gid_format(const uint8_t gid[16], char text[KVB_MC_GID_TEXT_LEN + 1]
 
 /* ---- JSON helpers ----------------------------------------------------------- */
 
+/* json-glib negates the saturated magnitude of a negative integer, so
+ * "-18446744073709551615" reads as 1 and "-9223372036854775809" as
+ * INT64_MAX: find integers below -2^63 in the text (outside strings) so
+ * they are refused instead of read as some other value. */
+static bool has_huge_negative(const char *json, size_t len)
+{
+	bool in_str = false;
+	for (size_t i = 0; i < len; i++) {
+		if (in_str) {
+			if (json[i] == '\\')
+				i++;
+			else if (json[i] == '"')
+				in_str = false;
+			continue;
+		}
+		if (json[i] == '"') {
+			in_str = true;
+			continue;
+		}
+		if (json[i] != '-')
+			continue;
+		size_t j = i + 1, d;
+		while (j < len && json[j] == '0')
+			j++;
+		for (d = j; d < len && json[d] >= '0' && json[d] <= '9'; d++)
+			;
+		bool frac = d < len && (json[d] == '.' || json[d] == 'e' || json[d] == 'E');
+		size_t nd = d - j;
+		if (!frac && (nd > 19 || (nd == 19 && memcmp(json + j, "9223372036854775808", 19) > 0)))
+			return true;
+		i = d - 1;
+	}
+	return false;
+}
+
 static JsonObject *parse_object(const char *json, size_t len, JsonParser **parser, const char *what,
 				kvb_err_t *err)
 {
@@ -190,6 +230,10 @@ static JsonObject *parse_object(const char *json, size_t len, JsonParser **parse
 	/* a trailing newline (jsoncpp's FastWriter) is fine; NUL bytes are not */
 	if (memchr(json, '\0', len)) {
 		kvb_err_set(err, KVB_ERR_PROTOCOL, "%s: NUL byte inside the JSON", what);
+		return NULL;
+	}
+	if (has_huge_negative(json, len)) {
+		kvb_err_set(err, KVB_ERR_PROTOCOL, "%s: an integer below -2^63", what);
 		return NULL;
 	}
 	if (!json_parser_load_from_data(*parser, json, (gssize)len, &gerr)) {
@@ -222,6 +266,10 @@ static int get_str(JsonObject *o, const char *name, char *out, size_t out_len, b
 	if (strlen(s) >= out_len)
 		return kvb_err_set(err, KVB_ERR_PROTOCOL, "%s: %s longer than %zu bytes", what, name,
 				   out_len - 1);
+	/* json-glib turns a lone surrogate escape ("\ud800x") into bytes that
+	 * are not UTF-8; written back, no JSON parser would read them */
+	if (!g_utf8_validate(s, -1, NULL))
+		return kvb_err_set(err, KVB_ERR_PROTOCOL, "%s: %s is not valid UTF-8", what, name);
 	memcpy(out, s, strlen(s) + 1);
 	return KVB_OK;
 }
@@ -432,22 +480,22 @@ static int parse_name_list(const kvb_mc_segment_t *seg, JsonNode *n, uint32_t *o
 {
 	if (!n || !JSON_NODE_HOLDS_ARRAY(n))
 		return kvb_err_set(err, KVB_ERR_PROTOCOL,
-				   "descriptor: priority_matrix[%s] %s list is not an array", loc, which);
+				   "descriptor: priority_matrix[%.64s] %s list is not an array", loc, which);
 	JsonArray *a = json_node_get_array(n);
 	guint len = json_array_get_length(a);
 	if (len > KVB_MC_MAX_DEVICES)
-		return kvb_err_set(err, KVB_ERR_PROTOCOL, "descriptor: priority_matrix[%s] lists %u NICs",
+		return kvb_err_set(err, KVB_ERR_PROTOCOL, "descriptor: priority_matrix[%.64s] lists %u NICs",
 				   loc, len);
 	for (guint i = 0; i < len; i++) {
 		JsonNode *e = json_array_get_element(a, i);
 		if (!JSON_NODE_HOLDS_VALUE(e) || json_node_get_value_type(e) != G_TYPE_STRING)
 			return kvb_err_set(err, KVB_ERR_PROTOCOL,
-					   "descriptor: priority_matrix[%s] %s[%u] is not a NIC name", loc,
+					   "descriptor: priority_matrix[%.64s] %s[%u] is not a NIC name", loc,
 					   which, i);
 		int idx = device_index(seg, json_node_get_string(e));
 		if (idx < 0)
 			return kvb_err_set(err, KVB_ERR_PROTOCOL,
-					   "descriptor: priority_matrix[%s] names unknown NIC '%s'", loc,
+					   "descriptor: priority_matrix[%.64s] names unknown NIC '%.64s'", loc,
 					   json_node_get_string(e));
 		out[i] = (uint32_t)idx;
 	}
@@ -476,7 +524,8 @@ int kvb_mc_segment_from_json(const char *json, size_t len, kvb_mc_segment_t *seg
 		JsonNode *first = json_array_get_length(pa) ? json_array_get_element(pa, 0) : NULL;
 		if (!first || !JSON_NODE_HOLDS_VALUE(first) ||
 		    json_node_get_value_type(first) != G_TYPE_STRING ||
-		    strlen(json_node_get_string(first)) >= sizeof(seg->protocol)) {
+		    strlen(json_node_get_string(first)) >= sizeof(seg->protocol) ||
+		    !g_utf8_validate(json_node_get_string(first), -1, NULL)) {
 			rc = kvb_err_set(err, KVB_ERR_PROTOCOL, "descriptor: protocol array is empty or bad");
 			goto out;
 		}
@@ -616,8 +665,9 @@ int kvb_mc_segment_from_json(const char *json, size_t len, kvb_mc_segment_t *seg
 		for (GList *l = names; l; l = l->next, i++) {
 			kvb_mc_location_t *loc = &seg->locations[i];
 			const char *name = l->data;
-			if (strlen(name) >= sizeof(loc->name)) {
-				rc = kvb_err_set(err, KVB_ERR_PROTOCOL, "descriptor: location name too long");
+			if (strlen(name) >= sizeof(loc->name) || !g_utf8_validate(name, -1, NULL)) {
+				rc = kvb_err_set(err, KVB_ERR_PROTOCOL,
+						 "descriptor: location name too long or not UTF-8");
 				break;
 			}
 			g_strlcpy(loc->name, name, sizeof(loc->name));
@@ -625,7 +675,7 @@ int kvb_mc_segment_from_json(const char *json, size_t len, kvb_mc_segment_t *seg
 			JsonNode *en = json_object_get_member(mo, name);
 			if (!JSON_NODE_HOLDS_ARRAY(en) || json_array_get_length(json_node_get_array(en)) != 2) {
 				rc = kvb_err_set(err, KVB_ERR_PROTOCOL,
-						 "descriptor: priority_matrix[%s] is not [[preferred], [available]]",
+						 "descriptor: priority_matrix[%.64s] is not [[preferred], [available]]",
 						 name);
 				break;
 			}

@@ -1,0 +1,274 @@
+/*
+ * libFuzzer target: the Mooncake handshake socket.  The input is what a
+ * peer sends: an 8-byte length, then the body.  The header and the body
+ * split are checked against their rules (an accepted length is 1..cap, a
+ * typed body's payload follows the type byte, a legacy one is the whole
+ * body), re-framing the payload gives the same bytes, and the payload goes
+ * to the decoder of its type (Connection: HandShakeDesc, Metadata:
+ * descriptor, Notify).  Whatever decodes must encode, decode again to the
+ * same value, and encode to the same text; any difference abort()s.
+ * Refusals must be KVB_ERR_PROTOCOL with a message and nothing allocated.
+ */
+// FUZZ_SOURCES: src/backends/hw/kvb_mc_wire.c src/core/kvb_error.c
+// FUZZ_PKGS: json-glib-1.0
+#include "config.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kvb_mc_wire.h"
+
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+static void refused(int rc, const kvb_err_t *err)
+{
+	if (rc != KVB_ERR_PROTOCOL || err->code != KVB_ERR_PROTOCOL || !err->msg[0])
+		abort();
+}
+
+/* ---- Connection ---------------------------------------------------------- */
+
+static void check_hs_same(const kvb_mc_handshake_t *a, const kvb_mc_handshake_t *b)
+{
+	if (strcmp(a->local_nic_path, b->local_nic_path) ||
+	    strcmp(a->peer_nic_path, b->peer_nic_path) || a->n_qp != b->n_qp ||
+	    memcmp(a->qp_num, b->qp_num, a->n_qp * sizeof(uint32_t)) || a->has_gid != b->has_gid ||
+	    a->ready_ack != b->ready_ack || strcmp(a->reply_msg, b->reply_msg) ||
+	    strcmp(a->payload, b->payload))
+		abort();
+	if (a->has_gid && (memcmp(a->local_gid, b->local_gid, 16) || a->local_lid != b->local_lid))
+		abort();
+}
+
+static void connection(const char *json, size_t len)
+{
+	kvb_mc_handshake_t a, b;
+	kvb_err_t err;
+	kvb_err_clear(&err);
+	int rc = kvb_mc_handshake_from_json(json, len, &a, &err);
+	if (rc != KVB_OK) {
+		refused(rc, &err);
+		return;
+	}
+	if (a.n_qp > KVB_MC_MAX_QP || a.ready_ack < -1 || a.ready_ack > 1 || a.local_lid > 65535 ||
+	    (!a.has_gid && a.local_lid))
+		abort();
+	for (uint32_t i = 0; i < a.n_qp; i++)
+		if (a.qp_num[i] > 0xffffff)
+			abort();
+	GString *j1 = g_string_new(NULL), *j2 = g_string_new(NULL);
+	if (kvb_mc_handshake_to_json(&a, j1, NULL) != KVB_OK ||
+	    kvb_mc_handshake_from_json(j1->str, j1->len, &b, NULL) != KVB_OK)
+		abort();
+	check_hs_same(&a, &b);
+	if (kvb_mc_handshake_to_json(&b, j2, NULL) != KVB_OK || strcmp(j1->str, j2->str))
+		abort();
+	g_string_free(j1, TRUE);
+	g_string_free(j2, TRUE);
+}
+
+/* ---- Metadata -------------------------------------------------------------- */
+
+static bool seg_empty(const kvb_mc_segment_t *s)
+{
+	return !s->devices && !s->buffers && !s->locations && !s->n_devices && !s->n_buffers &&
+	       !s->n_locations;
+}
+
+/* b is a after to_json and from_json: the same, less what a tcp (or rdma)
+ * descriptor does not carry. */
+static void check_seg_same(const kvb_mc_segment_t *a, const kvb_mc_segment_t *b)
+{
+	bool tcp = !strcmp(a->protocol, "tcp");
+	if (strcmp(a->name, b->name) || strcmp(a->protocol, b->protocol) ||
+	    a->tcp_data_port != b->tcp_data_port || strcmp(a->timestamp, b->timestamp) ||
+	    strcmp(a->rdma_server_name, b->rdma_server_name) ||
+	    b->tcp_proto_version != (a->tcp_proto_version ? a->tcp_proto_version : 1) ||
+	    strcmp(b->tcp_data_host, tcp ? a->tcp_data_host : "") || a->n_buffers != b->n_buffers)
+		abort();
+	for (uint32_t i = 0; i < a->n_buffers; i++) {
+		const kvb_mc_buffer_t *x = &a->buffers[i], *y = &b->buffers[i];
+		if (strcmp(x->name, y->name) || x->addr != y->addr || x->length != y->length ||
+		    y->n_keys != (tcp ? 0 : x->n_keys))
+			abort();
+		if (!tcp && x->n_keys &&
+		    (memcmp(x->rkey, y->rkey, x->n_keys * sizeof(uint32_t)) ||
+		     memcmp(x->lkey, y->lkey, x->n_keys * sizeof(uint32_t))))
+			abort();
+	}
+	if (b->n_devices != (tcp ? 0 : a->n_devices) || b->n_locations != (tcp ? 0 : a->n_locations))
+		abort();
+	for (uint32_t i = 0; i < b->n_devices; i++)
+		if (strcmp(a->devices[i].name, b->devices[i].name) ||
+		    a->devices[i].lid != b->devices[i].lid ||
+		    memcmp(a->devices[i].gid, b->devices[i].gid, 16))
+			abort();
+	for (uint32_t i = 0; i < b->n_locations; i++) {
+		const kvb_mc_location_t *x = &a->locations[i], *y = &b->locations[i];
+		if (strcmp(x->name, y->name) || x->n_preferred != y->n_preferred ||
+		    x->n_available != y->n_available ||
+		    memcmp(x->preferred, y->preferred, x->n_preferred * sizeof(uint32_t)) ||
+		    memcmp(x->available, y->available, x->n_available * sizeof(uint32_t)))
+			abort();
+	}
+}
+
+static void metadata(const char *json, size_t len)
+{
+	kvb_mc_segment_t a, b;
+	kvb_err_t err;
+	kvb_err_clear(&err);
+	memset(&a, 0xa5, sizeof(a));
+	int rc = kvb_mc_segment_from_json(json, len, &a, &err);
+	if (rc != KVB_OK) {
+		refused(rc, &err);
+		if (!seg_empty(&a))
+			abort();
+		return;
+	}
+	GString *j1 = g_string_new(NULL), *j2 = g_string_new(NULL);
+	kvb_err_clear(&err);
+	if (kvb_mc_segment_to_json(&a, j1, &err) != KVB_OK) {
+		/* the tolerant decoder lets keyless rdma buffers through; the
+		 * encoder wants one key per device */
+		bool short_keys = false;
+		for (uint32_t i = 0; i < a.n_buffers; i++)
+			short_keys |= a.buffers[i].n_keys != a.n_devices;
+		if (err.code != KVB_ERR_INVALID || !err.msg[0] || !short_keys ||
+		    !strcmp(a.protocol, "tcp"))
+			abort();
+	} else {
+		if (kvb_mc_segment_from_json(j1->str, j1->len, &b, NULL) != KVB_OK)
+			abort();
+		check_seg_same(&a, &b);
+		if (kvb_mc_segment_to_json(&b, j2, NULL) != KVB_OK || strcmp(j1->str, j2->str))
+			abort();
+		kvb_mc_segment_clear(&b);
+	}
+	kvb_mc_segment_clear(&a);
+	g_string_free(j1, TRUE);
+	g_string_free(j2, TRUE);
+}
+
+/* ---- Notify ---------------------------------------------------------------- */
+
+static void notify(const char *json, size_t len)
+{
+	kvb_mc_notify_t a, b;
+	kvb_err_t err;
+	kvb_err_clear(&err);
+	int rc = kvb_mc_notify_from_json(json, len, &a, &err);
+	if (rc != KVB_OK) {
+		refused(rc, &err);
+		return;
+	}
+	GString *j1 = g_string_new(NULL), *j2 = g_string_new(NULL);
+	if (kvb_mc_notify_to_json(&a, j1, NULL) != KVB_OK ||
+	    kvb_mc_notify_from_json(j1->str, j1->len, &b, NULL) != KVB_OK ||
+	    strcmp(a.name, b.name) || strcmp(a.notify_msg, b.notify_msg) ||
+	    kvb_mc_notify_to_json(&b, j2, NULL) != KVB_OK || strcmp(j1->str, j2->str))
+		abort();
+	g_string_free(j1, TRUE);
+	g_string_free(j2, TRUE);
+}
+
+/* ---- framing ---------------------------------------------------------------- */
+
+static void body(const uint8_t *data, size_t len)
+{
+	kvb_mc_msg_type_t type = (kvb_mc_msg_type_t)0xee;
+	const uint8_t *payload = NULL;
+	size_t plen = 0;
+	kvb_err_t err;
+	kvb_err_clear(&err);
+	int rc = kvb_mc_frame_body(data, len, &type, &payload, &plen, &err);
+	if (rc != KVB_OK) {
+		refused(rc, &err);
+		if (payload || plen || type != (kvb_mc_msg_type_t)0xee)
+			abort();
+		return;
+	}
+	bool typed = data[0] <= KVB_MC_PROBE || data[0] == KVB_MC_KVB_HELLO ||
+		     data[0] == KVB_MC_KVB_FRAME;
+	if (typed ? (type != data[0] || payload != data + 1 || plen != len - 1)
+		  : (type != KVB_MC_CONNECTION || payload != data || plen != len))
+		abort();
+	/* framing the payload again gives the frame back (a legacy body comes
+	 * back typed as Connection) */
+	GByteArray *f = g_byte_array_new();
+	kvb_mc_frame_encode(f, type, payload, plen);
+	uint64_t blen;
+	kvb_mc_msg_type_t t2;
+	const uint8_t *p2;
+	size_t l2;
+	if (kvb_mc_frame_header(f->data, UINT64_MAX, &blen, NULL) != KVB_OK || blen != plen + 1 ||
+	    f->len != KVB_MC_FRAME_HEADER_LEN + blen || f->data[KVB_MC_FRAME_HEADER_LEN] != type ||
+	    kvb_mc_frame_body(f->data + KVB_MC_FRAME_HEADER_LEN, (size_t)blen, &t2, &p2, &l2, NULL) !=
+		    KVB_OK ||
+	    t2 != type || l2 != plen || (plen && memcmp(p2, payload, plen)))
+		abort();
+	if (typed && memcmp(f->data + KVB_MC_FRAME_HEADER_LEN, data, len))
+		abort();
+	g_byte_array_unref(f);
+
+	switch (type) {
+	case KVB_MC_CONNECTION:
+		connection((const char *)payload, plen);
+		break;
+	case KVB_MC_METADATA:
+		metadata((const char *)payload, plen);
+		break;
+	case KVB_MC_NOTIFY:
+		notify((const char *)payload, plen);
+		break;
+	default:
+		break;
+	}
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	/* an exact-size heap copy so ASan sees any read past the end */
+	uint8_t *buf = malloc(size ? size : 1);
+	if (!buf)
+		return 0;
+	memcpy(buf, data, size);
+	if (size < KVB_MC_FRAME_HEADER_LEN) {
+		body(buf, size);
+		free(buf);
+		return 0;
+	}
+	uint64_t want = 0, blen = 0xdead;
+	for (int i = 7; i >= 0; i--)
+		want = (want << 8) | buf[i];
+	kvb_err_t err;
+	kvb_err_clear(&err);
+	int rc = kvb_mc_frame_header(buf, KVB_MC_HANDSHAKE_MAX_DEFAULT, &blen, &err);
+	if ((rc == KVB_OK) != (want >= 1 && want <= KVB_MC_HANDSHAKE_MAX_DEFAULT))
+		abort();
+	if (rc != KVB_OK) {
+		refused(rc, &err);
+		if (blen != 0xdead)
+			abort();
+	} else if (blen != want) {
+		abort();
+	}
+	size_t rest = size - KVB_MC_FRAME_HEADER_LEN;
+	uint8_t *b = buf + KVB_MC_FRAME_HEADER_LEN;
+	if (rc == KVB_OK && blen <= rest) {
+		/* the frame as a server reads it: exactly blen bytes */
+		uint8_t *exact = malloc((size_t)blen);
+		if (exact) {
+			memcpy(exact, b, (size_t)blen);
+			body(exact, (size_t)blen);
+			free(exact);
+		}
+	} else {
+		/* a length that does not match: fuzz the body split anyway */
+		body(b, rest);
+	}
+	free(buf);
+	return 0;
+}
