@@ -53,6 +53,12 @@ echo "exported: $(nm -D --defined-only "$dest"/lib/libkvbridge*.so | awk 'NF==3 
 rm -rf "$dest"
 unset PKG_CONFIG_PATH
 
+stage "SoftRoCE: the RDMA suite in a VM with four rxe devices (two rails)"
+(cd build/main && make check-softroce) | tee build/main/softroce.tap
+! grep -q '^not ok\|^Bail out\|# SKIP' build/main/softroce.tap
+echo "softroce: $(grep -c '^ok' build/main/softroce.tap) checks passed"
+
+
 stage "configure refuses a requested backend whose dependencies are missing"
 pcdir=$(mktemp -d)
 for d in $(pkg-config --variable pc_path pkg-config | tr : ' '); do

@@ -91,6 +91,9 @@ typedef struct kvb_hw_params {
 	uint32_t mtu;               /* MC_MTU: 512..4096; path MTU = min(active, this) */
 	uint32_t qp_per_ep;         /* MC_NUM_QP_PER_EP; default 2, must equal the peer's */
 	uint32_t max_wr;            /* MC_MAX_WR: WRs in flight per QP; default 256 */
+	uint64_t rdma_stall_timeout_ns; /* MC_SLICE_TIMEOUT (s): an endpoint with work posted
+				     * and no completion this long is rebuilt and its slices
+				     * fail over; default 10 s, 0 = never */
 } kvb_hw_params_t;
 
 /* Arguments of kvb_backend_open(kvb_hw_backend_ops(), &args, ...). */

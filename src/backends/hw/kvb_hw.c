@@ -1811,6 +1811,7 @@ void kvb_hw_params_default(kvb_hw_params_t *p)
 	p->mtu = 4096;
 	p->qp_per_ep = 2;
 	p->max_wr = 256;
+	p->rdma_stall_timeout_ns = 10 * G_GUINT64_CONSTANT(1000000000);
 }
 
 static bool env_u64(char **envp, const char *name, uint64_t min, uint64_t max, uint64_t *out,
@@ -1863,6 +1864,8 @@ int kvb_hw_params_apply_env(kvb_hw_params_t *p, char **envp, kvb_err_t *err)
 		p->qp_per_ep = (uint32_t)v;
 	if (env_u64(envp, "MC_MAX_WR", 1, 65536, &v, err, &rc))
 		p->max_wr = (uint32_t)v;
+	if (env_u64(envp, "MC_SLICE_TIMEOUT", 0, 3600, &v, err, &rc))
+		p->rdma_stall_timeout_ns = v * G_GUINT64_CONSTANT(1000000000);
 	const char *devs = envp ? g_environ_getenv(envp, "KVB_RDMA_DEVICES") : g_getenv("KVB_RDMA_DEVICES");
 	if (devs)
 		p->rdma_devices = devs; /* borrowed, copied at open */

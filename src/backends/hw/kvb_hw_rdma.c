@@ -59,6 +59,8 @@ typedef struct rdma_dev {
 	uint16_t lid;
 	enum ibv_mtu mtu;            /* min(active, configured) */
 	uint32_t max_qp_wr;
+	hw_watch_t *async_w;
+	bool port_down;              /* IBV_EVENT_PORT_ERR seen, no PORT_ACTIVE since */
 } rdma_dev_t;
 
 typedef enum ep_state { EP_CONNECTING = 1, EP_UP = 2, EP_ERROR = 3 } ep_state_t;
@@ -81,6 +83,7 @@ typedef struct rdma_ep {
 	GQueue pending;                   /* rdma_op_t* with slices left to post */
 	hw_call_t *call;
 	bool retired;                     /* out of the table, freed once drained */
+	uint64_t last_progress_ns;        /* last completion, or the first post after idle */
 } rdma_ep_t;
 
 struct rdma_op {
@@ -103,6 +106,8 @@ struct hw_rdma {
 	GHashTable *eps;                  /* key -> rdma_ep_t* */
 	GQueue retired;                   /* rdma_ep_t* draining */
 	GHashTable *ops;                  /* rdma_op_t* in flight (set) */
+	hw_deadline_t *watchdog;          /* stalled endpoints, every second while busy */
+	bool watchdog_armed;
 };
 
 /* mr->rdma: one ibv_mr* per device */
@@ -185,6 +190,8 @@ static int pick_gid(rdma_dev_t *d, int gid_tbl_len, int forced, kvb_err_t *err)
 }
 
 static bool cq_io(void *obj, GIOCondition cond);
+static bool async_io(void *obj, GIOCondition cond);
+static void watchdog_fire(void *obj);
 
 static int dev_open(hw_rdma_t *r, struct ibv_device *ibdev, kvb_err_t *err)
 {
@@ -226,6 +233,9 @@ static int dev_open(hw_rdma_t *r, struct ibv_device *ibdev, kvb_err_t *err)
 	int fl = fcntl(d->ch->fd, F_GETFL);
 	fcntl(d->ch->fd, F_SETFL, fl | O_NONBLOCK);
 	d->w = hw_watch_new(r->hw, d->ch->fd, G_IO_IN, cq_io, d);
+	fl = fcntl(d->ctx->async_fd, F_GETFL);
+	fcntl(d->ctx->async_fd, F_SETFL, fl | O_NONBLOCK);
+	d->async_w = hw_watch_new(r->hw, d->ctx->async_fd, G_IO_IN, async_io, d);
 	char gid[KVB_MC_GID_TEXT_LEN + 1];
 	kvb_mc_gid_format(d->gid.raw, gid);
 	hw_log(r->hw, "rdma device %s: port %u, gid[%d] %s, lid %u, mtu %d", d->name, d->port,
@@ -268,6 +278,7 @@ int hw_rdma_open(hw_t *hw, kvb_err_t *err)
 	r->eps = g_hash_table_new(g_str_hash, g_str_equal);
 	r->ops = g_hash_table_new(g_direct_hash, g_direct_equal);
 	g_queue_init(&r->retired);
+	r->watchdog = hw_deadline_new(hw, watchdog_fire, r);
 	*hw_rdma_slot(hw) = r;
 	int n = 0;
 	struct ibv_device **list = ibv_get_device_list(&n);
@@ -344,6 +355,7 @@ void hw_rdma_close(hw_t *hw)
 	for (uint32_t i = 0; i < r->n_devs; i++) {
 		rdma_dev_t *d = &r->devs[i];
 		hw_watch_free(d->w);
+		hw_watch_free(d->async_w);
 		ibv_destroy_cq(d->cq);
 		ibv_destroy_comp_channel(d->ch);
 		ibv_dealloc_pd(d->pd);
@@ -351,6 +363,7 @@ void hw_rdma_close(hw_t *hw)
 	}
 	g_hash_table_destroy(r->eps);
 	g_hash_table_destroy(r->ops);
+	hw_deadline_free(r->watchdog);
 	g_free(r);
 	*hw_rdma_slot(hw) = NULL;
 }
@@ -499,6 +512,74 @@ static int qp_connect(rdma_dev_t *d, struct ibv_qp *qp, uint32_t peer_qpn, const
 	return KVB_OK;
 }
 
+static void ep_retire(hw_rdma_t *r, rdma_ep_t *ep, int status, const char *why);
+
+static void watchdog_arm(hw_rdma_t *r)
+{
+	if (!r->watchdog_armed) {
+		r->watchdog_armed = true;
+		hw_deadline_arm(r->watchdog, G_GUINT64_CONSTANT(1000000000));
+	}
+}
+
+/* An endpoint with work posted and no completion for stall_timeout is
+ * retired: its QPs go to ERROR, every WR flushes back failed, and the core
+ * retries the slices on another NIC.  (A link that died under an RC QP, or
+ * a peer that vanished, can otherwise hold WRs for a long time.) */
+static void watchdog_fire(void *obj)
+{
+	hw_rdma_t *r = obj;
+	r->watchdog_armed = false;
+	uint64_t now = hw_now_ns(), limit = hw_params(r->hw)->rdma_stall_timeout_ns;
+	bool busy = false;
+	GList *eps = g_hash_table_get_values(r->eps);
+	for (GList *l = eps; l; l = l->next) {
+		rdma_ep_t *ep = l->data;
+		if (!ep->outstanding && ep->state != EP_CONNECTING)
+			continue;
+		busy = true;
+		if (ep->outstanding && limit && now - ep->last_progress_ns > limit) {
+			char why[96];
+			g_snprintf(why, sizeof(why), "no completion for %.1f s (%" PRIu64 " work requests posted)",
+				   (double)(now - ep->last_progress_ns) / 1e9, ep->outstanding);
+			ep_retire(r, ep, KVB_ERR_TRANSPORT, why);
+		}
+	}
+	g_list_free(eps);
+	if (busy || r->retired.length)
+		watchdog_arm(r);
+}
+
+/* Port state from the device's async events: a port going down retires its
+ * endpoints at once (their WRs flush back failed) and fails new posts on it
+ * until the port is ACTIVE again. */
+static bool async_io(void *obj, GIOCondition cond)
+{
+	(void)cond;
+	rdma_dev_t *d = obj;
+	hw_rdma_t *r = d->r;
+	struct ibv_async_event ev;
+	while (ibv_get_async_event(d->ctx, &ev) == 0) {
+		enum ibv_event_type t = ev.event_type;
+		ibv_ack_async_event(&ev);
+		if (t == IBV_EVENT_PORT_ERR || t == IBV_EVENT_DEVICE_FATAL) {
+			hw_warn(r->hw, "%s: %s", d->name, ibv_event_type_str(t));
+			d->port_down = true;
+			GList *eps = g_hash_table_get_values(r->eps);
+			for (GList *l = eps; l; l = l->next)
+				if (((rdma_ep_t *)l->data)->dev == d)
+					ep_retire(r, l->data, KVB_ERR_TRANSPORT, "port down");
+			g_list_free(eps);
+		} else if (t == IBV_EVENT_PORT_ACTIVE) {
+			hw_warn(r->hw, "%s: port active again", d->name);
+			d->port_down = false;
+		} else {
+			hw_log(r->hw, "%s: async event %s", d->name, ibv_event_type_str(t));
+		}
+	}
+	return true;
+}
+
 static rdma_ep_t *ep_new(hw_rdma_t *r, rdma_dev_t *d, const char *local_path, const char *peer_path)
 {
 	const kvb_hw_params_t *p = hw_params(r->hw);
@@ -619,7 +700,9 @@ static void ep_drain(hw_rdma_t *r, rdma_ep_t *ep)
 			return;
 		}
 		ep->qp_out[q]++;
-		ep->outstanding++;
+		if (ep->outstanding++ == 0)
+			ep->last_progress_ns = hw_now_ns();
+		watchdog_arm(r);
 		ep->next_qp = (q + 1) % ep->n_qp;
 		if (++op->posted == op->n_slices)
 			g_queue_pop_head(&ep->pending);
@@ -883,6 +966,19 @@ int hw_rdma_post(hw_peer_t *p, const kvb_slice_op_t *op)
 		return KVB_ERR_PROTOCOL;
 	}
 	rdma_dev_t *d = &r->devs[op->local_nic];
+	if (d->port_down) {
+		/* fail it the way a completion would: the core retries it on another NIC */
+		hw_set_error(hw, "%s: port %u is down", d->name, d->port);
+		p->ops_outstanding++;
+		rdma_op_t *o = g_new0(rdma_op_t, 1);
+		o->peer = p;
+		o->cookie = op->cookie;
+		o->nic = op->local_nic;
+		o->status = KVB_ERR_TRANSPORT;
+		g_hash_table_add(r->ops, o);
+		op_finish(r, o);
+		return KVB_OK;
+	}
 	rdma_ep_t *ep = ep_get(r, p, d, peer_dev);
 	if (!ep)
 		return KVB_ERR_TRANSPORT;
@@ -930,13 +1026,17 @@ static void cq_poll(hw_rdma_t *r, rdma_dev_t *d)
 		for (int i = 0; i < n; i++) {
 			rdma_op_t *o = (rdma_op_t *)(uintptr_t)wc[i].wr_id;
 			rdma_ep_t *ep = o->ep;
+			ep->last_progress_ns = hw_now_ns();
 			for (uint32_t q = 0; q < ep->n_qp; q++)
 				if (ep->qp[q]->qp_num == wc[i].qp_num)
 					ep->qp_out[q]--;
 			ep->outstanding--;
 			if (wc[i].status != IBV_WC_SUCCESS) {
+				/* with the peer's control stream gone, the peer is the
+				 * cause, not this NIC: no retry elsewhere, no NIC blamed */
 				if (o->status == KVB_OK)
-					o->status = KVB_ERR_TRANSPORT;
+					o->status = o->peer && o->peer->state != HW_PEER_DOWN ? KVB_ERR_TRANSPORT
+											      : KVB_ERR_PEER;
 				if (wc[i].status != IBV_WC_WR_FLUSH_ERR) {
 					char why[160];
 					g_snprintf(why, sizeof(why), "work completion %s (vendor error 0x%x) on QP %u",

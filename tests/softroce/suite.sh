@@ -1,0 +1,87 @@
+#!/bin/sh
+# Runs INSIDE the SoftRoCE VM (tests/vm/run-in-vm.sh), as root, after the rxe
+# devices are up: the hw backend's RDMA path between processes.  Prints TAP.
+#
+# Rails: the producer uses $P_DEVS (default rxe0,rxe1), the consumer $D_DEVS
+# (default rxe2,rxe3); rail i joins P_DEVS[i] and D_DEVS[i] on its own
+# network, so taking one netdev down cuts exactly one rail.
+#
+# Usage: suite.sh BUILDDIR
+builddir=${1:?usage: suite.sh BUILDDIR}
+tmp=$(mktemp -d)
+top_builddir=$builddir
+. "$(dirname "$0")/../hw_lib.sh"
+trap cleanup EXIT
+P_DEVS=${P_DEVS:-rxe0,rxe1}
+D_DEVS=${D_DEVS:-rxe2,rxe3}
+p0=${P_DEVS%%,*}; p1=${P_DEVS##*,}
+d0=${D_DEVS%%,*}; d1=${D_DEVS##*,}
+netdev_of() { cat /sys/class/infiniband/$1/ports/1/gid_attrs/ndevs/1 2>/dev/null; }
+ip_of() { /usr/bin/ip -4 -o addr show dev "$1" | sed -n 's/.* inet \([0-9.]*\).*/\1/p' | head -n 1; }
+sent() { cat /sys/class/infiniband/$1/ports/1/hw_counters/sent_pkts 2>/dev/null || echo 0; }
+P_IP=$(ip_of "$(netdev_of $p0)")
+D_IP=$(ip_of "$(netdev_of $d0)")
+echo "# producer $P_DEVS at $P_IP, consumer $D_DEVS at $D_IP"
+ulimit -l unlimited 2>/dev/null
+echo "1..8"
+export VLLM_MOONCAKE_BOOTSTRAP_PORT=8998
+
+start prod "$serve" --role producer --host "$P_IP" --http-port 8100 --blocks 512 --lease 8 \
+	--rdma-devices "$P_DEVS" -v || exit 1
+start cons "$serve" --role consumer --host "$D_IP" --http-port 8200 --blocks 512 \
+	--rdma-devices "$D_DEVS" -v || exit 1
+start proxy "$proxy" --port 8000 --prefiller-host "$P_IP" --prefiller-port 8100 \
+	--decoder-host "$D_IP" --decoder-port 8200 -v || exit 1
+
+# 1. byte-exact KV transfer, striped over both rails
+s0=$(sent $p0); s1=$(sent $p1)
+good=0
+for len in 16 300 1000; do
+	st=$(post "http://127.0.0.1:8000/v1/completions" "{\"prompt\":\"$(words $len)\"}")
+	[ "$st" = 200 ] && grep -q '"mismatched_bytes":0' "$tmp/resp" && good=$((good+1))
+done
+check "3 prompts over RDMA through the proxy: every byte verified" "[ $good -eq 3 ]"
+n0=$(( $(sent $p0) - s0 )); n1=$(( $(sent $p1) - s1 ))
+check "striping: both rails carried traffic ($p0 +$n0, $p1 +$n1 packets)" "[ $n0 -gt 100 ] && [ $n1 -gt 100 ]"
+get http://127.0.0.1:8100/stats > "$tmp/s"
+check "the producer wrote over RDMA, holds no block" "[ \$(json_num '$tmp/s' rdma_bytes_posted) -gt 1000000 ] && grep -q '\"blocks_held\":0' '$tmp/s'"
+
+# 2. a rail taken down mid-transfer: its slices retried on the other rail
+nd1=$(netdev_of $p1)
+( sleep 1; /usr/bin/ip link set dev "$nd1" down ) &
+downer=$!
+st=$(post "http://127.0.0.1:8000/v1/completions" "{\"prompt\":\"$(words 1500)\"}")
+wait $downer
+get http://127.0.0.1:8100/stats > "$tmp/s"
+check "rail $nd1 down mid-transfer: the request completes, every byte verified (HTTP $st)" "[ '$st' = 200 ] && grep -q '\"mismatched_bytes\":0' '$tmp/resp'"
+check "slices were retried on the other rail (slices_retried $(json_num "$tmp/s" slices_retried))" "[ \$(json_num '$tmp/s' slices_retried) -gt 0 ]"
+/usr/bin/ip link set dev "$nd1" up
+sleep 1
+
+# 3. lease expiry across processes
+st=$(post "http://127.0.0.1:8100/v1/completions" '{"prompt":"late late","kv_transfer_params":{"do_remote_decode":true}}' late-1)
+params=$(sed -n 's/.*"kv_transfer_params":\({[^}]*}\).*/\1/p' "$tmp/resp")
+sleep 9
+st=$(post "http://127.0.0.1:8200/v1/completions" "{\"prompt\":\"late late\",\"kv_transfer_params\":$params}" late-1)
+check "a pull after the lease is refused with the reason (HTTP $st)" "[ '$st' = 502 ] && grep -q -i expired '$tmp/resp'"
+
+# 4. a consumer killed mid-transfer
+start victim "$serve" --role consumer --host "$D_IP" --http-port 8300 --blocks 512 --rdma-devices "$D_DEVS" || exit 1
+vpid=$last_pid
+st=$(post "http://127.0.0.1:8100/v1/completions" '{"prompt":"x","kv_transfer_params":{"do_remote_decode":true,"kvbridge_tokens":2000}}' big-1)
+params=$(sed -n 's/.*"kv_transfer_params":\({[^}]*}\).*/\1/p' "$tmp/resp")
+( curl -s -o /dev/null --max-time 60 -H 'Content-Type: application/json' -H 'X-Request-Id: big-1' \
+	-d "{\"prompt\":\"x\",\"kv_transfer_params\":$params}" http://127.0.0.1:8300/v1/completions ) &
+sleep 0.5
+kill -KILL $vpid
+# the lease (8 s) frees the blocks once the writes in flight have failed
+i=0
+while [ $i -lt 60 ]; do
+	get http://127.0.0.1:8100/stats > "$tmp/s2"
+	grep -q '"blocks_held":0' "$tmp/s2" && grep -q '"producer_live":0' "$tmp/s2" && break
+	sleep 0.5; i=$((i+1))
+done
+check "consumer killed mid-transfer: the producer freed the blocks ($((i / 2)) s after the kill + 0.5 s)" "grep -q '\"blocks_held\":0' '$tmp/s2' && grep -q '\"producer_live\":0' '$tmp/s2'"
+st=$(post "http://127.0.0.1:8000/v1/completions" "{\"prompt\":\"$(words 200)\"}")
+check "the producer keeps serving (HTTP $st)" "[ '$st' = 200 ] && grep -q '\"mismatched_bytes\":0' '$tmp/resp'"
+exit $fail
