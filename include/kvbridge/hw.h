@@ -36,7 +36,7 @@
  * Environment (applied by kvb_hw_params_apply_env, Mooncake's names):
  *   MC_HANDSHAKE_MAX_LENGTH, MC_MIN_RPC_PORT, MC_MAX_RPC_PORT,
  *   MC_HANDSHAKE_CONNECT_TIMEOUT (s), MC_TCP_PROTO (1 = legacy),
- *   MC_TCP_STATUS_TIMEOUT_SEC, MC_TCP_BIND_ADDRESS; RDMA: MC_GID_INDEX,
+ *   MC_TCP_STATUS_TIMEOUT_SEC, MC_TCP_BIND_ADDRESS, MC_TCP_LANES_PER_PEER; RDMA: MC_GID_INDEX,
  *   MC_IB_PORT, MC_MTU, MC_NUM_QP_PER_EP, MC_MAX_WR, MC_TE_FILTERS (device
  *   whitelist), MC_FORCE_TCP=1 (no RDMA), KVB_RDMA_DEVICES (the device list).
  */
@@ -54,6 +54,7 @@ extern "C" {
 #endif
 
 #define KVB_HW_MAX_NICS 16u
+#define KVB_HW_MAX_LANES 16u
 
 typedef struct kvb_hw_params {
 	const char *host;           /* how peers reach this endpoint; the segment name is
@@ -73,6 +74,9 @@ typedef struct kvb_hw_params {
 	uint64_t connect_timeout_ns;/* handshake and data connects; default 5 s */
 	uint64_t status_timeout_ns; /* wait for a v2 status frame; default 30 s */
 	uint32_t lane_depth;        /* ops queued per data connection; default 4096 */
+	uint32_t tcp_lanes;         /* TCP data connections per peer per NIC, each op on
+				     * the least loaded; default 4 (MC_TCP_LANES_PER_PEER,
+				     * Mooncake's default pool) */
 	uint16_t side_channel_port; /* vLLM Gen 0 ROUTER port; 0 = none */
 	const char *side_channel_host; /* bind address for it; default bind_host */
 	GMainContext *context;      /* NULL = a context of the instance's own */

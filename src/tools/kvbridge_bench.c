@@ -62,6 +62,7 @@ typedef struct opts {
 	gchar *remote_addr;
 	gboolean quiet;
 	gchar *rdma_devices;
+	gint lanes;
 } opts_t;
 
 static opts_t o = {
@@ -140,6 +141,9 @@ static kvb_backend_t *open_backend(uint16_t rpc_port, uint16_t data_port, GMainC
 	p.context = ctx;
 	if (o.rdma_devices)
 		p.rdma_devices = o.rdma_devices;
+	if (o.lanes > 0)
+		p.tcp_lanes = (uint32_t)o.lanes;
+	o.lanes = (int)p.tcp_lanes; /* what the ceiling mirrors */
 	kvb_backend_t *be;
 	if (kvb_hw_open(&p, &be, &err) != KVB_OK) {
 		fprintf(stderr, "kvbridge-bench: %s\n", err.msg);
@@ -590,6 +594,11 @@ static gpointer sock_worker_run(gpointer arg)
 
 static double socket_ceiling(uint16_t port, bool write, uint64_t block, uint64_t buf_len)
 {
+	/* one blocking connection per kvbridge thread and NIC: the sender and the
+	 * sink each get as many threads as kvbridge's initiator and target use
+	 * (kvbridge's lanes share their thread, so they are not mirrored: more
+	 * sockets would mean more threads, and the ceiling would measure the
+	 * thread count, not the transport) */
 	int T = o.threads * o.nics;
 	sock_worker_t *w = g_new0(sock_worker_t, T);
 	GThread **th = g_new0(GThread *, T);
@@ -681,7 +690,9 @@ static GOptionEntry entries[] = {
 	 "comma list (4K,64K,1M) or 'sweep' (4 KiB to 64 MiB by 4x, the default)", "LIST"},
 	{"batch", 'B', 0, G_OPTION_ARG_INT, &o.batch, "requests in flight per thread (default 16)", "N"},
 	{"threads", 'T', 0, G_OPTION_ARG_INT, &o.threads, "initiator threads, one connection each (default 1)", "N"},
-	{"nics", 'n', 0, G_OPTION_ARG_INT, &o.nics, "data connections per thread (TCP NICs, default 1)", "N"},
+	{"nics", 'n', 0, G_OPTION_ARG_INT, &o.nics, "NICs per thread (TCP: source addresses, default 1)", "N"},
+	{"lanes", 0, 0, G_OPTION_ARG_INT, &o.lanes,
+	 "TCP connections per peer per NIC (default 4 as Mooncake's pool; MC_TCP_LANES_PER_PEER)", "N"},
 	{"rdma-devices", 0, 0, G_OPTION_ARG_STRING, &o.rdma_devices,
 	 "RDMA devices to use (rxe0,rxe1 or auto; default TCP; also KVB_RDMA_DEVICES); requests go "
 	 "round-robin over them, device i to the peer's device i", "LIST"},
@@ -725,6 +736,13 @@ int main(int argc, char **argv)
 	bool target_mode = o.mode && !strcmp(o.mode, "target");
 	if (o.repeat == 0)
 		o.repeat = o.loopback ? 3 : 1;
+	if (o.lanes <= 0) { /* the default the backend will use: MC_TCP_LANES_PER_PEER or 4 */
+		kvb_hw_params_t dp;
+		kvb_hw_params_default(&dp);
+		kvb_err_t e;
+		kvb_hw_params_apply_env(&dp, NULL, &e);
+		o.lanes = (int)dp.tcp_lanes;
+	}
 	if (o.mode && !target_mode && strcmp(o.mode, "initiator")) {
 		fprintf(stderr, "kvbridge-bench: --mode must be target or initiator (got %s)\n", o.mode);
 		return 2;
@@ -795,7 +813,7 @@ int main(int argc, char **argv)
 			sink_pid = fork();
 			if (sink_pid == 0) {
 				close(rfd[0]);
-				sink_serve(lfd, buf_len, rfd[1]);
+				sink_serve(lfd, MIN(buf_len, 256ull << 20), rfd[1]); /* kvbridge's window */
 			}
 			close(lfd);
 			close(rfd[1]);
@@ -825,8 +843,8 @@ int main(int argc, char **argv)
 	char reps[48] = "";
 	if (o.repeat > 1)
 		g_snprintf(reps, sizeof(reps), ", median of %d runs", o.repeat);
-	printf("kvbridge-bench: %s to %s, batch %d, %d thread(s), %d connection(s) each, %.1f s per size%s\n",
-	       op == KVB_XFER_WRITE ? "write" : "read", o.target, o.batch, o.threads, o.nics, o.duration,
+	printf("kvbridge-bench: %s to %s, batch %d, %d thread(s), %d NIC(s) x %d TCP lane(s) each, %.1f s per size%s\n",
+	       op == KVB_XFER_WRITE ? "write" : "read", o.target, o.batch, o.threads, o.nics, o.lanes, o.duration,
 	       reps);
 	printf("%10s %10s %10s %10s %12s %8s\n", "block", "GB/s", "p50 us", "p99 us",
 	       sink_pid ? "socket GB/s" : "", sink_pid ? "ratio" : "");

@@ -1684,6 +1684,9 @@ static int op_instance_open(kvb_backend_t *be, const void *args, kvb_err_t *err)
 				   p->rpc_port_min, p->rpc_port_max);
 	if (!p->lane_depth)
 		return kvb_err_set(err, KVB_ERR_CONFIG, "lane_depth must be >= 1");
+	if (p->tcp_lanes > KVB_HW_MAX_LANES)
+		return kvb_err_set(err, KVB_ERR_CONFIG, "tcp_lanes %u out of range 1..%u", p->tcp_lanes,
+				   KVB_HW_MAX_LANES);
 	/* own copies of the strings */
 	g_strlcpy(hw->host, p->host && *p->host ? p->host : "127.0.0.1", sizeof(hw->host));
 	g_strlcpy(hw->bind_host, p->bind_host ? p->bind_host : "0.0.0.0", sizeof(hw->bind_host));
@@ -1806,6 +1809,7 @@ void kvb_hw_params_default(kvb_hw_params_t *p)
 	p->connect_timeout_ns = 5 * G_GUINT64_CONSTANT(1000000000);
 	p->status_timeout_ns = 30 * G_GUINT64_CONSTANT(1000000000);
 	p->lane_depth = 4096;
+	p->tcp_lanes = 4;
 	p->ib_port = 1;
 	p->gid_index = -1;
 	p->mtu = 4096;
@@ -1848,6 +1852,8 @@ int kvb_hw_params_apply_env(kvb_hw_params_t *p, char **envp, kvb_err_t *err)
 		p->connect_timeout_ns = v * G_GUINT64_CONSTANT(1000000000);
 	if (env_u64(envp, "MC_TCP_PROTO", 1, 2, &v, err, &rc))
 		p->tcp_proto_version = (uint32_t)v;
+	if (env_u64(envp, "MC_TCP_LANES_PER_PEER", 1, KVB_HW_MAX_LANES, &v, err, &rc))
+		p->tcp_lanes = (uint32_t)v;
 	if (env_u64(envp, "MC_TCP_STATUS_TIMEOUT_SEC", 1, 3600, &v, err, &rc))
 		p->status_timeout_ns = v * G_GUINT64_CONSTANT(1000000000);
 	if (env_u64(envp, "MC_IB_PORT", 1, 255, &v, err, &rc))

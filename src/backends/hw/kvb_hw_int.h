@@ -101,7 +101,7 @@ struct hw_peer {
 	char data_host[KVB_MC_NAME_MAX];
 	uint16_t data_port;
 	bool data_v2;
-	hw_lane_t *lanes[KVB_HW_MAX_NICS];
+	hw_lane_t *lanes[KVB_HW_MAX_NICS * KVB_HW_MAX_LANES]; /* [nic * lanes + k] */
 	uint64_t ops_outstanding;
 
 	void *vllm;              /* kvb_hw_vllm.c's per-peer state */

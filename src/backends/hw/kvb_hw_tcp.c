@@ -338,14 +338,27 @@ int hw_lane_post(hw_peer_t *p, const kvb_slice_op_t *op)
 				 " is not registered memory", op->local_addr, op->len);
 		return KVB_ERR_RANGE;
 	}
-	hw_lane_t *l = p->lanes[op->local_nic];
+	/* the least loaded of the NIC's lanes (an unopened one counts as empty) */
+	uint32_t nl = prm->tcp_lanes ? MIN(prm->tcp_lanes, KVB_HW_MAX_LANES) : 1;
+	uint32_t best = op->local_nic * KVB_HW_MAX_LANES;
+	for (uint32_t k = 0; k < nl; k++) {
+		uint32_t i = op->local_nic * KVB_HW_MAX_LANES + k;
+		hw_lane_t *c = p->lanes[i], *b = p->lanes[best];
+		if (!c) {
+			best = i;
+			break;
+		}
+		if (b && c->tosend.length + c->sent.length < b->tosend.length + b->sent.length)
+			best = i;
+	}
+	hw_lane_t *l = p->lanes[best];
 	if (!l) {
 		l = g_new0(hw_lane_t, 1);
 		l->peer = p;
 		l->nic = op->local_nic;
 		l->fd = -1;
 		l->deadline = hw_deadline_new(hw, lane_timeout, l);
-		p->lanes[op->local_nic] = l;
+		p->lanes[best] = l;
 	}
 	if (l->tosend.length + l->sent.length >= prm->lane_depth)
 		return KVB_ERR_NO_RESOURCE;
@@ -369,7 +382,7 @@ int hw_lane_post(hw_peer_t *p, const kvb_slice_op_t *op)
 
 void hw_lanes_fail(hw_peer_t *p, int status)
 {
-	for (uint32_t i = 0; i < KVB_HW_MAX_NICS; i++)
+	for (uint32_t i = 0; i < KVB_HW_MAX_NICS * KVB_HW_MAX_LANES; i++)
 		if (p->lanes[i] && (p->lanes[i]->sent.length || p->lanes[i]->tosend.length ||
 				    p->lanes[i]->fd >= 0))
 			lane_fail(p->lanes[i], status, "the connection to the peer went down");
@@ -377,7 +390,7 @@ void hw_lanes_fail(hw_peer_t *p, int status)
 
 void hw_lanes_free(hw_peer_t *p)
 {
-	for (uint32_t i = 0; i < KVB_HW_MAX_NICS; i++) {
+	for (uint32_t i = 0; i < KVB_HW_MAX_NICS * KVB_HW_MAX_LANES; i++) {
 		hw_lane_t *l = p->lanes[i];
 		if (!l)
 			continue;
