@@ -64,8 +64,8 @@ struct hw_lane {
 	bool v2;
 	GQueue tosend;          /* hw_op_t*: not yet (fully) written */
 	GQueue sent;            /* hw_op_t*: written, awaiting status or data */
-	uint8_t st[KVB_MC_TCP_STATUS_LEN];
-	size_t st_done;
+	uint8_t st[KVB_MC_TCP_STATUS_LEN * 64]; /* status frames received, st_off consumed */
+	size_t st_len, st_off;
 };
 
 static void op_complete(hw_lane_t *l, hw_op_t *op, int status)
@@ -92,7 +92,7 @@ static void lane_close_fd(hw_lane_t *l)
 		l->fd = -1;
 	}
 	l->state = LANE_DOWN;
-	l->st_done = 0;
+	l->st_len = l->st_off = 0;
 }
 
 /* Every op of the lane ends with status; the connection closes.  The next
@@ -225,18 +225,35 @@ static bool lane_recv(hw_lane_t *l)
 	while (l->sent.length && budget) {
 		hw_op_t *op = l->sent.head->data;
 		bool need_status = l->v2 && !op->status_ok;
-		ssize_t r;
-		if (need_status) {
-			r = recv(l->fd, l->st + l->st_done, sizeof(l->st) - l->st_done, 0);
-		} else {
+		ssize_t r = 0;
+		if (need_status && l->st_len - l->st_off < KVB_MC_TCP_STATUS_LEN) {
+			/* read the status frames of as many waiting ops as possible in
+			 * one call: the consecutive writes at the head, up to and
+			 * including a read (its data follows its status) */
+			memmove(l->st, l->st + l->st_off, l->st_len - l->st_off);
+			l->st_len -= l->st_off;
+			l->st_off = 0;
+			size_t k = 0;
+			for (GList *g = l->sent.head; g && k < sizeof(l->st) / KVB_MC_TCP_STATUS_LEN; g = g->next) {
+				hw_op_t *o = g->data;
+				if (o->status_ok)
+					break;
+				k++;
+				if (o->opcode == KVB_MC_TCP_OP_READ)
+					break;
+			}
+			r = recv(l->fd, l->st + l->st_len, k * KVB_MC_TCP_STATUS_LEN - l->st_len, 0);
+		} else if (!need_status) {
 			size_t want = (size_t)MIN(op->len - op->done, (uint64_t)IO_CHUNK);
 			r = recv(l->fd, (uint8_t *)(uintptr_t)op->laddr + op->done, want, 0);
+		} else {
+			r = -2; /* a status frame is already here */
 		}
 		if (r == 0) {
 			lane_fail(l, KVB_ERR_PEER, "connection closed by the peer");
 			return false;
 		}
-		if (r < 0) {
+		if (r == -1) {
 			if (errno == EINTR)
 				continue;
 			if (errno == EAGAIN || errno == EWOULDBLOCK)
@@ -244,16 +261,20 @@ static bool lane_recv(hw_lane_t *l)
 			lane_fail(l, lane_errno_status(errno), g_strerror(errno));
 			return false;
 		}
-		budget -= MIN(budget, (uint64_t)r);
-		hw_deadline_arm(l->deadline, hw_params(l->peer->hw)->status_timeout_ns);
+		if (r > 0) {
+			budget -= MIN(budget, (uint64_t)r);
+			hw_deadline_arm(l->deadline, hw_params(l->peer->hw)->status_timeout_ns);
+		}
 		if (need_status) {
-			l->st_done += (size_t)r;
-			if (l->st_done < sizeof(l->st))
+			if (r > 0)
+				l->st_len += (size_t)r;
+			if (l->st_len - l->st_off < KVB_MC_TCP_STATUS_LEN)
 				continue;
-			l->st_done = 0;
 			uint32_t code;
 			kvb_err_t err;
-			if (kvb_mc_tcp_status_decode(l->st, &code, &err) != KVB_OK) {
+			int drc = kvb_mc_tcp_status_decode(l->st + l->st_off, &code, &err);
+			l->st_off += KVB_MC_TCP_STATUS_LEN;
+			if (drc != KVB_OK) {
 				lane_fail(l, KVB_ERR_TRANSPORT, err.msg);
 				return false;
 			}
@@ -431,8 +452,12 @@ typedef struct dsess {
 	size_t hdr_done;
 	kvb_mc_tcp_header_t h;
 	uint64_t done;
-	uint8_t st[KVB_MC_TCP_STATUS_LEN];
-	size_t st_done;
+	/* v2 status frames: a write's is queued and sent with the next ones
+	 * when the socket has nothing more to read (one send for many acks); a
+	 * read's or a refusal's goes out at once, after those queued */
+	uint8_t st[KVB_MC_TCP_STATUS_LEN * 64];
+	size_t st_len, st_done;
+	dphase_t then;          /* phase after D_STATUS has flushed st */
 	bool close_after_status;
 	hw_mr_t *mr;            /* while moving bytes */
 } dsess_t;
@@ -448,11 +473,25 @@ static void dsess_free(dsess_t *s)
 	g_free(s);
 }
 
-static void dsess_status(dsess_t *s, uint32_t code)
+/* Queue a status frame and flush everything queued before phase `then`. */
+static void dsess_status(dsess_t *s, uint32_t code, dphase_t then)
 {
-	kvb_mc_tcp_status_encode(s->st, code);
-	s->st_done = 0;
+	kvb_mc_tcp_status_encode(s->st + s->st_len, code);
+	s->st_len += KVB_MC_TCP_STATUS_LEN;
+	s->then = then;
 	s->phase = D_STATUS;
+}
+
+/* Queue a write's acknowledgement; it leaves with the next flush. */
+static void dsess_ack_later(dsess_t *s)
+{
+	kvb_mc_tcp_status_encode(s->st + s->st_len, KVB_MC_TCP_STATUS_OK);
+	s->st_len += KVB_MC_TCP_STATUS_LEN;
+	s->phase = D_HDR;
+	if (s->st_len == sizeof(s->st)) {
+		s->then = D_HDR;
+		s->phase = D_STATUS;
+	}
 }
 
 /* A header arrived: check it, then pick the next phase.  Returns false when
@@ -479,7 +518,7 @@ static bool dsess_header(dsess_t *s)
 				    : "outside registered memory");
 		if (!s->h.v2)
 			return false;
-		dsess_status(s, KVB_MC_TCP_STATUS_REJECTED);
+		dsess_status(s, KVB_MC_TCP_STATUS_REJECTED, D_HDR);
 		s->close_after_status = true;
 		return true;
 	}
@@ -489,7 +528,7 @@ static bool dsess_header(dsess_t *s)
 	if (s->h.opcode == KVB_MC_TCP_OP_WRITE)
 		s->phase = D_WRITE_DATA;
 	else if (s->h.v2)
-		dsess_status(s, KVB_MC_TCP_STATUS_OK);
+		dsess_status(s, KVB_MC_TCP_STATUS_OK, D_READ_DATA);
 	else
 		s->phase = D_READ_DATA;
 	return true;
@@ -534,21 +573,21 @@ static bool dsess_io(void *obj, GIOCondition cond)
 				if (s->done == s->h.size) {
 					dsess_request_done(s);
 					if (s->h.v2)
-						dsess_status(s, KVB_MC_TCP_STATUS_OK);
+						dsess_ack_later(s);
 					else
 						s->phase = D_HDR;
 				}
 			}
 			break;
 		case D_STATUS:
-			r = send(s->fd, s->st + s->st_done, sizeof(s->st) - s->st_done, MSG_NOSIGNAL);
+			r = send(s->fd, s->st + s->st_done, s->st_len - s->st_done, MSG_NOSIGNAL);
 			if (r > 0) {
 				s->st_done += (size_t)r;
-				if (s->st_done == sizeof(s->st)) {
+				if (s->st_done == s->st_len) {
+					s->st_len = s->st_done = 0;
 					if (s->close_after_status)
 						goto close;
-					s->phase = s->mr && s->h.opcode == KVB_MC_TCP_OP_READ ? D_READ_DATA
-											      : D_HDR;
+					s->phase = s->then;
 				}
 			}
 			break;
@@ -575,6 +614,20 @@ static bool dsess_io(void *obj, GIOCondition cond)
 			if (errno == EAGAIN || errno == EWOULDBLOCK)
 				break;
 			goto close;
+		}
+	}
+	/* nothing more to read now (or the budget is spent): the queued acks go */
+	if (s->st_len && s->phase != D_STATUS) {
+		ssize_t r = send(s->fd, s->st + s->st_done, s->st_len - s->st_done, MSG_NOSIGNAL);
+		if (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+			goto close;
+		if (r > 0)
+			s->st_done += (size_t)r;
+		if (s->st_done == s->st_len) {
+			s->st_len = s->st_done = 0;
+		} else {
+			s->then = s->phase;
+			s->phase = D_STATUS;
 		}
 	}
 	hw_watch_set(s->w, s->phase == D_STATUS || s->phase == D_READ_DATA ? G_IO_OUT : G_IO_IN);
