@@ -10,6 +10,11 @@ TCP transport, P2PHANDSHAKE) and kvbridge move verified bytes both ways.
   there) and writes its own pattern into it (checked here).
 
 Prints TAP.  Usage: mooncake_peer.py PATH/TO/kvbridge-bench
+
+Over TCP on loopback by default; KVB_INTEROP_PROTO=rdma runs the same checks
+over RDMA (the SoftRoCE VM): KVB_INTEROP_MC_HOST / KVB_INTEROP_MC_DEVICES are
+the engine's address and devices, KVB_INTEROP_KVB_HOST /
+KVB_INTEROP_KVB_DEVICES kvbridge's.
 """
 import hashlib
 import os
@@ -18,7 +23,14 @@ import sys
 
 import patterns
 
-os.environ.setdefault("MC_FORCE_TCP", "1")
+proto = os.environ.get("KVB_INTEROP_PROTO", "tcp")
+mc_host = os.environ.get("KVB_INTEROP_MC_HOST", "127.0.0.1")
+mc_devs = os.environ.get("KVB_INTEROP_MC_DEVICES", "")
+kvb_host = os.environ.get("KVB_INTEROP_KVB_HOST", "127.0.0.1")
+kvb_devs = os.environ.get("KVB_INTEROP_KVB_DEVICES", "")
+kvb_rdma = ["--rdma-devices", kvb_devs] if proto == "rdma" else []
+if proto == "tcp":
+    os.environ.setdefault("MC_FORCE_TCP", "1")
 os.environ.setdefault("MC_LOG_LEVEL", "WARNING")
 from mooncake.engine import TransferEngine  # noqa: E402
 
@@ -38,7 +50,7 @@ def check(cond, what):
 print("1..7", flush=True)
 MB = 1 << 20
 eng = TransferEngine()
-rc = eng.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "")
+rc = eng.initialize(mc_host, "P2PHANDSHAKE", proto, mc_devs)
 if rc != 0:
     print("Bail out! the Mooncake engine did not initialize (rc %d)" % rc)
     sys.exit(1)
@@ -46,7 +58,8 @@ mc_port = eng.get_rpc_port()
 local = eng.allocate_managed_buffer(4 * MB)
 
 # ---- Mooncake -> kvbridge --------------------------------------------------
-tgt = subprocess.Popen([bench, "--mode", "target", "--buffer-size", "4M", "--fill-seed", "11"],
+tgt = subprocess.Popen([bench, "--mode", "target", "--buffer-size", "4M", "--fill-seed", "11",
+                        "--host", kvb_host] + kvb_rdma,
                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 line = tgt.stdout.readline()
 fields = dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
@@ -82,7 +95,8 @@ tgt.wait()
 
 # ---- kvbridge -> Mooncake --------------------------------------------------
 eng.write_bytes_to_buffer(local, patterns.bench_fill(21, 4 * MB), 4 * MB)
-common = [bench, "-t", "mooncake://127.0.0.1:%d" % mc_port, "--remote-addr", str(local),
+common = [bench, "--host", kvb_host] + kvb_rdma + [
+          "-t", "mooncake://%s:%d" % (mc_host, mc_port), "--remote-addr", str(local),
           "--buffer-size", "4M", "-b", "256K", "--count", "16", "--batch", "4", "-q"]
 r = subprocess.run(common + ["--op", "read", "--check-pattern", "21"], capture_output=True, text=True)
 check(r.returncode == 0 and "verified 4194304 bytes" in r.stdout,
@@ -93,9 +107,10 @@ got = eng.read_bytes_from_buffer(local, 4 * MB)
 check(r.returncode == 0 and got == patterns.bench_fill(7, 4 * MB),
       "kvbridge wrote 4 MiB into Mooncake: every byte landed (rc %d) %s" % (
           r.returncode, r.stderr.strip()[-200:]))
-r = subprocess.run([bench, "-t", "mooncake://127.0.0.1:%d" % mc_port, "--remote-addr", "4096",
+r = subprocess.run([bench, "--host", kvb_host] + kvb_rdma + [
+                    "-t", "mooncake://%s:%d" % (mc_host, mc_port), "--remote-addr", "4096",
                     "--buffer-size", "1M", "-b", "64K", "--count", "1", "-q"],
                    capture_output=True, text=True)
-check(r.returncode != 0 and "refused" in r.stderr,
+check(r.returncode != 0 and ("refused" in r.stderr or "outside" in r.stderr),
       "a kvbridge write outside Mooncake's memory is refused with a reason: %s" % r.stderr.strip()[-160:])
 sys.exit(failed)
