@@ -3,8 +3,10 @@
 # two rails, an rdma_rxe device on each (tests/vm/run-in-vm.sh --rails), and
 # run the hw backend's RDMA suite inside (tests/softroce/suite.sh): byte-exact
 # KV transfers between processes, striping over both rails, a rail taken
-# down mid-transfer, lease expiry, a consumer killed mid-transfer.  The
-# suite's TAP lines come back as ours.  Skips (77), saying why, where the VM
+# down mid-transfer, lease expiry, a consumer killed mid-transfer; then the
+# real Mooncake Transfer Engine (the wheel in $KVB_INTEROP_VENV, made by
+# tests/test_interop.sh) and kvbridge moving verified bytes both ways over
+# RDMA (tests/softroce/all.sh).  The TAP lines come back as ours.  Skips (77), saying why, where the VM
 # cannot be built or booted.
 builddir=${top_builddir:-.}
 srcdir=${top_srcdir:-.}
@@ -17,7 +19,7 @@ if [ $rc -ne 0 ]; then
 fi
 bash "$srcdir/tests/vm/run-in-vm.sh" --rails --timeout "${KVB_SOFTROCE_TIMEOUT:-600}" \
 	--keep-log "$builddir/softroce-console.log" -- \
-	sh "$srcdir/tests/softroce/suite.sh" "$builddir"
+	sh "$srcdir/tests/softroce/all.sh" "$builddir" "${KVB_INTEROP_VENV:-$builddir/interop-venv}"
 rc=$?
 case $rc in
 77) echo "1..0 # SKIP the SoftRoCE VM could not run here (see $builddir/softroce-console.log)" ;;

@@ -16,6 +16,6 @@ ndev() { cat /sys/class/infiniband/$1/ports/1/gid_attrs/ndevs/1; }
 export KVB_INTEROP_PROTO=rdma
 export KVB_INTEROP_MC_DEVICES=${MC_DEV:-rxe2} KVB_INTEROP_MC_HOST=$(ip_of "$(ndev ${MC_DEV:-rxe2})")
 export KVB_INTEROP_KVB_DEVICES=${KVB_DEV:-rxe0} KVB_INTEROP_KVB_HOST=$(ip_of "$(ndev ${KVB_DEV:-rxe0})")
-export PYTHONPATH="$here/../interop" MC_LOG_LEVEL=WARNING
+export PYTHONPATH="$here/../interop" MC_LOG_LEVEL=${MC_LOG_LEVEL:-WARNING}
 echo "# Mooncake on $KVB_INTEROP_MC_DEVICES ($KVB_INTEROP_MC_HOST), kvbridge on $KVB_INTEROP_KVB_DEVICES ($KVB_INTEROP_KVB_HOST)"
 exec "$venv/bin/python" "$here/../interop/mooncake_peer.py" "$builddir/src/tools/kvbridge-bench"
