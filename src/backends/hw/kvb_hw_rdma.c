@@ -709,6 +709,17 @@ static void ep_drain(hw_rdma_t *r, rdma_ep_t *ep)
 	}
 }
 
+/* This side's half of a Connection message: our QPs, GID and LID. */
+static void ep_describe(const rdma_ep_t *ep, kvb_mc_handshake_t *hs)
+{
+	hs->n_qp = ep->n_qp;
+	for (uint32_t i = 0; i < ep->n_qp; i++)
+		hs->qp_num[i] = ep->qp[i]->qp_num;
+	hs->has_gid = true;
+	memcpy(hs->local_gid, ep->dev->gid.raw, 16);
+	hs->local_lid = ep->dev->lid;
+}
+
 static bool ep_reply_ok(rdma_ep_t *ep, const kvb_mc_handshake_t *hs, char *why, size_t why_len)
 {
 	if (hs->reply_msg[0]) {
@@ -778,12 +789,7 @@ static void ep_handshake_reply(void *obj, int status, const char *why, kvb_mc_ms
 		memset(&ack, 0, sizeof(ack));
 		g_strlcpy(ack.local_nic_path, ep->local_path, sizeof(ack.local_nic_path));
 		g_strlcpy(ack.peer_nic_path, ep->peer_path, sizeof(ack.peer_nic_path));
-		ack.n_qp = ep->n_qp;
-		for (uint32_t i = 0; i < ep->n_qp; i++)
-			ack.qp_num[i] = ep->qp[i]->qp_num;
-		ack.has_gid = true;
-		memcpy(ack.local_gid, ep->dev->gid.raw, 16);
-		ack.local_lid = ep->dev->lid;
+		ep_describe(ep, &ack);
 		ack.ready_ack = 1;
 		GString *js = g_string_new(NULL);
 		if (kvb_mc_handshake_to_json(&ack, js, NULL) == KVB_OK) {
@@ -819,12 +825,7 @@ static rdma_ep_t *ep_get(hw_rdma_t *r, hw_peer_t *p, rdma_dev_t *d, uint32_t pee
 	memset(&hs, 0, sizeof(hs));
 	g_strlcpy(hs.local_nic_path, local_path, sizeof(hs.local_nic_path));
 	g_strlcpy(hs.peer_nic_path, peer_path, sizeof(hs.peer_nic_path));
-	hs.n_qp = ep->n_qp;
-	for (uint32_t i = 0; i < ep->n_qp; i++)
-		hs.qp_num[i] = ep->qp[i]->qp_num;
-	hs.has_gid = true;
-	memcpy(hs.local_gid, d->gid.raw, 16);
-	hs.local_lid = d->lid;
+	ep_describe(ep, &hs);
 	hs.ready_ack = -1; /* a legacy-style active side: ready once we reach RTS */
 	GString *js = g_string_new(NULL);
 	kvb_err_t err;
@@ -908,14 +909,8 @@ char *hw_rdma_handshake(hw_t *hw, const kvb_mc_handshake_t *req)
 				hw_log(hw, "rdma endpoint %s -> %s up (passive)", ep->local_path, ep->peer_path);
 			}
 		}
-		if (!rep.reply_msg[0] && req->ready_ack != 1) {
-			rep.n_qp = ep->n_qp;
-			for (uint32_t i = 0; i < ep->n_qp; i++)
-				rep.qp_num[i] = ep->qp[i]->qp_num;
-			rep.has_gid = true;
-			memcpy(rep.local_gid, d->gid.raw, 16);
-			rep.local_lid = d->lid;
-		}
+		if (!rep.reply_msg[0] && req->ready_ack != 1)
+			ep_describe(ep, &rep);
 	}
 	if (rep.reply_msg[0])
 		hw_warn(hw, "rdma handshake from %s refused: %s", req->local_nic_path, rep.reply_msg);
