@@ -41,14 +41,14 @@ gb() { awk -v x="$1" 'BEGIN { printf "%.4f", x }'; }
 	pass=1
 	while IFS=, read -r _ kind b n perf kvb; do
 		[ "$kind" = one ] || continue
-		r=$(awk -v k="$kvb" -v p="$perf" 'BEGIN { printf "%.2f", p > 0 ? k / p : 0 }')
+		r=$(awk -v k="$kvb" -v p="$perf" 'BEGIN { printf "%.2f", (p > 0 ? k / p : 0) }')
 		awk -v r="$r" 'BEGIN { exit !(r < 0.9) }' && pass=0
 		echo "| $((b / 1024)) KiB | $n | $(gb "$perf") | $(gb "$kvb") | $r |"
 	done < <(grep '^csv,' "$log")
 	echo
 	line=$(grep '^csv,rails' "$log" || true)
 	one=$(echo "$line" | cut -d, -f5) two=$(echo "$line" | cut -d, -f6)
-	rr=$(awk -v a="$one" -v b="$two" 'BEGIN { printf "%.2f", a > 0 ? b / a : 0 }')
+	rr=$(awk -v a="$one" -v b="$two" 'BEGIN { printf "%.2f", (a > 0 ? b / a : 0) }')
 	echo "Two rails (rxe0+rxe1 to rxe2+rxe3) against one (rxe0 to rxe2), 1 MiB blocks: $(gb "${one:-0}") GB/s"
 	echo "with one, $(gb "${two:-0}") GB/s with two: **${rr}x**."
 	echo
