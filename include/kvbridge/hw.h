@@ -156,6 +156,7 @@ typedef struct kvb_hw_stats {
 	uint64_t tcp_bytes_in, tcp_bytes_out;      /* served (into / out of our memory) */
 	uint64_t tcp_bytes_posted;      /* our own posts, completed */
 	uint64_t rdma_bytes_posted;     /* our own RDMA posts, completed */
+	uint64_t rdma_endpoints;        /* live RDMA endpoints (queue pair sets), both directions */
 	uint64_t nic_bytes[KVB_HW_MAX_NICS]; /* our posts per local NIC */
 	uint64_t vllm_messages;         /* side-channel messages received */
 	uint64_t vllm_errors;           /* answered trans_error */

@@ -499,7 +499,7 @@ static void respond_stats(uint64_t cid)
 		",\"streams_opened\":%" PRIu64 ",\"tcp_requests_served\":%" PRIu64
 		",\"tcp_requests_rejected\":%" PRIu64 ",\"tcp_bytes_in\":%" PRIu64 ",\"tcp_bytes_out\":%" PRIu64
 		",\"tcp_bytes_posted\":%" PRIu64 ",\"vllm_messages\":%" PRIu64 ",\"vllm_errors\":%" PRIu64
-		",\"fenced_writes\":%" PRIu64 ",\"rdma_bytes_posted\":%" PRIu64 ",\"nic_bytes\":[%s]}}\n",
+		",\"fenced_writes\":%" PRIu64 ",\"rdma_bytes_posted\":%" PRIu64 ",\"rdma_endpoints\":%" PRIu64 ",\"nic_bytes\":[%s]}}\n",
 		kvb_role_name(S.cfg.role), kvb_hw_segment_name(S.be), kvb_hw_data_port(S.be),
 		kvb_hw_side_channel_port(S.be), o.blocks, S.free_blocks->len, g_hash_table_size(S.prod),
 		g_hash_table_size(S.cons), S.served_ok, S.served_failed, S.verified_bytes, S.mismatched_bytes,
@@ -508,7 +508,7 @@ static void respond_stats(uint64_t cid)
 		c.malformed_messages, c.blocks_held, c.live_requests, h.handshakes_served,
 		h.handshake_errors, h.streams_opened, h.tcp_requests_served, h.tcp_requests_rejected,
 		h.tcp_bytes_in, h.tcp_bytes_out, h.tcp_bytes_posted, h.vllm_messages, h.vllm_errors,
-		h.fenced_writes, h.rdma_bytes_posted, nic_bytes->str);
+		h.fenced_writes, h.rdma_bytes_posted, h.rdma_endpoints, nic_bytes->str);
 	g_string_free(nic_bytes, TRUE);
 	kvb_httpd_respond(S.httpd, cid, 200, "application/json", s->str, s->len);
 	g_string_free(s, TRUE);

@@ -23,7 +23,7 @@ P_IP=$(ip_of "$(netdev_of $p0)")
 D_IP=$(ip_of "$(netdev_of $d0)")
 echo "# producer $P_DEVS at $P_IP, consumer $D_DEVS at $D_IP"
 ulimit -l unlimited 2>/dev/null
-echo "1..8"
+echo "1..9"
 export VLLM_MOONCAKE_BOOTSTRAP_PORT=8998
 
 start prod "$serve" --role producer --host "$P_IP" --http-port 8100 --blocks 512 --lease 8 \
@@ -66,6 +66,8 @@ st=$(post "http://127.0.0.1:8200/v1/completions" "{\"prompt\":\"late late\",\"kv
 check "a pull after the lease is refused with the reason (HTTP $st)" "[ '$st' = 502 ] && grep -q -i expired '$tmp/resp'"
 
 # 4. a consumer killed mid-transfer
+get http://127.0.0.1:8100/stats > "$tmp/s1"
+eps_before=$(json_num "$tmp/s1" rdma_endpoints)
 start victim "$serve" --role consumer --host "$D_IP" --http-port 8300 --blocks 512 --rdma-devices "$D_DEVS" || exit 1
 vpid=$last_pid
 st=$(post "http://127.0.0.1:8100/v1/completions" '{"prompt":"x","kv_transfer_params":{"do_remote_decode":true,"kvbridge_tokens":2000}}' big-1)
@@ -82,6 +84,7 @@ while [ $i -lt 60 ]; do
 	sleep 0.5; i=$((i+1))
 done
 check "consumer killed mid-transfer: the producer freed the blocks ($((i / 2)) s after the kill + 0.5 s)" "grep -q '\"blocks_held\":0' '$tmp/s2' && grep -q '\"producer_live\":0' '$tmp/s2'"
+check "the dead consumer's endpoints were reclaimed ($eps_before before it, $(json_num "$tmp/s2" rdma_endpoints) after)" "[ \$(json_num '$tmp/s2' rdma_endpoints) -eq $eps_before ]"
 st=$(post "http://127.0.0.1:8000/v1/completions" "{\"prompt\":\"$(words 200)\"}")
 check "the producer keeps serving (HTTP $st)" "[ '$st' = 200 ] && grep -q '\"mismatched_bytes\":0' '$tmp/resp'"
 exit $fail

@@ -958,6 +958,7 @@ void hw_peer_down(hw_peer_t *p, int status, const char *why)
 	if (status != KVB_OK)
 		hw_warn(p->hw, "peer %s down: %s", p->addr, why ? why : kvb_strerror(status));
 	hw_lanes_fail(p, KVB_ERR_PEER);
+	hw_rdma_peer_gone(p);
 	hw_watch_free(p->w);
 	p->w = NULL;
 	hw_deadline_disarm(p->connect_deadline);
@@ -1974,5 +1975,7 @@ int kvb_hw_peer_buffer(kvb_backend_t *be, kvb_conn_t *conn, uint32_t i, uint64_t
 
 void kvb_hw_stats_get(kvb_backend_t *be, kvb_hw_stats_t *out)
 {
-	*out = hw_of(be)->stats;
+	hw_t *hw = hw_of(be);
+	*out = hw->stats;
+	out->rdma_endpoints = hw_rdma_endpoint_count(hw);
 }

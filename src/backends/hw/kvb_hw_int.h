@@ -210,6 +210,7 @@ const char *hw_segment(hw_t *hw);
 int hw_rdma_open(hw_t *hw, kvb_err_t *err);
 void hw_rdma_close(hw_t *hw);
 uint32_t hw_rdma_n_devices(hw_t *hw); /* 0: no RDMA, TCP only */
+uint64_t hw_rdma_endpoint_count(hw_t *hw);
 const char *hw_rdma_device_name(hw_t *hw, uint32_t i);
 int hw_rdma_mr_reg(hw_t *hw, hw_mr_t *m, kvb_err_t *err);
 void hw_rdma_mr_dereg(hw_t *hw, hw_mr_t *m);
@@ -221,5 +222,9 @@ char *hw_rdma_handshake(hw_t *hw, const kvb_mc_handshake_t *req);
 bool hw_rdma_peer_usable(hw_peer_t *p);
 int hw_rdma_post(hw_peer_t *p, const kvb_slice_op_t *op);
 void hw_rdma_peer_detach(hw_peer_t *p);
+/* A kvbridge peer's control stream went down: retire the endpoints (ours
+ * and the ones it connected to us) of its segment, so its queue pairs do
+ * not outlive it. */
+void hw_rdma_peer_gone(hw_peer_t *p);
 
 #endif /* KVB_HW_INT_H */

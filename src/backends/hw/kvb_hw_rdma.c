@@ -125,6 +125,11 @@ uint32_t hw_rdma_n_devices(hw_t *hw)
 	return R(hw) ? R(hw)->n_devs : 0;
 }
 
+uint64_t hw_rdma_endpoint_count(hw_t *hw)
+{
+	return R(hw) ? g_hash_table_size(R(hw)->eps) : 0;
+}
+
 const char *hw_rdma_device_name(hw_t *hw, uint32_t i)
 {
 	return R(hw) && i < R(hw)->n_devs ? R(hw)->devs[i].name : NULL;
@@ -995,6 +1000,23 @@ int hw_rdma_post(hw_peer_t *p, const kvb_slice_op_t *op)
 	g_queue_push_tail(&ep->pending, o);
 	ep_drain(r, ep);
 	return KVB_OK;
+}
+
+void hw_rdma_peer_gone(hw_peer_t *p)
+{
+	hw_rdma_t *r = R(p->hw);
+	if (!r || p->kind != HW_PEER_KVB || !p->have_seg || !p->seg.name[0])
+		return;
+	char prefix[KVB_MC_NAME_MAX + 2];
+	g_snprintf(prefix, sizeof(prefix), "%s@", p->seg.rdma_server_name[0] ? p->seg.rdma_server_name
+										 : p->seg.name);
+	GList *eps = g_hash_table_get_values(r->eps);
+	for (GList *l = eps; l; l = l->next) {
+		rdma_ep_t *ep = l->data;
+		if (g_str_has_prefix(ep->peer_path, prefix))
+			ep_retire(r, ep, KVB_ERR_PEER, "the peer's control stream closed");
+	}
+	g_list_free(eps);
 }
 
 /* The core closed p's conn: its ops still in flight complete silently. */
