@@ -1480,6 +1480,39 @@ START_TEST(test_handshake_mooncake)
 }
 END_TEST
 
+/* kvbridge's "kvb_path_mtu" extension: round trip, absent from Mooncake's
+ * messages (0), refused when it is not a number. */
+START_TEST(test_handshake_path_mtu)
+{
+	kvb_mc_handshake_t hs, back;
+	memset(&hs, 0, sizeof(hs));
+	g_strlcpy(hs.local_nic_path, "10.0.1.1:15000@rxe0", sizeof(hs.local_nic_path));
+	g_strlcpy(hs.peer_nic_path, "10.0.1.2:15001@rxe2", sizeof(hs.peer_nic_path));
+	hs.n_qp = 2;
+	hs.qp_num[0] = 17;
+	hs.qp_num[1] = 18;
+	hs.ready_ack = -1;
+	hs.kvb_path_mtu = 1024;
+	GString *js = g_string_new(NULL);
+	kvb_err_t err;
+	ck_assert_int_eq(kvb_mc_handshake_to_json(&hs, js, &err), KVB_OK);
+	ck_assert_ptr_nonnull(strstr(js->str, "\"kvb_path_mtu\":1024"));
+	ck_assert_int_eq(kvb_mc_handshake_from_json(js->str, js->len, &back, &err), KVB_OK);
+	ck_assert_uint_eq(back.kvb_path_mtu, 1024);
+	hs.kvb_path_mtu = 0; /* not sent when unknown */
+	g_string_truncate(js, 0);
+	ck_assert_int_eq(kvb_mc_handshake_to_json(&hs, js, &err), KVB_OK);
+	ck_assert_ptr_null(strstr(js->str, "kvb_path_mtu"));
+	ck_assert_int_eq(kvb_mc_handshake_from_json(js->str, js->len, &back, &err), KVB_OK);
+	ck_assert_uint_eq(back.kvb_path_mtu, 0);
+	static const char bad[] = "{\"local_nic_path\":\"a@b\",\"peer_nic_path\":\"c@d\","
+				  "\"kvb_path_mtu\":\"4096\"}";
+	ck_assert_int_eq(kvb_mc_handshake_from_json(bad, strlen(bad), &back, &err), KVB_ERR_PROTOCOL);
+	ck_assert_ptr_nonnull(strstr(err.msg, "kvb_path_mtu"));
+	g_string_free(js, TRUE);
+}
+END_TEST
+
 START_TEST(test_handshake_refused)
 {
 #define HS_A "\"local_nic_path\":\"a@b\",\"peer_nic_path\":\"c@d\""
@@ -1849,6 +1882,7 @@ Suite *kvb_suite_mc_wire(void)
 	tc = tcase_create("handshake");
 	tcase_add_test(tc, test_handshake_roundtrip);
 	tcase_add_test(tc, test_handshake_mooncake);
+	tcase_add_test(tc, test_handshake_path_mtu);
 	tcase_add_test(tc, test_handshake_refused);
 	tcase_add_test(tc, test_notify_roundtrip);
 	tcase_add_test(tc, test_notify_refused);

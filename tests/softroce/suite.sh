@@ -23,7 +23,7 @@ P_IP=$(ip_of "$(netdev_of $p0)")
 D_IP=$(ip_of "$(netdev_of $d0)")
 echo "# producer $P_DEVS at $P_IP, consumer $D_DEVS at $D_IP"
 ulimit -l unlimited 2>/dev/null
-echo "1..9"
+echo "1..10"
 export VLLM_MOONCAKE_BOOTSTRAP_PORT=8998
 
 start prod "$serve" --role producer --host "$P_IP" --http-port 8100 --blocks 512 --lease 8 \
@@ -87,4 +87,13 @@ check "consumer killed mid-transfer: the producer freed the blocks ($((i / 2)) s
 check "the dead consumer's endpoints were reclaimed ($eps_before before it, $(json_num "$tmp/s2" rdma_endpoints) after)" "[ \$(json_num '$tmp/s2' rdma_endpoints) -eq $eps_before ]"
 st=$(post "http://127.0.0.1:8000/v1/completions" "{\"prompt\":\"$(words 200)\"}")
 check "the producer keeps serving (HTTP $st)" "[ '$st' = 200 ] && grep -q '\"mismatched_bytes\":0' '$tmp/resp'"
+
+# 5. a peer whose path MTU differs (RC needs the same on both sides): refused
+# at the handshake with the reason, instead of a QP that silently stalls
+MC_MTU=512 start mtu "$serve" --role consumer --host "$D_IP" --http-port 8400 --blocks 64 \
+	--rdma-devices "$D_DEVS" || exit 1
+st=$(post "http://127.0.0.1:8100/v1/completions" '{"prompt":"m t u","kv_transfer_params":{"do_remote_decode":true}}' mtu-1)
+params=$(sed -n 's/.*"kv_transfer_params":\({[^}]*}\).*/\1/p' "$tmp/resp")
+st=$(post "http://127.0.0.1:8400/v1/completions" "{\"prompt\":\"m t u\",\"kv_transfer_params\":$params}" mtu-1)
+check "a consumer at MTU 512 against a producer at 1024: refused with the reason (HTTP $st)" "[ '$st' = 502 ] && grep -q 'MTU mismatch' '$tmp/prod.log' '$tmp/mtu.log'"
 exit $fail

@@ -723,6 +723,7 @@ static void ep_describe(const rdma_ep_t *ep, kvb_mc_handshake_t *hs)
 	hs->has_gid = true;
 	memcpy(hs->local_gid, ep->dev->gid.raw, 16);
 	hs->local_lid = ep->dev->lid;
+	hs->kvb_path_mtu = (uint32_t)mtu_bytes(ep->dev->mtu);
 }
 
 static bool ep_reply_ok(rdma_ep_t *ep, const kvb_mc_handshake_t *hs, char *why, size_t why_len)
@@ -734,6 +735,12 @@ static bool ep_reply_ok(rdma_ep_t *ep, const kvb_mc_handshake_t *hs, char *why, 
 	if (strcmp(hs->local_nic_path, ep->peer_path) || strcmp(hs->peer_nic_path, ep->local_path)) {
 		g_snprintf(why, why_len, "reply names %s -> %s, expected %s -> %s", hs->local_nic_path,
 			   hs->peer_nic_path, ep->peer_path, ep->local_path);
+		return false;
+	}
+	if (hs->kvb_path_mtu && hs->kvb_path_mtu != (uint32_t)mtu_bytes(ep->dev->mtu)) {
+		g_snprintf(why, why_len, "path MTU mismatch: the peer's %s uses %u, %s here uses %d (RC "
+			   "needs the same on both sides: set MC_MTU equal)", hs->local_nic_path,
+			   hs->kvb_path_mtu, ep->dev->name, mtu_bytes(ep->dev->mtu));
 		return false;
 	}
 	if (hs->n_qp != ep->n_qp) {
@@ -878,6 +885,10 @@ char *hw_rdma_handshake(hw_t *hw, const kvb_mc_handshake_t *req)
 		g_strlcpy(rep.reply_msg, "no local_gid in the request", sizeof(rep.reply_msg));
 	const kvb_hw_params_t *p = hw_params(hw);
 	uint32_t n_qp = p->qp_per_ep ? p->qp_per_ep : 2;
+	if (d && !rep.reply_msg[0] && req->kvb_path_mtu && req->kvb_path_mtu != (uint32_t)mtu_bytes(d->mtu))
+		g_snprintf(rep.reply_msg, sizeof(rep.reply_msg), "path MTU mismatch: %s uses %u, %s here "
+			   "uses %d (RC needs the same on both sides: set MC_MTU equal)", req->local_nic_path,
+			   req->kvb_path_mtu, d->name, mtu_bytes(d->mtu));
 	if (d && !rep.reply_msg[0] && req->n_qp != n_qp)
 		g_snprintf(rep.reply_msg, sizeof(rep.reply_msg), "QP count mismatch: %u requested, %u here "
 			   "(MC_NUM_QP_PER_EP must agree)", req->n_qp, n_qp);

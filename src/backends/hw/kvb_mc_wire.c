@@ -737,6 +737,10 @@ int kvb_mc_handshake_to_json(const kvb_mc_handshake_t *hs, GString *out, kvb_err
 		json_builder_set_member_name(jb, "ready_ack");
 		json_builder_add_boolean_value(jb, hs->ready_ack != 0);
 	}
+	if (hs->kvb_path_mtu) {
+		json_builder_set_member_name(jb, "kvb_path_mtu");
+		json_builder_add_int_value(jb, hs->kvb_path_mtu);
+	}
 	json_builder_set_member_name(jb, "reply_msg");
 	json_builder_add_string_value(jb, hs->reply_msg);
 	json_builder_set_member_name(jb, "payload");
@@ -816,6 +820,9 @@ int kvb_mc_handshake_from_json(const char *json, size_t len, kvb_mc_handshake_t 
 		}
 		hs->ready_ack = json_node_get_boolean(an) ? 1 : 0;
 	}
+	if ((rc = get_uint(o, "kvb_path_mtu", 65536, 0, false, &v, W, err)) != KVB_OK)
+		goto out;
+	hs->kvb_path_mtu = (uint32_t)v;
 	rc = KVB_OK;
 out:
 	g_object_unref(jp);

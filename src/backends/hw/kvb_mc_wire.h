@@ -167,6 +167,10 @@ typedef struct kvb_mc_handshake {
 	int ready_ack;               /* -1 field absent, 0 false, 1 true */
 	char reply_msg[KVB_MC_TEXT_MAX]; /* non-empty = rejection */
 	char payload[KVB_MC_TEXT_MAX];
+	/* kvbridge extension "kvb_path_mtu": the sender's path MTU in bytes, so
+	 * kvbridge peers refuse a disagreement up front (Mooncake exchanges no
+	 * MTU and ignores the field); 0 = absent */
+	uint32_t kvb_path_mtu;
 } kvb_mc_handshake_t;
 
 int kvb_mc_handshake_to_json(const kvb_mc_handshake_t *hs, GString *out, kvb_err_t *err);
