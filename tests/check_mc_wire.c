@@ -1175,6 +1175,37 @@ static GString *gen_desc(uint32_t n_dev, uint32_t n_buf, uint32_t n_loc, uint32_
 	return j;
 }
 
+/* What json-glib would take but JSON and Mooncake's jsoncpp do not. */
+START_TEST(test_segment_not_json)
+{
+	static const char *bad[] = {
+		"{\"name\":\"h:1\",\"protocol\":\"tcp\",\"tcp_data_port\":2}{}",
+		"{\"name\":\"h:1\",\"protocol\":\"tcp\",\"tcp_data_port\":2} []",
+		"{'name':'h:1','protocol':'tcp','tcp_data_port':2}",
+		"{\"name\":\"h:1\",\"protocol\":\"tcp\",\"tcp_data_port\":02}",
+		"{\"name\":\"h:1\",\"protocol\":\"tcp\",\"tcp_data_port\":-01}",
+	};
+	static const char *why[] = {"after the JSON value", "after the JSON value", "single-quoted",
+				    "leading zero", "leading zero"};
+	for (size_t i = 0; i < G_N_ELEMENTS(bad); i++) {
+		kvb_mc_segment_t seg;
+		kvb_err_t err;
+		kvb_err_clear(&err);
+		ck_assert_int_eq(kvb_mc_segment_from_json(bad[i], strlen(bad[i]), &seg, &err),
+				 KVB_ERR_PROTOCOL);
+		ck_assert_msg(strstr(err.msg, why[i]), "%zu: %s", i, err.msg);
+	}
+	/* still fine: whitespace after the value, zeros that are whole numbers,
+	 * brackets and quotes inside strings */
+	static const char ok[] = "{\"name\":\"h:1\",\"protocol\":\"tcp\",\"tcp_data_port\":2,"
+				 "\"tcp_proto_version\":0,\"timestamp\":\"{'x'} [01]\",\"buffers\":[]}\n \t";
+	kvb_mc_segment_t seg;
+	kvb_err_t err;
+	ck_assert_msg(kvb_mc_segment_from_json(ok, strlen(ok), &seg, &err) == KVB_OK, "%s", err.msg);
+	kvb_mc_segment_clear(&seg);
+}
+END_TEST
+
 START_TEST(test_segment_limits)
 {
 	kvb_mc_segment_t s;
@@ -1874,6 +1905,7 @@ Suite *kvb_suite_mc_wire(void)
 	tcase_add_test(tc, test_segment_tolerant);
 	tcase_add_test(tc, test_segment_refused_fields);
 	tcase_add_test(tc, test_segment_refused_syntax);
+	tcase_add_test(tc, test_segment_not_json);
 	tcase_add_test(tc, test_segment_limits);
 	tcase_add_test(tc, test_segment_many_buffers);
 	tcase_add_test(tc, test_segment_find);

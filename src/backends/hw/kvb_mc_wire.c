@@ -222,6 +222,51 @@ static bool has_huge_negative(const char *json, size_t len)
 	return false;
 }
 
+/* What json-glib accepts but JSON (and Mooncake's jsoncpp) does not: more
+ * than one top-level value ("{}{}"), single-quoted strings, numbers with a
+ * leading zero.  Returns a reason, or NULL when the text is one JSON value
+ * as far as these go (json-glib checks the rest). */
+static const char *json_text_problem(const char *json, size_t len)
+{
+	bool in_str = false;
+	int depth = 0;
+	bool seen = false; /* the top-level value has started */
+	for (size_t i = 0; i < len; i++) {
+		char c = json[i];
+		if (in_str) {
+			if (c == '\\')
+				i++;
+			else if (c == '"')
+				in_str = false;
+			continue;
+		}
+		if (c == ' ' || c == '\t' || c == '\n' || c == '\r')
+			continue;
+		if (seen && depth == 0)
+			return "data after the JSON value";
+		if (c == '"') {
+			in_str = true;
+		} else if (c == '\'') {
+			return "a single-quoted string";
+		} else if (c == '{' || c == '[') {
+			depth++;
+		} else if (c == '}' || c == ']') {
+			depth--;
+		} else if ((c >= '0' && c <= '9') || c == '-') {
+			/* a number token: no leading zero before another digit */
+			size_t j = c == '-' ? i + 1 : i;
+			if (j + 1 < len && json[j] == '0' && json[j + 1] >= '0' && json[j + 1] <= '9')
+				return "a number with a leading zero";
+			while (i + 1 < len && strchr("0123456789+-.eE", json[i + 1]))
+				i++;
+		}
+		seen = true;
+		if (depth < 0)
+			return "unbalanced brackets";
+	}
+	return NULL;
+}
+
 static JsonObject *parse_object(const char *json, size_t len, JsonParser **parser, const char *what,
 				kvb_err_t *err)
 {
@@ -234,6 +279,11 @@ static JsonObject *parse_object(const char *json, size_t len, JsonParser **parse
 	}
 	if (has_huge_negative(json, len)) {
 		kvb_err_set(err, KVB_ERR_PROTOCOL, "%s: an integer below -2^63", what);
+		return NULL;
+	}
+	const char *problem = json_text_problem(json, len);
+	if (problem) {
+		kvb_err_set(err, KVB_ERR_PROTOCOL, "%s: invalid JSON: %s", what, problem);
 		return NULL;
 	}
 	if (!json_parser_load_from_data(*parser, json, (gssize)len, &gerr)) {
