@@ -346,6 +346,27 @@ static int get_uint(JsonObject *o, const char *name, uint64_t max, uint64_t def,
 	return KVB_OK;
 }
 
+/* An optional array member of at most max entries: *a = NULL, *n = 0 when
+ * absent or null.  Refusals read "WHAT: NAME is not an array" and
+ * "WHAT: N UNIT (max MAX)". */
+static int get_array(JsonObject *o, const char *name, guint max, const char *unit, JsonArray **a,
+		     guint *n, const char *what, kvb_err_t *err)
+{
+	JsonNode *node = json_object_get_member(o, name);
+	*a = NULL;
+	*n = 0;
+	if (!node || JSON_NODE_HOLDS_NULL(node))
+		return KVB_OK;
+	if (!JSON_NODE_HOLDS_ARRAY(node))
+		return kvb_err_set(err, KVB_ERR_PROTOCOL, "%s: %s is not an array", what, name);
+	guint len = json_array_get_length(json_node_get_array(node));
+	if (len > max)
+		return kvb_err_set(err, KVB_ERR_PROTOCOL, "%s: %u %s (max %u)", what, len, unit, max);
+	*a = json_node_get_array(node);
+	*n = len;
+	return KVB_OK;
+}
+
 static int node_uint(JsonNode *n, uint64_t max, uint64_t *out)
 {
 	if (!n || !JSON_NODE_HOLDS_VALUE(n) || json_node_get_value_type(n) != G_TYPE_INT64)
@@ -601,19 +622,11 @@ int kvb_mc_segment_from_json(const char *json, size_t len, kvb_mc_segment_t *seg
 		goto out;
 
 	/* devices */
-	JsonNode *dn = json_object_get_member(o, "devices");
-	if (dn && !JSON_NODE_HOLDS_NULL(dn)) {
-		if (!JSON_NODE_HOLDS_ARRAY(dn)) {
-			rc = kvb_err_set(err, KVB_ERR_PROTOCOL, "descriptor: devices is not an array");
-			goto out;
-		}
-		JsonArray *da = json_node_get_array(dn);
-		guint nd = json_array_get_length(da);
-		if (nd > KVB_MC_MAX_DEVICES) {
-			rc = kvb_err_set(err, KVB_ERR_PROTOCOL, "descriptor: %u devices (max %u)", nd,
-					 KVB_MC_MAX_DEVICES);
-			goto out;
-		}
+	JsonArray *da;
+	guint nd;
+	if ((rc = get_array(o, "devices", KVB_MC_MAX_DEVICES, "devices", &da, &nd, W, err)) != KVB_OK)
+		goto out;
+	if (da) {
 		seg->devices = g_new0(kvb_mc_device_t, nd ? nd : 1);
 		seg->n_devices = nd;
 		for (guint i = 0; i < nd; i++) {
@@ -643,19 +656,11 @@ int kvb_mc_segment_from_json(const char *json, size_t len, kvb_mc_segment_t *seg
 	}
 
 	/* buffers */
-	JsonNode *bn = json_object_get_member(o, "buffers");
-	if (bn && !JSON_NODE_HOLDS_NULL(bn)) {
-		if (!JSON_NODE_HOLDS_ARRAY(bn)) {
-			rc = kvb_err_set(err, KVB_ERR_PROTOCOL, "descriptor: buffers is not an array");
-			goto out;
-		}
-		JsonArray *ba = json_node_get_array(bn);
-		guint nb = json_array_get_length(ba);
-		if (nb > KVB_MC_MAX_BUFFERS) {
-			rc = kvb_err_set(err, KVB_ERR_PROTOCOL, "descriptor: %u buffers (max %u)", nb,
-					 KVB_MC_MAX_BUFFERS);
-			goto out;
-		}
+	JsonArray *ba;
+	guint nb;
+	if ((rc = get_array(o, "buffers", KVB_MC_MAX_BUFFERS, "buffers", &ba, &nb, W, err)) != KVB_OK)
+		goto out;
+	if (ba) {
 		seg->buffers = g_new0(kvb_mc_buffer_t, nb ? nb : 1);
 		seg->n_buffers = nb;
 		for (guint i = 0; i < nb; i++) {
@@ -825,18 +830,11 @@ int kvb_mc_handshake_from_json(const char *json, size_t len, kvb_mc_handshake_t 
 		    KVB_OK ||
 	    (rc = get_str(o, "payload", hs->payload, sizeof(hs->payload), false, W, err)) != KVB_OK)
 		goto out;
-	JsonNode *qn = json_object_get_member(o, "qp_num");
-	if (qn && !JSON_NODE_HOLDS_NULL(qn)) {
-		if (!JSON_NODE_HOLDS_ARRAY(qn)) {
-			rc = kvb_err_set(err, KVB_ERR_PROTOCOL, "handshake: qp_num is not an array");
-			goto out;
-		}
-		JsonArray *qa = json_node_get_array(qn);
-		guint nq = json_array_get_length(qa);
-		if (nq > KVB_MC_MAX_QP) {
-			rc = kvb_err_set(err, KVB_ERR_PROTOCOL, "handshake: %u QPs (max %u)", nq, KVB_MC_MAX_QP);
-			goto out;
-		}
+	JsonArray *qa;
+	guint nq;
+	if ((rc = get_array(o, "qp_num", KVB_MC_MAX_QP, "QPs", &qa, &nq, W, err)) != KVB_OK)
+		goto out;
+	if (qa) {
 		for (guint i = 0; i < nq; i++) {
 			if (node_uint(json_array_get_element(qa, i), 0xFFFFFF, &v)) {
 				rc = kvb_err_set(err, KVB_ERR_PROTOCOL,
