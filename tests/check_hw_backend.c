@@ -35,7 +35,9 @@
 typedef struct side {
 	kvb_backend_t *be;
 	kvb_connector_t *c;
-	uint8_t *mem;
+	uint8_t *mem;            /* what the regions point at (emulated GPU memory when gpu) */
+	uint8_t *view;           /* host copy the test fills and checks (== mem on the host) */
+	bool gpu;
 	size_t len;
 	kvb_region_t regs[LAYERS];
 	GArray *fin;             /* kvb_finished_t */
@@ -43,17 +45,31 @@ typedef struct side {
 
 static GMainContext *ctx;
 
-static void side_open(side_t *s, kvb_role_t role, double lease_s, uint32_t nics, uint16_t side_port)
+static void side_open_mem(side_t *s, kvb_role_t role, double lease_s, uint32_t nics,
+			  uint16_t side_port, bool gpu, uint64_t staging_chunk, uint64_t staging_bytes)
 {
 	memset(s, 0, sizeof(*s));
 	s->len = (size_t)LAYERS * BLOCKS * STRIDE;
-	s->mem = g_malloc(s->len);
-	memset(s->mem, 0xEE, s->len);
+	s->gpu = gpu;
+	s->view = g_malloc(s->len);
+	memset(s->view, 0xEE, s->len);
+	if (gpu) {
+		s->mem = kvb_hw_emu_gpu_alloc(s->len);
+		ck_assert(s->mem);
+		ck_assert_int_eq(kvb_hw_emu_gpu_copy(s->mem, s->view, s->len), KVB_OK);
+	} else {
+		s->mem = s->view;
+	}
 	for (uint32_t i = 0; i < LAYERS; i++)
 		s->regs[i] = (kvb_region_t){(uint64_t)(uintptr_t)s->mem + (uint64_t)i * BLOCKS * STRIDE, STRIDE,
-					    BLOCK_BYTES, BLOCKS, (int32_t)i, 0, KVB_MEM_HOST, -1};
+					    BLOCK_BYTES, BLOCKS, (int32_t)i, 0,
+					    gpu ? KVB_MEM_CUDA : KVB_MEM_HOST, gpu ? 0 : -1};
 	kvb_hw_params_t p;
 	kvb_hw_params_default(&p);
+	if (staging_chunk) {
+		p.staging_chunk = staging_chunk;
+		p.staging_bytes = staging_bytes;
+	}
 	p.bind_host = "127.0.0.1";
 	p.context = ctx;
 	p.n_nics = nics;
@@ -79,6 +95,17 @@ static void side_open(side_t *s, kvb_role_t role, double lease_s, uint32_t nics,
 	s->fin = g_array_new(FALSE, FALSE, sizeof(kvb_finished_t));
 }
 
+static void side_open(side_t *s, kvb_role_t role, double lease_s, uint32_t nics, uint16_t side_port)
+{
+	side_open_mem(s, role, lease_s, nics, side_port, false, 0, 0);
+}
+
+/* Host address of a region address (the test's view of GPU memory). */
+static uint8_t *at(side_t *s, uint64_t addr)
+{
+	return s->view + (addr - (uint64_t)(uintptr_t)s->mem);
+}
+
 /* Teardown invariant: no block held, no live request. */
 static void side_close(side_t *s)
 {
@@ -91,7 +118,9 @@ static void side_close(side_t *s)
 	}
 	if (s->be)
 		kvb_backend_close(s->be);
-	g_free(s->mem);
+	if (s->gpu)
+		kvb_hw_emu_gpu_free(s->mem);
+	g_free(s->view);
 	g_array_free(s->fin, TRUE);
 }
 
@@ -128,16 +157,20 @@ static void fill_request(side_t *s, const char *id, const uint32_t *blocks, uint
 	uint64_t seed = kvb_pattern_request_seed(id);
 	for (uint32_t r = 0; r < LAYERS; r++)
 		for (uint32_t k = 0; k < n; k++)
-			kvb_pattern_fill((uint8_t *)(uintptr_t)(s->regs[r].base + (uint64_t)blocks[k] * STRIDE),
+			kvb_pattern_fill(at(s, s->regs[r].base + (uint64_t)blocks[k] * STRIDE),
 					 BLOCK_BYTES, kvb_pattern_block_seed(seed, r, k));
+	if (s->gpu)
+		ck_assert_int_eq(kvb_hw_emu_gpu_copy(s->mem, s->view, s->len), KVB_OK);
 }
 
 static uint64_t check_request(side_t *s, const char *id, const uint32_t *blocks, uint32_t n)
 {
 	uint64_t seed = kvb_pattern_request_seed(id), bad = 0;
+	if (s->gpu)
+		ck_assert_int_eq(kvb_hw_emu_gpu_copy(s->view, s->mem, s->len), KVB_OK);
 	for (uint32_t r = 0; r < LAYERS; r++)
 		for (uint32_t k = 0; k < n; k++) {
-			const uint8_t *b = (const uint8_t *)(uintptr_t)(s->regs[r].base + (uint64_t)blocks[k] * STRIDE);
+			const uint8_t *b = at(s, s->regs[r].base + (uint64_t)blocks[k] * STRIDE);
 			bad += kvb_pattern_mismatches(b, BLOCK_BYTES, kvb_pattern_block_seed(seed, r, k));
 			/* the padding after the meaningful bytes never changes */
 			for (uint32_t i = BLOCK_BYTES; i < STRIDE; i++)
@@ -211,6 +244,110 @@ static void transfer_case(uint32_t nics, const char *scheme, uint16_t side_port)
 	side_close(&D);
 	side_close(&P);
 }
+
+/* GPU memory (emulated: PROT_NONE device pages, so a transport touching
+ * them directly would fault) through the staging path on both sides: the
+ * producer's posts go device -> bounce chunk -> socket, the consumer's data
+ * server socket -> stage -> device.  A small pool (2 chunks of 32 KiB) makes
+ * ops wait for chunks and split into pieces. */
+static void gpu_case(bool prod_gpu, bool cons_gpu, uint32_t nics)
+{
+	side_t P, D;
+	side_open_mem(&P, KVB_ROLE_PRODUCER, 30, nics, 0, prod_gpu, 32768, 65536);
+	side_open_mem(&D, KVB_ROLE_CONSUMER, 30, nics, 0, cons_gpu, 32768, 65536);
+	side_t *both[2] = {&P, &D};
+	kvb_hw_gpu_path_t paths[KVB_HW_MAX_NICS];
+	uint32_t np = 0;
+	ck_assert_int_eq(kvb_hw_mr_paths(P.be, P.mem, paths, KVB_HW_MAX_NICS, &np), KVB_OK);
+	ck_assert_uint_eq(np, nics);
+	for (uint32_t i = 0; i < np; i++)
+		ck_assert_int_eq(paths[i], prod_gpu ? KVB_HW_PATH_STAGING : KVB_HW_PATH_HOST);
+	uint32_t pb[40], db[40];
+	for (uint32_t i = 0; i < 40; i++) {
+		pb[i] = 1 + i;           /* contiguous on the producer: long ops, many pieces */
+		db[i] = 63 - i;          /* reversed on the consumer */
+	}
+	const char *ids[2] = {"gpu-1", "gpu-2"};
+	for (int r = 0; r < 2; r++) {
+		produce(&P, ids[r], pb, 40);
+		pull(&D, kvb_hw_segment_name(P.be), ids[r], db, 40);
+		ck_assert_msg(run_until(both, 2, &D, (guint)r + 1, 20), "no answer");
+		kvb_finished_t *f = &g_array_index(D.fin, kvb_finished_t, r);
+		ck_assert_msg(f->state == KVB_CONSUMER_DONE, "consumer: %s (%s)", kvb_status_name(f->status),
+			      f->reason);
+		ck_assert_uint_eq(check_request(&D, ids[r], db, 40), 0);
+		ck_assert(run_until(both, 2, &P, (guint)r + 1, 10));
+	}
+	/* untouched blocks kept their bytes */
+	for (uint32_t l = 0; l < LAYERS; l++)
+		ck_assert_uint_eq(at(&D, D.regs[l].base)[0], 0xEE);
+	kvb_hw_stats_t ps, ds;
+	kvb_hw_stats_get(P.be, &ps);
+	kvb_hw_stats_get(D.be, &ds);
+	uint64_t bytes = (uint64_t)2 * 40 * LAYERS * BLOCK_BYTES;
+	ck_assert_uint_eq(ps.tcp_bytes_posted, bytes);
+	ck_assert_uint_eq(ps.gpu_staged_bytes, prod_gpu ? bytes : 0);
+	ck_assert_uint_eq(ds.gpu_staged_bytes, cons_gpu ? bytes : 0);
+	if (prod_gpu) /* 32 KiB chunks: every op of up to 40 blocks went in pieces */
+		ck_assert_uint_ge(ps.gpu_copies, bytes / 32768);
+	for (uint32_t i = 0; i < nics; i++)
+		ck_assert_msg(ps.nic_bytes[i] > 0, "NIC %u carried nothing", i);
+	side_close(&D);
+	side_close(&P);
+}
+
+START_TEST(test_gpu_staging_both_sides)
+{
+	gpu_case(true, true, 2);
+}
+END_TEST
+
+START_TEST(test_gpu_staging_producer_only)
+{
+	gpu_case(true, false, 1);
+}
+END_TEST
+
+START_TEST(test_gpu_staging_consumer_only)
+{
+	gpu_case(false, true, 1);
+}
+END_TEST
+
+/* Memory registered as GPU memory that no provider owns is refused with a
+ * reason, and so is an unknown kind. */
+START_TEST(test_gpu_registration_refusals)
+{
+	kvb_hw_params_t p;
+	kvb_hw_params_default(&p);
+	p.bind_host = "127.0.0.1";
+	p.context = ctx;
+	kvb_backend_t *be;
+	kvb_err_t err;
+	ck_assert_msg(kvb_hw_open(&p, &be, &err) == KVB_OK, "open: %s", err.msg);
+	static uint8_t host[65536];
+	void *mr;
+	kvb_rkey_t rk;
+	kvb_mem_attr_t a = {KVB_MEM_CUDA, 0};
+	int rc = be->ops->mr_reg(be, host, sizeof(host), &a, &mr, &rk);
+	ck_assert_int_ne(rc, KVB_OK);
+	const char *why = be->ops->last_error(be);
+#ifdef KVB_HAVE_CUDA
+	ck_assert_msg(strstr(why, "CUDA") || strstr(why, "device memory"), "%s", why);
+#else
+	ck_assert_msg(strstr(why, "--with-cuda"), "%s", why);
+#endif
+	kvb_mem_attr_t bad = {(kvb_mem_kind_t)7, 0};
+	ck_assert_int_eq(be->ops->mr_reg(be, host, sizeof(host), &bad, &mr, &rk), KVB_ERR_INVALID);
+	/* staging parameters out of range */
+	kvb_hw_params_t q = p;
+	q.staging_chunk = 100;
+	kvb_backend_t *be2;
+	ck_assert_int_eq(kvb_hw_open(&q, &be2, &err), KVB_ERR_CONFIG);
+	ck_assert_msg(strstr(err.msg, "staging"), "%s", err.msg);
+	kvb_backend_close(be);
+}
+END_TEST
 
 START_TEST(test_kvb_transfer)
 {
@@ -494,6 +631,10 @@ Suite *kvb_suite_hw_backend(void)
 	tcase_add_test(tc, test_handshake_bad_frames);
 	tcase_add_test(tc, test_tcp_transport_refuses_out_of_range);
 	tcase_add_test(tc, test_vllm_bad_messages_get_trans_error);
+	tcase_add_test(tc, test_gpu_staging_both_sides);
+	tcase_add_test(tc, test_gpu_staging_producer_only);
+	tcase_add_test(tc, test_gpu_staging_consumer_only);
+	tcase_add_test(tc, test_gpu_registration_refusals);
 	suite_add_tcase(s, tc);
 	return s;
 }

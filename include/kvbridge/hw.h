@@ -98,6 +98,10 @@ typedef struct kvb_hw_params {
 	uint64_t rdma_stall_timeout_ns; /* MC_SLICE_TIMEOUT (s): an endpoint with work posted
 				     * and no completion this long is rebuilt and its slices
 				     * fail over; default 10 s, 0 = never */
+	/* GPU memory through NICs that cannot reach it (and TCP): pinned host
+	 * bounce chunks.  KVB_STAGING_BYTES, KVB_STAGING_CHUNK. */
+	uint64_t staging_bytes;     /* pool size; default 64 MiB */
+	uint64_t staging_chunk;     /* bytes per chunk (and per staged piece); default 4 MiB */
 } kvb_hw_params_t;
 
 /* Arguments of kvb_backend_open(kvb_hw_backend_ops(), &args, ...). */
@@ -161,9 +165,42 @@ typedef struct kvb_hw_stats {
 	uint64_t vllm_messages;         /* side-channel messages received */
 	uint64_t vllm_errors;           /* answered trans_error */
 	uint64_t fenced_writes;         /* writes refused into fenced (cancelled) ranges */
+	uint64_t gpu_copies;            /* host <-> device copies of the staging path */
+	uint64_t gpu_staged_bytes;      /* bytes those copies moved */
 } kvb_hw_stats_t;
 
 KVB_API void kvb_hw_stats_get(kvb_backend_t *be, kvb_hw_stats_t *out);
+
+/* ---- GPU memory ----------------------------------------------------------
+ * Regions of kind KVB_MEM_CUDA (built --with-cuda: cudaMalloc'd memory) are
+ * registered, per NIC, for GPUDirect RDMA when the NIC can reach GPU memory
+ * (a dma-buf from the CUDA driver, else peer memory as nvidia-peermem
+ * provides), and otherwise go through pinned host staging chunks: device ->
+ * chunk -> NIC on the sending side, NIC -> chunk -> device on the
+ * receiving side.  TCP always stages.  The choice is made when the memory
+ * is registered; kvb_hw_mr_paths reports it. */
+typedef enum kvb_hw_gpu_path {
+	KVB_HW_PATH_HOST = 0,      /* host memory: no GPU involved */
+	KVB_HW_PATH_DMABUF = 1,    /* ibv_reg_dmabuf_mr */
+	KVB_HW_PATH_PEERMEM = 2,   /* ibv_reg_mr on device memory (peer memory client) */
+	KVB_HW_PATH_STAGING = 3,   /* pinned host bounce chunks */
+} kvb_hw_gpu_path_t;
+
+KVB_API const char *kvb_hw_gpu_path_name(kvb_hw_gpu_path_t path);
+
+/* The path of each NIC (0 .. *n - 1, at most max written) for the
+ * registration holding addr.  KVB_ERR_NOT_FOUND when addr is not registered. */
+KVB_API int kvb_hw_mr_paths(kvb_backend_t *be, const void *addr, kvb_hw_gpu_path_t *paths,
+			    uint32_t max, uint32_t *n);
+
+/* Emulated device memory, for tests on machines without a GPU: register it
+ * with kind KVB_MEM_CUDA and it takes the staging path.  The pointer itself
+ * is not accessible (PROT_NONE: a transport touching it faults); read and
+ * fill it with kvb_hw_emu_gpu_copy, which takes emulated or host pointers
+ * on either side.  NULL when len is 0 or memory is short. */
+KVB_API void *kvb_hw_emu_gpu_alloc(size_t len);
+KVB_API void kvb_hw_emu_gpu_free(void *dev);
+KVB_API int kvb_hw_emu_gpu_copy(void *dst, const void *src, size_t len);
 
 #ifdef __cplusplus
 }

@@ -101,6 +101,7 @@ struct hw {
 	hw_tcp_server_t *tcp;
 	hw_vllm_t *vllm;
 	hw_rdma_t *rdma;
+	hw_gpu_t *gpu;
 	char rdma_devices[512];
 };
 
@@ -149,6 +150,11 @@ hw_tcp_server_t **hw_tcp_server_slot(hw_t *hw)
 hw_rdma_t **hw_rdma_slot(hw_t *hw)
 {
 	return &hw->rdma;
+}
+
+hw_gpu_t **hw_gpu_slot(hw_t *hw)
+{
+	return &hw->gpu;
 }
 
 const char *hw_segment(hw_t *hw)
@@ -318,6 +324,8 @@ void hw_event_push(hw_t *hw, const kvb_event_t *ev)
 
 void hw_xfer_done(hw_t *hw, uint64_t cookie, int status, uint32_t nic)
 {
+	if (hw_gpu_piece_done(hw, cookie, status, nic))
+		return;
 	kvb_event_t ev = {.type = KVB_EV_XFER_DONE, .status = status, .cookie = cookie, .nic = nic};
 	hw_event_push(hw, &ev);
 }
@@ -460,6 +468,18 @@ hw_mr_t *hw_mr_find(hw_t *hw, uint64_t addr, uint64_t len)
 	return NULL;
 }
 
+hw_mr_t *hw_mr_local(hw_t *hw, const kvb_slice_op_t *op)
+{
+	hw_mr_t *pool = hw_gpu_pool_mr(hw);
+	if (pool && op->local_mr == pool) {
+		if (op->len && op->local_addr >= pool->addr && op->local_addr - pool->addr <= pool->len &&
+		    op->len <= pool->len - (op->local_addr - pool->addr))
+			return pool;
+		return NULL;
+	}
+	return hw_mr_find(hw, op->local_addr, op->len);
+}
+
 static int op_mr_reg(kvb_backend_t *be, void *addr, size_t len, const kvb_mem_attr_t *attr,
 		     void **mr, kvb_rkey_t *rkey)
 {
@@ -468,24 +488,45 @@ static int op_mr_reg(kvb_backend_t *be, void *addr, size_t len, const kvb_mem_at
 		hw_set_error(hw, "mr_reg: empty or wrapping range %p + %zu", addr, len);
 		return KVB_ERR_INVALID;
 	}
-	if (attr && attr->kind == KVB_MEM_CUDA) {
-		hw_set_error(hw, "mr_reg: GPU memory is registered through the CUDA path, which this "
-				 "build does not have (configure --with-cuda)");
-		return KVB_ERR_UNSUPPORTED;
+	if (attr && attr->kind != KVB_MEM_HOST && attr->kind != KVB_MEM_CUDA) {
+		hw_set_error(hw, "mr_reg: unknown memory kind %d", (int)attr->kind);
+		return KVB_ERR_INVALID;
 	}
 	hw_mr_t *m = g_new0(hw_mr_t, 1);
 	m->addr = (uint64_t)(uintptr_t)addr;
 	m->len = len;
+	m->kind = attr ? attr->kind : KVB_MEM_HOST;
+	m->device = attr ? attr->device : -1;
 	kvb_err_t rerr;
+	if (m->kind == KVB_MEM_CUDA) {
+		if (hw_gpu_mr_check(hw, m, &rerr) != KVB_OK) {
+			hw_set_error(hw, "mr_reg: %s", rerr.msg);
+			g_free(m);
+			return rerr.code;
+		}
+		/* TCP cannot reach device memory: staged; RDMA devices decide below */
+		for (uint32_t i = 0; i < KVB_HW_MAX_NICS; i++)
+			m->path[i] = KVB_HW_PATH_STAGING;
+	}
 	if (hw_rdma_mr_reg(hw, m, &rerr) != KVB_OK) {
 		hw_set_error(hw, "mr_reg: %s", rerr.msg);
 		g_free(m);
 		return rerr.code;
 	}
 	m->id = ++hw->mr_seq;
-	m->kind = attr ? attr->kind : KVB_MEM_HOST;
-	m->device = attr ? attr->device : -1;
 	g_ptr_array_add(hw->mrs, m);
+	if (m->kind == KVB_MEM_CUDA) {
+		GString *line = g_string_new(NULL);
+		for (uint32_t i = 0; i < op_nic_count(be); i++) {
+			kvb_nic_info_t info;
+			be->ops->nic_query(be, i, &info);
+			g_string_append_printf(line, "%s%s %s", i ? ", " : "", info.name,
+					       kvb_hw_gpu_path_name((kvb_hw_gpu_path_t)m->path[i]));
+		}
+		hw_log(hw, "GPU memory 0x%" PRIx64 " + %" PRIu64 " (%s %d): %s", m->addr, m->len,
+		       m->gpu_provider == HW_GPU_CUDA ? "cuda" : "emulated", m->device, line->str);
+		g_string_free(line, TRUE);
+	}
 	*mr = m;
 	if (rkey) {
 		/* TCP needs no key: the peer's server checks ranges.  Carry the id so
@@ -507,6 +548,7 @@ static int op_mr_dereg(kvb_backend_t *be, void *mr)
 	/* peers writing into or reading from it lose their connection: no byte
 	 * lands in memory that is no longer ours to serve */
 	hw_tcp_server_drop_mr(hw, mr);
+	hw_gpu_quiesce(hw, mr);
 	hw_rdma_mr_dereg(hw, mr);
 	g_free(mr);
 	return KVB_OK;
@@ -1534,14 +1576,34 @@ static int op_xfer_post(kvb_backend_t *be, kvb_conn_t *conn, const kvb_slice_op_
 		hw_set_error(hw, "xfer_post: connection %s is not up", p ? p->addr : "?");
 		return KVB_ERR_PEER;
 	}
-	bool rdma = hw_rdma_peer_usable(p);
 	for (size_t i = 0; i < n; i++) {
-		int rc = rdma ? hw_rdma_post(p, &ops[i]) : hw_lane_post(p, &ops[i]);
+		const kvb_slice_op_t *op = &ops[i];
+		hw_mr_t *m = hw_mr_find(hw, op->local_addr, op->len);
+		int rc;
+		if (m && m->kind == KVB_MEM_CUDA && op->local_nic < KVB_HW_MAX_NICS &&
+		    m->path[op->local_nic] == KVB_HW_PATH_STAGING)
+			rc = hw_gpu_post(p, m, op);
+		else
+			rc = hw_post_one(p, op);
 		if (rc != KVB_OK)
 			return rc;
 		(*n_posted)++;
 	}
 	return KVB_OK;
+}
+
+int hw_post_one(hw_peer_t *p, const kvb_slice_op_t *op)
+{
+	if (p->state != HW_PEER_UP || !p->have_seg) {
+		hw_set_error(p->hw, "xfer_post: connection %s is not up", p->addr);
+		return KVB_ERR_PEER;
+	}
+	return hw_rdma_peer_usable(p) ? hw_rdma_post(p, op) : hw_lane_post(p, op);
+}
+
+hw_t *hw_of_backend(kvb_backend_t *be)
+{
+	return hw_of(be);
 }
 
 static int op_msg_send(kvb_backend_t *be, kvb_conn_t *conn, const void *buf, size_t len)
@@ -1620,6 +1682,7 @@ static void hw_free_all(hw_t *hw)
 		hw_peer_free(p);
 	}
 	hw_tcp_server_stop(hw);
+	hw_gpu_close(hw);
 	if (hw->mrs)
 		for (guint i = 0; i < hw->mrs->len; i++)
 			hw_rdma_mr_dereg(hw, hw->mrs->pdata[i]);
@@ -1685,6 +1748,11 @@ static int op_instance_open(kvb_backend_t *be, const void *args, kvb_err_t *err)
 				   p->rpc_port_min, p->rpc_port_max);
 	if (!p->lane_depth)
 		return kvb_err_set(err, KVB_ERR_CONFIG, "lane_depth must be >= 1");
+	if (p->staging_chunk < 4096 || p->staging_chunk > (UINT64_C(1) << 30) ||
+	    p->staging_bytes < p->staging_chunk)
+		return kvb_err_set(err, KVB_ERR_CONFIG, "staging: chunk %" PRIu64 " bytes (4 KiB..1 GiB) "
+				   "and pool %" PRIu64 " bytes (at least one chunk)", p->staging_chunk,
+				   p->staging_bytes);
 	if (p->tcp_lanes > KVB_HW_MAX_LANES)
 		return kvb_err_set(err, KVB_ERR_CONFIG, "tcp_lanes %u out of range 1..%u", p->tcp_lanes,
 				   KVB_HW_MAX_LANES);
@@ -1731,6 +1799,8 @@ static int op_instance_open(kvb_backend_t *be, const void *args, kvb_err_t *err)
 		   hw->host, hw->rpc_port);
 	hw->rpc_w = hw_watch_new(hw, hw->rpc_fd, G_IO_IN, rpc_accept, hw);
 	if (hw_tcp_server_start(hw, err) != KVB_OK)
+		goto fail;
+	if (hw_gpu_open(hw, err) != KVB_OK)
 		goto fail;
 	if (p->rdma_devices && *p->rdma_devices) {
 		g_strlcpy(hw->rdma_devices, p->rdma_devices, sizeof(hw->rdma_devices));
@@ -1817,6 +1887,8 @@ void kvb_hw_params_default(kvb_hw_params_t *p)
 	p->qp_per_ep = 2;
 	p->max_wr = 256;
 	p->rdma_stall_timeout_ns = 10 * G_GUINT64_CONSTANT(1000000000);
+	p->staging_bytes = 64u << 20;
+	p->staging_chunk = 4u << 20;
 }
 
 static bool env_u64(char **envp, const char *name, uint64_t min, uint64_t max, uint64_t *out,
@@ -1855,6 +1927,10 @@ int kvb_hw_params_apply_env(kvb_hw_params_t *p, char **envp, kvb_err_t *err)
 		p->tcp_proto_version = (uint32_t)v;
 	if (env_u64(envp, "MC_TCP_LANES_PER_PEER", 1, KVB_HW_MAX_LANES, &v, err, &rc))
 		p->tcp_lanes = (uint32_t)v;
+	if (env_u64(envp, "KVB_STAGING_BYTES", 4096, UINT64_C(1) << 40, &v, err, &rc))
+		p->staging_bytes = v;
+	if (env_u64(envp, "KVB_STAGING_CHUNK", 4096, UINT64_C(1) << 30, &v, err, &rc))
+		p->staging_chunk = v;
 	if (env_u64(envp, "MC_TCP_STATUS_TIMEOUT_SEC", 1, 3600, &v, err, &rc))
 		p->status_timeout_ns = v * G_GUINT64_CONSTANT(1000000000);
 	if (env_u64(envp, "MC_IB_PORT", 1, 255, &v, err, &rc))

@@ -6,6 +6,8 @@
  *   kvb_hw_vllm.c  vLLM Gen 0 side channel: ROUTER sessions, DEALER client
  *   kvb_hw_rdma.c  RDMA verbs: devices, registrations, Mooncake-compatible
  *                  endpoints (type-0 handshake), WRITE/READ, completions
+ *   kvb_hw_gpu.c   GPU memory: providers (CUDA, emulated), asynchronous
+ *                  copies, the bounce pool and staged posts
  */
 #ifndef KVB_HW_INT_H
 #define KVB_HW_INT_H
@@ -43,6 +45,12 @@ void hw_deadline_free(hw_deadline_t *d); /* NULL is a no-op */
 
 /* ---- memory -------------------------------------------------------------- */
 
+typedef enum hw_gpu_provider {
+	HW_GPU_NONE = 0,         /* host memory */
+	HW_GPU_CUDA = 1,
+	HW_GPU_EMULATED = 2,     /* kvb_hw_emu_gpu_alloc */
+} hw_gpu_provider_t;
+
 typedef struct hw_mr {
 	uint64_t addr, len;
 	uint32_t id;
@@ -50,10 +58,16 @@ typedef struct hw_mr {
 	int32_t device;
 	uint32_t busy;           /* data-server sessions moving bytes in or out */
 	void *rdma;              /* kvb_hw_rdma.c: one ibv_mr per device */
+	uint8_t gpu_provider;    /* hw_gpu_provider_t */
+	uint8_t path[KVB_HW_MAX_NICS]; /* kvb_hw_gpu_path_t per local NIC */
 } hw_mr_t;
 
-/* The registration holding all of [addr, addr + len), or NULL. */
+/* The registration holding all of [addr, addr + len), or NULL.  Only what
+ * peers may reach: the staging pool is not among them. */
 hw_mr_t *hw_mr_find(hw_t *hw, uint64_t addr, uint64_t len);
+/* The registration an op's local range lies in: a published one, or the
+ * staging pool when op->local_mr is the pool. */
+hw_mr_t *hw_mr_local(hw_t *hw, const kvb_slice_op_t *op);
 
 /* True when [addr, addr + len) overlaps a fenced range (a cancelled vLLM
  * Gen 0 pull whose producer cannot be told to stop). */
@@ -126,6 +140,9 @@ int hw_peer_set_segment(hw_peer_t *p, kvb_mc_segment_t *seg, const char *fallbac
 
 void hw_event_push(hw_t *hw, const kvb_event_t *ev);
 void hw_xfer_done(hw_t *hw, uint64_t cookie, int status, uint32_t nic);
+/* Post one op on p's transport (RDMA when both sides have it, else TCP). */
+int hw_post_one(hw_peer_t *p, const kvb_slice_op_t *op);
+hw_t *hw_of_backend(kvb_backend_t *be);
 
 /* ---- errors -------------------------------------------------------------- */
 
@@ -202,6 +219,8 @@ typedef struct hw_rdma hw_rdma_t;
 hw_tcp_server_t **hw_tcp_server_slot(hw_t *hw);
 hw_vllm_t **hw_vllm_slot(hw_t *hw);
 hw_rdma_t **hw_rdma_slot(hw_t *hw);
+typedef struct hw_gpu hw_gpu_t;
+hw_gpu_t **hw_gpu_slot(hw_t *hw);
 const char *hw_segment(hw_t *hw);
 
 /* ---- the RDMA data path (kvb_hw_rdma.c) ---------------------------------- */
@@ -212,7 +231,11 @@ void hw_rdma_close(hw_t *hw);
 uint32_t hw_rdma_n_devices(hw_t *hw); /* 0: no RDMA, TCP only */
 uint64_t hw_rdma_endpoint_count(hw_t *hw);
 const char *hw_rdma_device_name(hw_t *hw, uint32_t i);
+/* Register m on every device; GPU memory picks its path per device (dma-buf,
+ * peer memory, staging) and records it in m->path. */
 int hw_rdma_mr_reg(hw_t *hw, hw_mr_t *m, kvb_err_t *err);
+/* Host memory for local access only (the staging pool): no remote rights. */
+int hw_rdma_mr_reg_local(hw_t *hw, hw_mr_t *m, kvb_err_t *err);
 void hw_rdma_mr_dereg(hw_t *hw, hw_mr_t *m);
 /* Turn a tcp descriptor (buffers filled) into an rdma one: devices, keys, matrix. */
 void hw_rdma_describe(hw_t *hw, kvb_mc_segment_t *seg);
@@ -226,5 +249,35 @@ void hw_rdma_peer_detach(hw_peer_t *p);
  * and the ones it connected to us) of its segment, so its queue pairs do
  * not outlive it. */
 void hw_rdma_peer_gone(hw_peer_t *p);
+
+/* ---- GPU memory (kvb_hw_gpu.c) ------------------------------------------ */
+
+int hw_gpu_open(hw_t *hw, kvb_err_t *err);
+void hw_gpu_close(hw_t *hw);
+/* m (kind KVB_MEM_CUDA) is device memory of a provider: fill gpu_provider
+ * and device, or say why not. */
+int hw_gpu_mr_check(hw_t *hw, hw_mr_t *m, kvb_err_t *err);
+/* A dma-buf fd for all of m (the caller closes it), or why there is none. */
+int hw_gpu_dmabuf(hw_t *hw, const hw_mr_t *m, int *fd, char *why, size_t why_len);
+/* An op whose local range is device memory on a staging NIC. */
+int hw_gpu_post(hw_peer_t *p, hw_mr_t *m, const kvb_slice_op_t *op);
+/* A transport completion: true when cookie was a staged piece (consumed). */
+bool hw_gpu_piece_done(hw_t *hw, uint64_t cookie, int status, uint32_t nic);
+hw_mr_t *hw_gpu_pool_mr(hw_t *hw);
+
+/* Asynchronous copy between pinned host memory and m's device memory; fn
+ * runs later from the context with the status and, on failure, a reason. */
+typedef void (*hw_gpu_copy_fn)(void *arg, int status, const char *why);
+typedef struct hw_gpu_copy hw_gpu_copy_t;
+hw_gpu_copy_t *hw_gpu_copy(hw_t *hw, const hw_mr_t *m, void *host, uint64_t dev_addr, size_t len,
+			   bool to_device, hw_gpu_copy_fn fn, void *arg);
+/* fn will not run; orphan (a hw_gpu_host_alloc buffer the copy uses, or
+ * NULL) is freed when the copy is over. */
+void hw_gpu_copy_cancel(hw_gpu_copy_t *c, void *orphan);
+/* Wait for copies into or out of m's device (deregistration). */
+void hw_gpu_quiesce(hw_t *hw, const hw_mr_t *m);
+/* Pinned host memory when CUDA is there, else page-aligned. */
+void *hw_gpu_host_alloc(hw_t *hw, size_t len);
+void hw_gpu_host_free(hw_t *hw, void *p);
 
 #endif /* KVB_HW_INT_H */

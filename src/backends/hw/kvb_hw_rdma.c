@@ -376,6 +376,38 @@ void hw_rdma_close(hw_t *hw)
 /* ------------------------------------------------------------------------ */
 /* memory                                                                   */
 
+/* Device memory on one device: dma-buf, then peer memory; NULL (and the
+ * reasons in why) when the NIC cannot reach it and the path is staging. */
+static struct ibv_mr *reg_gpu(hw_t *hw, rdma_dev_t *d, hw_mr_t *m, int access, uint8_t *path,
+			      char *why, size_t why_len)
+{
+	char dmabuf_why[160];
+	int fd = -1;
+	if (hw_gpu_dmabuf(hw, m, &fd, dmabuf_why, sizeof(dmabuf_why)) == KVB_OK) {
+		struct ibv_mr *mr = ibv_reg_dmabuf_mr(d->pd, 0, m->len, m->addr, fd, access);
+		int e = errno;
+		close(fd);
+		if (mr) {
+			*path = KVB_HW_PATH_DMABUF;
+			return mr;
+		}
+		g_snprintf(dmabuf_why, sizeof(dmabuf_why), "ibv_reg_dmabuf_mr: %s", g_strerror(e));
+	}
+	if (m->gpu_provider == HW_GPU_CUDA) {
+		struct ibv_mr *mr = ibv_reg_mr(d->pd, (void *)(uintptr_t)m->addr, m->len, access);
+		if (mr) {
+			*path = KVB_HW_PATH_PEERMEM;
+			return mr;
+		}
+		g_snprintf(why, why_len, "%s; ibv_reg_mr on device memory: %s (no peer memory client)",
+			   dmabuf_why, g_strerror(errno));
+	} else {
+		g_snprintf(why, why_len, "%s", dmabuf_why);
+	}
+	*path = KVB_HW_PATH_STAGING;
+	return NULL;
+}
+
 int hw_rdma_mr_reg(hw_t *hw, hw_mr_t *m, kvb_err_t *err)
 {
 	hw_rdma_t *r = R(hw);
@@ -383,6 +415,17 @@ int hw_rdma_mr_reg(hw_t *hw, hw_mr_t *m, kvb_err_t *err)
 		return KVB_OK;
 	rdma_mrs_t *mrs = g_new0(rdma_mrs_t, 1);
 	int access = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ;
+	if (m->kind == KVB_MEM_CUDA) {
+		for (uint32_t i = 0; i < r->n_devs; i++) {
+			char why[400];
+			mrs->mr[i] = reg_gpu(hw, &r->devs[i], m, access, &m->path[i], why, sizeof(why));
+			if (!mrs->mr[i])
+				hw_log(hw, "%s cannot reach GPU memory at 0x%" PRIx64 ": staging (%s)",
+				       r->devs[i].name, m->addr, why);
+		}
+		m->rdma = mrs;
+		return KVB_OK;
+	}
 	for (uint32_t i = 0; i < r->n_devs; i++) {
 		mrs->mr[i] = ibv_reg_mr(r->devs[i].pd, (void *)(uintptr_t)m->addr, m->len, access);
 		if (!mrs->mr[i]) {
@@ -393,6 +436,28 @@ int hw_rdma_mr_reg(hw_t *hw, hw_mr_t *m, kvb_err_t *err)
 			return kvb_err_set(err, KVB_ERR_NO_RESOURCE, "ibv_reg_mr on %s (%" PRIu64 " bytes): %s%s",
 					   r->devs[i].name, m->len, g_strerror(e),
 					   e == ENOMEM || e == EPERM ? " (raise RLIMIT_MEMLOCK: ulimit -l)" : "");
+		}
+	}
+	m->rdma = mrs;
+	return KVB_OK;
+}
+
+int hw_rdma_mr_reg_local(hw_t *hw, hw_mr_t *m, kvb_err_t *err)
+{
+	hw_rdma_t *r = R(hw);
+	if (!r)
+		return KVB_OK;
+	rdma_mrs_t *mrs = g_new0(rdma_mrs_t, 1);
+	for (uint32_t i = 0; i < r->n_devs; i++) {
+		mrs->mr[i] = ibv_reg_mr(r->devs[i].pd, (void *)(uintptr_t)m->addr, m->len,
+					IBV_ACCESS_LOCAL_WRITE);
+		if (!mrs->mr[i]) {
+			int e = errno;
+			for (uint32_t j = 0; j < i; j++)
+				ibv_dereg_mr(mrs->mr[j]);
+			g_free(mrs);
+			return kvb_err_set(err, KVB_ERR_NO_RESOURCE, "ibv_reg_mr (staging pool) on %s: %s",
+					   r->devs[i].name, g_strerror(e));
 		}
 	}
 	m->rdma = mrs;
@@ -434,6 +499,8 @@ void hw_rdma_describe(hw_t *hw, kvb_mc_segment_t *seg)
 		seg->buffers[b].rkey = g_new0(uint32_t, r->n_devs);
 		seg->buffers[b].lkey = g_new0(uint32_t, r->n_devs);
 		for (uint32_t i = 0; mrs && i < r->n_devs; i++) {
+			if (!mrs->mr[i])
+				continue; /* GPU memory this NIC cannot reach: key 0 */
 			seg->buffers[b].rkey[i] = mrs->mr[i]->rkey;
 			seg->buffers[b].lkey[i] = mrs->mr[i]->lkey;
 		}
@@ -957,11 +1024,16 @@ int hw_rdma_post(hw_peer_t *p, const kvb_slice_op_t *op)
 		hw_set_error(hw, "xfer_post: bad op (len %" PRIu64 ", %u slices)", op->len, op->n_slices);
 		return KVB_ERR_INVALID;
 	}
-	hw_mr_t *m = hw_mr_find(hw, op->local_addr, op->len);
+	hw_mr_t *m = hw_mr_local(hw, op);
 	if (!m || !m->rdma) {
 		hw_set_error(hw, "xfer_post: local range 0x%" PRIx64 " + %" PRIu64 " is not registered memory",
 			     op->local_addr, op->len);
 		return KVB_ERR_RANGE;
+	}
+	if (!((rdma_mrs_t *)m->rdma)->mr[op->local_nic]) {
+		hw_set_error(hw, "xfer_post: %s cannot reach the GPU memory at 0x%" PRIx64 " (staging path)",
+			     r->devs[op->local_nic].name, op->local_addr);
+		return KVB_ERR_INVALID;
 	}
 	/* the whole op must lie in one remote buffer entry: no WR crosses one */
 	const kvb_mc_buffer_t *b = kvb_mc_segment_find(&p->seg, op->remote_addr, op->len);

@@ -354,10 +354,17 @@ int hw_lane_post(hw_peer_t *p, const kvb_slice_op_t *op)
 		hw_set_error(hw, "xfer_post: empty op or unknown opcode %d", (int)op->opcode);
 		return KVB_ERR_INVALID;
 	}
-	if (!hw_mr_find(hw, op->local_addr, op->len)) {
+	hw_mr_t *m = hw_mr_local(hw, op);
+	if (!m) {
 		hw_set_error(hw, "xfer_post: local range 0x%" PRIx64 " + %" PRIu64
 				 " is not registered memory", op->local_addr, op->len);
 		return KVB_ERR_RANGE;
+	}
+	if (m->kind == KVB_MEM_CUDA) {
+		/* kvb_hw.c stages GPU memory before it reaches a socket */
+		hw_set_error(hw, "xfer_post: GPU memory at 0x%" PRIx64 " reached the TCP transport "
+				 "unstaged", op->local_addr);
+		return KVB_ERR_INVALID;
 	}
 	/* the least loaded of the NIC's lanes (an unopened one counts as empty) */
 	uint32_t nl = prm->tcp_lanes ? MIN(prm->tcp_lanes, KVB_HW_MAX_LANES) : 1;
@@ -441,6 +448,7 @@ typedef enum dphase {
 	D_WRITE_DATA = 1,
 	D_STATUS = 2,
 	D_READ_DATA = 3,
+	D_COPY = 4,             /* GPU memory: a copy to or from the stage is running */
 } dphase_t;
 
 typedef struct dsess {
@@ -460,10 +468,21 @@ typedef struct dsess {
 	dphase_t then;          /* phase after D_STATUS has flushed st */
 	bool close_after_status;
 	hw_mr_t *mr;            /* while moving bytes */
+	/* GPU memory goes through a pinned stage: [stage_off, stage_off +
+	 * stage_fill) of the request is in it */
+	uint8_t *stage;
+	uint64_t stage_off, stage_fill;
+	hw_gpu_copy_t *copy;
+	dphase_t after_copy;
 } dsess_t;
 
 static void dsess_free(dsess_t *s)
 {
+	hw_t *hw = s->srv->hw;
+	if (s->copy)
+		hw_gpu_copy_cancel(s->copy, s->stage); /* the copy still uses the stage */
+	else
+		hw_gpu_host_free(hw, s->stage);
 	if (s->mr && s->mr->busy)
 		s->mr->busy--;
 	g_queue_remove(&s->srv->sessions, s);
@@ -525,6 +544,14 @@ static bool dsess_header(dsess_t *s)
 	s->mr = mr;
 	mr->busy++;
 	s->done = 0;
+	s->stage_off = s->stage_fill = 0;
+	if (mr->kind == KVB_MEM_CUDA && !s->stage) {
+		s->stage = hw_gpu_host_alloc(hw, hw_params(hw)->staging_chunk);
+		if (!s->stage) {
+			hw_set_error(hw, "tcp transport: no pinned memory for a staging buffer");
+			return false;
+		}
+	}
 	if (s->h.opcode == KVB_MC_TCP_OP_WRITE)
 		s->phase = D_WRITE_DATA;
 	else if (s->h.v2)
@@ -548,6 +575,52 @@ static void dsess_request_done(dsess_t *s)
 	}
 }
 
+static bool dsess_io(void *obj, GIOCondition cond);
+
+static void dsess_copied(void *arg, int status, const char *why)
+{
+	dsess_t *s = arg;
+	s->copy = NULL;
+	if (status != KVB_OK) {
+		hw_set_error(s->srv->hw, "tcp transport: staging copy: %s", why);
+		dsess_free(s);
+		return;
+	}
+	s->phase = s->after_copy;
+	if (s->phase == D_WRITE_DATA) {
+		s->stage_off = s->done;
+		s->stage_fill = 0;
+		if (s->done == s->h.size) {
+			dsess_request_done(s);
+			if (s->h.v2)
+				dsess_ack_later(s);
+			else
+				s->phase = D_HDR;
+		}
+	}
+	dsess_io(s, G_IO_IN | G_IO_OUT);
+}
+
+/* Start a copy between the stage and the GPU: a write's bytes received so
+ * far go to the device, or a read's next stage-full comes from it. */
+static void dsess_copy(dsess_t *s, dphase_t then)
+{
+	hw_t *hw = s->srv->hw;
+	uint64_t n;
+	bool to_device = s->h.opcode == KVB_MC_TCP_OP_WRITE;
+	if (to_device) {
+		n = s->done - s->stage_off;
+	} else {
+		s->stage_off = s->done;
+		n = MIN(s->h.size - s->done, hw_params(hw)->staging_chunk);
+		s->stage_fill = n;
+	}
+	s->phase = D_COPY;
+	s->after_copy = then;
+	s->copy = hw_gpu_copy(hw, s->mr, s->stage, s->h.addr + s->stage_off, (size_t)n, to_device,
+			      dsess_copied, s);
+}
+
 static bool dsess_io(void *obj, GIOCondition cond)
 {
 	dsess_t *s = obj;
@@ -565,6 +638,18 @@ static bool dsess_io(void *obj, GIOCondition cond)
 			}
 			break;
 		case D_WRITE_DATA:
+			if (s->stage) {
+				uint64_t room = s->stage_off + hw_params(s->srv->hw)->staging_chunk - s->done;
+				r = recv(s->fd, s->stage + (s->done - s->stage_off),
+					 (size_t)MIN(s->h.size - s->done, room), 0);
+				if (r > 0) {
+					s->done += (uint64_t)r;
+					budget -= MIN(budget, (uint64_t)r);
+					if (s->done == s->h.size || (uint64_t)r == room)
+						dsess_copy(s, D_WRITE_DATA);
+				}
+				break;
+			}
 			r = recv(s->fd, (uint8_t *)(uintptr_t)s->h.addr + s->done,
 				 (size_t)MIN(s->h.size - s->done, (uint64_t)IO_CHUNK), 0);
 			if (r > 0) {
@@ -592,8 +677,17 @@ static bool dsess_io(void *obj, GIOCondition cond)
 			}
 			break;
 		case D_READ_DATA:
-			r = send(s->fd, (uint8_t *)(uintptr_t)s->h.addr + s->done,
-				 (size_t)MIN(s->h.size - s->done, (uint64_t)IO_CHUNK), MSG_NOSIGNAL);
+			if (s->stage && s->done == s->stage_off + s->stage_fill) {
+				dsess_copy(s, D_READ_DATA);
+				r = -2;
+				break;
+			}
+			if (s->stage)
+				r = send(s->fd, s->stage + (s->done - s->stage_off),
+					 (size_t)(s->stage_off + s->stage_fill - s->done), MSG_NOSIGNAL);
+			else
+				r = send(s->fd, (uint8_t *)(uintptr_t)s->h.addr + s->done,
+					 (size_t)MIN(s->h.size - s->done, (uint64_t)IO_CHUNK), MSG_NOSIGNAL);
 			if (r > 0) {
 				s->done += (uint64_t)r;
 				budget -= MIN(budget, (uint64_t)r);
@@ -603,9 +697,14 @@ static bool dsess_io(void *obj, GIOCondition cond)
 				}
 			}
 			break;
+		case D_COPY:
+			r = -2;
+			break;
 		default:
 			goto close;
 		}
+		if (r == -2)
+			break; /* a staging copy runs: its end resumes the session */
 		if (r == 0)
 			goto close;
 		if (r < 0) {
@@ -617,7 +716,7 @@ static bool dsess_io(void *obj, GIOCondition cond)
 		}
 	}
 	/* nothing more to read now (or the budget is spent): the queued acks go */
-	if (s->st_len && s->phase != D_STATUS) {
+	if (s->st_len && s->phase != D_STATUS && s->phase != D_COPY) {
 		ssize_t r = send(s->fd, s->st + s->st_done, s->st_len - s->st_done, MSG_NOSIGNAL);
 		if (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
 			goto close;
@@ -630,7 +729,8 @@ static bool dsess_io(void *obj, GIOCondition cond)
 			s->phase = D_STATUS;
 		}
 	}
-	hw_watch_set(s->w, s->phase == D_STATUS || s->phase == D_READ_DATA ? G_IO_OUT : G_IO_IN);
+	hw_watch_set(s->w, s->phase == D_COPY ? 0
+			   : s->phase == D_STATUS || s->phase == D_READ_DATA ? G_IO_OUT : G_IO_IN);
 	return true;
 close:
 	dsess_free(s);
