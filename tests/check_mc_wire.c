@@ -141,7 +141,7 @@ END_TEST
 
 START_TEST(test_frame_body_refused)
 {
-	static const uint8_t bad[] = {4, 5, 8, 0x0b, 0x0c, 0x0f, 0x12, 0x1f, '[', '"', 'a', '0',
+	static const uint8_t bad[] = {4, 5, 8, 0x0b, 0x0c, 0x0f, 0x14, 0x1f, '[', '"', 'a', '0',
 				      0x7b + 1, 0x7f, 0x80, 0xfe, 0xff};
 	kvb_err_t err;
 	for (size_t i = 0; i < G_N_ELEMENTS(bad); i++) {
@@ -165,7 +165,7 @@ START_TEST(test_frame_body_refused)
 		kvb_mc_msg_type_t t;
 		const uint8_t *p;
 		size_t pl;
-		bool want = v <= 3 || v == 0x10 || v == 0x11 || v == '{' || v == ' ' || v == '\t' ||
+		bool want = v <= 3 || (v >= 0x10 && v <= 0x13) || v == '{' || v == ' ' || v == '\t' ||
 			    v == '\r' || v == '\n';
 		int rc = kvb_mc_frame_body(body, 1, &t, &p, &pl, NULL);
 		ck_assert_msg((rc == KVB_OK) == want, "first byte 0x%02x: rc %d", v, rc);
@@ -511,6 +511,9 @@ static void assert_seg_eq(const kvb_mc_segment_t *a, const kvb_mc_segment_t *b)
 			ck_assert_uint_eq(x->rkey[k], y->rkey[k]);
 			ck_assert_uint_eq(x->lkey[k], y->lkey[k]);
 		}
+		ck_assert((x->mirror_rkey == NULL) == (y->mirror_rkey == NULL));
+		for (uint32_t k = 0; x->mirror_rkey && k < x->n_keys; k++)
+			ck_assert_uint_eq(x->mirror_rkey[k], y->mirror_rkey[k]);
 	}
 	ck_assert_uint_eq(a->n_locations, b->n_locations);
 	for (uint32_t i = 0; i < a->n_locations; i++) {
@@ -561,6 +564,14 @@ static char *seg_roundtrip(const kvb_mc_segment_t *in)
 	return s;
 }
 
+static int count_substr(const char *h, const char *n)
+{
+	int c = 0;
+	for (const char *p = strstr(h, n); p; p = strstr(p + 1, n))
+		c++;
+	return c;
+}
+
 START_TEST(test_segment_rdma_roundtrip)
 {
 	kvb_mc_device_t devs[2] = {{.name = "mlx5_0", .lid = 0}, {.name = "mlx5_1", .lid = 65535}};
@@ -569,12 +580,13 @@ START_TEST(test_segment_rdma_roundtrip)
 					  devs[1].gid, NULL),
 			 KVB_OK);
 	uint32_t rk0[2] = {12345, UINT32_MAX}, lk0[2] = {23456, 0};
-	uint32_t rk1[2] = {1, 2}, lk1[2] = {3, 4};
+	uint32_t rk1[2] = {1, 0}, lk1[2] = {3, 0}, mk1[2] = {0, 77};
 	uint32_t rk2[2] = {7, 8}, lk2[2] = {9, 10};
 	kvb_mc_buffer_t bufs[3] = {
 		{.name = "cpu:0", .addr = 0x7f8a00000000ull, .length = 1ull << 30, .n_keys = 2,
 		 .rkey = rk0, .lkey = lk0},
-		{.name = "cuda:1", .addr = 1, .length = 1, .n_keys = 2, .rkey = rk1, .lkey = lk1},
+		{.name = "cuda:1", .addr = 1, .length = 1, .n_keys = 2, .rkey = rk1, .lkey = lk1,
+		 .mirror_rkey = mk1},
 		{.name = "*", .addr = (uint64_t)INT64_MAX - 4095, .length = 4096, .n_keys = 2,
 		 .rkey = rk2, .lkey = lk2},
 	};
@@ -601,6 +613,9 @@ START_TEST(test_segment_rdma_roundtrip)
 	ck_assert_ptr_nonnull(strstr(json, "\"tcp_data_port\":0"));
 	ck_assert_ptr_nonnull(strstr(json, "\"gid\":\"fe:80:00:00:00:00:00:00:ab:cd:ef:ff:fe:00:00:01\""));
 	ck_assert_ptr_nonnull(strstr(json, "\"rkey\":[12345,4294967295],\"lkey\":[23456,0]"));
+	/* GPU memory mlx5_1 cannot reach: key 0 for Mooncake, the mirror's for kvbridge */
+	ck_assert_ptr_nonnull(strstr(json, "\"rkey\":[1,0],\"lkey\":[3,0],\"kvb_mirror_rkey\":[0,77]"));
+	ck_assert_int_eq(count_substr(json, "kvb_mirror_rkey"), 1);
 	ck_assert_ptr_nonnull(strstr(json, "\"addr\":140230682214400"));
 	ck_assert_ptr_nonnull(strstr(json, "\"cuda:1\":[[\"mlx5_1\",\"mlx5_0\"],[]]"));
 	ck_assert_ptr_nonnull(strstr(json, "\"rdma_server_name\":\"192.168.0.1:15123\""));
@@ -1737,6 +1752,117 @@ END_TEST
 
 /* ---- TCP transport --------------------------------------------------------- */
 
+/* GPU mirror sync frames: exact bytes, round trips, a long reason cut on a
+ * character boundary. */
+START_TEST(test_sync_frames)
+{
+	kvb_mc_sync_t a = {.id = 0x0102030405060708ull, .addr = 0x7f0000001000ull, .len = 4096,
+			   .to_device = true};
+	uint8_t buf[KVB_MC_SYNC_LEN];
+	kvb_mc_sync_encode(buf, &a);
+	ck_assert_uint_eq(buf[0], 0x08);
+	ck_assert_uint_eq(buf[7], 0x01);
+	ck_assert_uint_eq(buf[24], 1);
+	kvb_mc_sync_t b;
+	ck_assert_int_eq(kvb_mc_sync_decode(buf, sizeof(buf), &b, NULL), KVB_OK);
+	ck_assert_uint_eq(b.id, a.id);
+	ck_assert_uint_eq(b.addr, a.addr);
+	ck_assert_uint_eq(b.len, a.len);
+	ck_assert(b.to_device);
+	a.to_device = false;
+	kvb_mc_sync_encode(buf, &a);
+	ck_assert_int_eq(kvb_mc_sync_decode(buf, sizeof(buf), &b, NULL), KVB_OK);
+	ck_assert(!b.to_device);
+
+	kvb_mc_synced_t r = {.id = 42, .status = KVB_ERR_RANGE};
+	g_strlcpy(r.why, "not mirrored", sizeof(r.why));
+	GByteArray *g = g_byte_array_new();
+	kvb_mc_synced_encode(g, &r);
+	ck_assert_uint_eq(g->len, KVB_MC_SYNCED_MIN + strlen("not mirrored"));
+	kvb_mc_synced_t q;
+	ck_assert_int_eq(kvb_mc_synced_decode(g->data, g->len, &q, NULL), KVB_OK);
+	ck_assert_uint_eq(q.id, 42);
+	ck_assert_int_eq(q.status, KVB_ERR_RANGE);
+	ck_assert_str_eq(q.why, "not mirrored");
+	/* a reason of 2-byte characters filling the field: cut whole */
+	g_byte_array_set_size(g, 0);
+	memset(r.why, 0, sizeof(r.why));
+	for (size_t i = 0; i + 2 < sizeof(r.why); i += 2)
+		memcpy(r.why + i, "\xc3\xa9", 2);
+	kvb_mc_synced_encode(g, &r);
+	ck_assert_int_eq(kvb_mc_synced_decode(g->data, g->len, &q, NULL), KVB_OK);
+	ck_assert(g_utf8_validate(q.why, -1, NULL));
+	ck_assert_uint_eq(strlen(q.why) % 2, 0);
+	ck_assert_uint_ge(strlen(q.why), KVB_MC_SYNC_WHY_MAX - 3);
+	g_byte_array_unref(g);
+}
+END_TEST
+
+START_TEST(test_sync_frames_refused)
+{
+	uint8_t buf[KVB_MC_SYNC_LEN + 1];
+	kvb_mc_sync_t a = {.id = 1, .addr = 4096, .len = 1, .to_device = true}, b;
+	kvb_err_t err;
+	kvb_mc_sync_encode(buf, &a);
+	ck_assert_int_eq(kvb_mc_sync_decode(buf, KVB_MC_SYNC_LEN - 1, &b, &err), KVB_ERR_PROTOCOL);
+	ck_assert_ptr_nonnull(strstr(err.msg, "24 bytes"));
+	ck_assert_int_eq(kvb_mc_sync_decode(buf, KVB_MC_SYNC_LEN + 1, &b, &err), KVB_ERR_PROTOCOL);
+	buf[24] = 2;
+	ck_assert_int_eq(kvb_mc_sync_decode(buf, KVB_MC_SYNC_LEN, &b, &err), KVB_ERR_PROTOCOL);
+	ck_assert_ptr_nonnull(strstr(err.msg, "direction 2"));
+	a.len = 0;
+	kvb_mc_sync_encode(buf, &a);
+	ck_assert_int_eq(kvb_mc_sync_decode(buf, KVB_MC_SYNC_LEN, &b, &err), KVB_ERR_PROTOCOL);
+	ck_assert_ptr_nonnull(strstr(err.msg, "wrapping"));
+	a.len = 2;
+	a.addr = UINT64_MAX;
+	kvb_mc_sync_encode(buf, &a);
+	ck_assert_int_eq(kvb_mc_sync_decode(buf, KVB_MC_SYNC_LEN, &b, &err), KVB_ERR_PROTOCOL);
+
+	kvb_mc_synced_t r = {.id = 7, .status = KVB_OK}, q;
+	GByteArray *g = g_byte_array_new();
+	kvb_mc_synced_encode(g, &r);
+	ck_assert_int_eq(kvb_mc_synced_decode(g->data, KVB_MC_SYNCED_MIN - 1, &q, &err), KVB_ERR_PROTOCOL);
+	/* a positive status, and one below every known code */
+	g->data[8] = 1;
+	ck_assert_int_eq(kvb_mc_synced_decode(g->data, g->len, &q, &err), KVB_ERR_PROTOCOL);
+	ck_assert_ptr_nonnull(strstr(err.msg, "status 1"));
+	g->data[8] = 0x80;
+	g->data[9] = g->data[10] = g->data[11] = 0xff;
+	ck_assert_int_eq(kvb_mc_synced_decode(g->data, g->len, &q, &err), KVB_ERR_PROTOCOL);
+	memset(g->data + 8, 0, 4);
+	/* a NUL or invalid UTF-8 in the reason, a reason too long */
+	g_byte_array_append(g, (const guint8 *)"a\0b", 3);
+	ck_assert_int_eq(kvb_mc_synced_decode(g->data, g->len, &q, &err), KVB_ERR_PROTOCOL);
+	g_byte_array_set_size(g, KVB_MC_SYNCED_MIN);
+	g_byte_array_append(g, (const guint8 *)"\xff", 1);
+	ck_assert_int_eq(kvb_mc_synced_decode(g->data, g->len, &q, &err), KVB_ERR_PROTOCOL);
+	ck_assert_ptr_nonnull(strstr(err.msg, "UTF-8"));
+	g_byte_array_set_size(g, KVB_MC_SYNCED_MIN + KVB_MC_SYNC_WHY_MAX);
+	memset(g->data + KVB_MC_SYNCED_MIN, 'x', KVB_MC_SYNC_WHY_MAX);
+	ck_assert_int_eq(kvb_mc_synced_decode(g->data, g->len, &q, &err), KVB_ERR_PROTOCOL);
+	g_byte_array_set_size(g, KVB_MC_SYNCED_MIN + KVB_MC_SYNC_WHY_MAX - 1);
+	ck_assert_int_eq(kvb_mc_synced_decode(g->data, g->len, &q, &err), KVB_OK);
+	g_byte_array_unref(g);
+}
+END_TEST
+
+/* kvb_mirror_rkey must have one entry per rkey. */
+START_TEST(test_segment_mirror_keys_refused)
+{
+	const char *j = "{\"name\":\"h:1\",\"protocol\":\"rdma\",\"devices\":[{\"name\":\"rxe0\",\"lid\":0,"
+			"\"gid\":\"00:00:00:00:00:00:00:00:00:00:ff:ff:0a:00:00:01\"},{\"name\":\"rxe1\",\"lid\":0,"
+			"\"gid\":\"00:00:00:00:00:00:00:00:00:00:ff:ff:0a:00:00:02\"}],\"buffers\":[{\"name\":"
+			"\"cuda:0\",\"addr\":4096,\"length\":4096,\"rkey\":[1,0],\"lkey\":[1,0],"
+			"\"kvb_mirror_rkey\":[9]}]}";
+	kvb_mc_segment_t s;
+	kvb_err_t err;
+	ck_assert_int_eq(kvb_mc_segment_from_json(j, strlen(j), &s, &err), KVB_ERR_PROTOCOL);
+	ck_assert_msg(strstr(err.msg, "kvb_mirror_rkey"), "%s", err.msg);
+	assert_seg_empty(&s);
+}
+END_TEST
+
 START_TEST(test_tcp_header_encode_bytes)
 {
 	uint8_t out[KVB_MC_TCP_HEADER_LEN];
@@ -1920,6 +2046,9 @@ Suite *kvb_suite_mc_wire(void)
 	tcase_add_test(tc, test_notify_refused);
 	tcase_add_test(tc, test_fixed_replies);
 	suite_add_tcase(s, tc);
+	tcase_add_test(tc, test_sync_frames);
+	tcase_add_test(tc, test_sync_frames_refused);
+	tcase_add_test(tc, test_segment_mirror_keys_refused);
 	tc = tcase_create("tcp");
 	tcase_add_test(tc, test_tcp_header_encode_bytes);
 	tcase_add_test(tc, test_tcp_header_decode);

@@ -167,6 +167,8 @@ typedef struct kvb_hw_stats {
 	uint64_t fenced_writes;         /* writes refused into fenced (cancelled) ranges */
 	uint64_t gpu_copies;            /* host <-> device copies of the staging path */
 	uint64_t gpu_staged_bytes;      /* bytes those copies moved */
+	uint64_t gpu_syncs_requested;   /* SYNCs we sent for a peer's mirrored GPU memory */
+	uint64_t gpu_syncs_served;      /* SYNCs peers sent us (mirror <-> GPU copies) */
 } kvb_hw_stats_t;
 
 KVB_API void kvb_hw_stats_get(kvb_backend_t *be, kvb_hw_stats_t *out);

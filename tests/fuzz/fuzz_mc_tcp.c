@@ -4,8 +4,10 @@
  * input allows.  A decode must agree with the rules computed here (opcode
  * READ/WRITE with or without the v2 bit, size > 0, no wrap; the MCTV magic),
  * an accepted header re-encodes to the same bytes with zero padding, and a
- * header built from the input's fields survives encode and decode.  Any
- * difference abort()s.
+ * header built from the input's fields survives encode and decode.  Also
+ * the kvbridge GPU mirror sync frames (SYNC, SYNCED) over the whole input:
+ * an accepted frame re-encodes to the input's bytes.  Any difference
+ * abort()s.
  */
 // FUZZ_SOURCES: src/backends/hw/kvb_mc_wire.c src/core/kvb_error.c
 // FUZZ_PKGS: json-glib-1.0
@@ -100,8 +102,38 @@ static void build(const uint8_t *in)
 		abort();
 }
 
+static void sync_frames(const uint8_t *data, size_t size)
+{
+	uint8_t *in = malloc(size ? size : 1);
+	if (!in)
+		return;
+	memcpy(in, data, size);
+	kvb_mc_sync_t s;
+	kvb_err_t err;
+	if (kvb_mc_sync_decode(in, size, &s, &err) == KVB_OK) {
+		uint8_t out[KVB_MC_SYNC_LEN];
+		kvb_mc_sync_encode(out, &s);
+		if (size != KVB_MC_SYNC_LEN || memcmp(out, in, size) || !s.len || s.addr + s.len < s.addr)
+			abort();
+	} else if (err.code != KVB_ERR_PROTOCOL || !err.msg[0]) {
+		abort();
+	}
+	kvb_mc_synced_t r;
+	if (kvb_mc_synced_decode(in, size, &r, &err) == KVB_OK) {
+		GByteArray *b = g_byte_array_new();
+		kvb_mc_synced_encode(b, &r);
+		if (b->len != size || memcmp(b->data, in, size) || r.status > 0)
+			abort();
+		g_byte_array_unref(b);
+	} else if (err.code != KVB_ERR_PROTOCOL || !err.msg[0]) {
+		abort();
+	}
+	free(in);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+	sync_frames(data, size);
 	if (size < KVB_MC_TCP_STATUS_LEN)
 		return 0;
 	/* exact-size heap copies so ASan sees any read past the end */

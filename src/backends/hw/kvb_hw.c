@@ -969,6 +969,7 @@ void hw_peer_free(hw_peer_t *p)
 	hw_call_cancel(p->call);
 	hw_lanes_free(p);
 	hw_rdma_peer_detach(p);
+	hw_gpu_peer_detach(p);
 	hw_watch_free(p->w);
 	hw_deadline_free(p->connect_deadline);
 	if (p->fd >= 0)
@@ -1001,6 +1002,7 @@ void hw_peer_down(hw_peer_t *p, int status, const char *why)
 		hw_warn(p->hw, "peer %s down: %s", p->addr, why ? why : kvb_strerror(status));
 	hw_lanes_fail(p, KVB_ERR_PEER);
 	hw_rdma_peer_gone(p);
+	hw_gpu_peer_down(p);
 	hw_watch_free(p->w);
 	p->w = NULL;
 	hw_deadline_disarm(p->connect_deadline);
@@ -1088,6 +1090,12 @@ static void stream_queue(hw_peer_t *p, kvb_mc_msg_type_t type, const void *buf, 
 		hw_watch_set(p->w, G_IO_IN | G_IO_OUT);
 }
 
+void hw_stream_send(hw_peer_t *p, kvb_mc_msg_type_t type, const void *buf, size_t len)
+{
+	if (p->kind == HW_PEER_KVB && p->state == HW_PEER_UP && p->tx)
+		stream_queue(p, type, buf, len);
+}
+
 /* Parse whole frames out of p->rx.  Returns false when the peer went down. */
 static bool stream_frames(hw_peer_t *p)
 {
@@ -1130,6 +1138,13 @@ static bool stream_frames(hw_peer_t *p)
 			}
 			p->hello_done = true;
 			hw_peer_up(p);
+			continue;
+		}
+		if (type == KVB_MC_KVB_SYNC || type == KVB_MC_KVB_SYNCED) {
+			if (!hw_gpu_sync_frame(p, type, payload, plen, &err)) {
+				hw_peer_down(p, KVB_ERR_PROTOCOL, err.msg);
+				return false;
+			}
 			continue;
 		}
 		if (type != KVB_MC_KVB_FRAME) {
@@ -1598,7 +1613,13 @@ int hw_post_one(hw_peer_t *p, const kvb_slice_op_t *op)
 		hw_set_error(p->hw, "xfer_post: connection %s is not up", p->addr);
 		return KVB_ERR_PEER;
 	}
-	return hw_rdma_peer_usable(p) ? hw_rdma_post(p, op) : hw_lane_post(p, op);
+	if (!hw_rdma_peer_usable(p))
+		return hw_lane_post(p, op);
+	const kvb_mc_buffer_t *b = kvb_mc_segment_find(&p->seg, op->remote_addr, op->len);
+	uint32_t peer_dev = op->remote_nic % p->seg.n_devices;
+	if (b && b->mirror_rkey && peer_dev < b->n_keys && b->mirror_rkey[peer_dev])
+		return hw_gpu_post_mirrored(p, op);
+	return hw_rdma_post(p, op, false);
 }
 
 hw_t *hw_of_backend(kvb_backend_t *be)

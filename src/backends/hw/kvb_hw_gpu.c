@@ -24,7 +24,17 @@
  *
  * Staging on the side that serves: the TCP data server receives a write
  * into a chunk and copies it to the device before it acknowledges, and
- * copies device -> chunk before it sends a read (kvb_hw_tcp.c).
+ * copies device -> chunk before it sends a read (kvb_hw_tcp.c).  One-sided
+ * RDMA never tells the target that bytes landed, so an RDMA device that
+ * cannot reach a GPU registration exposes a pinned host mirror of it,
+ * registered at the GPU addresses (ibv_reg_mr_iova), under the descriptor
+ * extension kvb_mirror_rkey (its plain rkey stays 0: a Mooncake peer fails
+ * instead of writing where nothing reads).  A kvbridge peer writing there
+ * sends SYNC (mirror -> GPU) on the control stream after its WRITE and
+ * completes the op when SYNCED comes back; before a READ it asks for GPU ->
+ * mirror first.  The peer's DONE notice follows its completions on the same
+ * ordered stream, so the consumer's core never sees DONE before the bytes
+ * are in GPU memory.
  *
  * Copies never block the loop: cudaMemcpyAsync on one stream per device,
  * then cudaLaunchHostFunc pushes the record onto a done list and writes an
@@ -216,6 +226,8 @@ struct hw_gpu {
 	GHashTable *pieces;    /* every live stage_piece_t* (a transport completion's
 				* cookie is one of these while it is posted) */
 	GHashTable *ops;       /* every live stage_op_t* */
+	GHashTable *mirrored;  /* every live mirrored_op_t* (cookies as for pieces) */
+	uint64_t sync_seq;
 
 #ifdef KVB_HAVE_CUDA
 	cudaStream_t streams[GPU_MAX_DEVICES];
@@ -256,6 +268,7 @@ int hw_gpu_open(hw_t *hw, kvb_err_t *err)
 	g->w = hw_watch_new(hw, g->efd, G_IO_IN, gpu_io, g);
 	g->pieces = g_hash_table_new(g_direct_hash, g_direct_equal);
 	g->ops = g_hash_table_new(g_direct_hash, g_direct_equal);
+	g->mirrored = g_hash_table_new(g_direct_hash, g_direct_equal);
 	*hw_gpu_slot(hw) = g;
 	return KVB_OK;
 }
@@ -292,6 +305,10 @@ void hw_gpu_close(hw_t *hw)
 	while (g_hash_table_iter_next(&it, &key, NULL))
 		g_free(key);
 	g_hash_table_destroy(g->ops);
+	g_hash_table_iter_init(&it, g->mirrored);
+	while (g_hash_table_iter_next(&it, &key, NULL))
+		g_free(key);
+	g_hash_table_destroy(g->mirrored);
 	g_queue_clear(&g->waiting);
 	g_queue_clear(&g->parked);
 	hw_deadline_free(g->retry);
@@ -711,11 +728,17 @@ static void read_copied(void *arg, int status, const char *why)
 	stage_op_finish_piece(g, pc, status, pc->nic);
 }
 
+static bool mirrored_done(hw_gpu_t *g, uint64_t cookie, int status, uint32_t nic);
+
 bool hw_gpu_piece_done(hw_t *hw, uint64_t cookie, int status, uint32_t nic)
 {
 	hw_gpu_t *g = G(hw);
+	if (!g)
+		return false;
+	if (mirrored_done(g, cookie, status, nic))
+		return true;
 	stage_piece_t *pc = (stage_piece_t *)(uintptr_t)cookie;
-	if (!g || !g_hash_table_contains(g->pieces, pc) || !pc->posted)
+	if (!g_hash_table_contains(g->pieces, pc) || !pc->posted)
 		return false;
 	pc->posted = false;
 	pc->nic = nic;
@@ -783,6 +806,251 @@ int hw_gpu_post(hw_peer_t *p, hw_mr_t *m, const kvb_slice_op_t *op)
 	g_queue_push_tail(&g->waiting, so);
 	stage_pump(g);
 	return KVB_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* a peer's GPU memory through its mirror                                   */
+
+typedef enum mphase {
+	M_SYNC_OUT = 1,   /* READ: waiting for the peer's GPU -> mirror copy */
+	M_POSTED = 2,     /* on the RDMA transport */
+	M_SYNC_IN = 3,    /* WRITE done: waiting for the peer's mirror -> GPU copy */
+} mphase_t;
+
+typedef struct mirrored_op {
+	hw_peer_t *peer;
+	kvb_slice_op_t op;     /* remote_key borrowed until completion, as the core promises */
+	uint64_t sync_id;
+	mphase_t phase;
+	uint32_t nic;
+} mirrored_op_t;
+
+/* Per peer: the mirrored ops waiting for its SYNCED, and the copies it
+ * asked us for. */
+typedef struct gpu_peer {
+	GHashTable *waiting;   /* sync id -> mirrored_op_t* */
+	GQueue serving;        /* sync_serve_t* */
+} gpu_peer_t;
+
+typedef struct sync_serve {
+	hw_peer_t *peer;
+	uint64_t id;
+	hw_gpu_copy_t *copy;
+} sync_serve_t;
+
+static gpu_peer_t *gpu_peer(hw_peer_t *p)
+{
+	if (!p->gpu) {
+		gpu_peer_t *gp = g_new0(gpu_peer_t, 1);
+		gp->waiting = g_hash_table_new(g_int64_hash, g_int64_equal);
+		p->gpu = gp;
+	}
+	return p->gpu;
+}
+
+static void mirrored_finish(hw_gpu_t *g, mirrored_op_t *m, int status)
+{
+	g_hash_table_remove(g->mirrored, m);
+	uint64_t cookie = m->op.cookie;
+	uint32_t nic = m->nic;
+	g_free(m);
+	hw_xfer_done(g->hw, cookie, status, nic);
+}
+
+static void mirrored_sync(hw_gpu_t *g, mirrored_op_t *m, bool to_device)
+{
+	hw_peer_t *p = m->peer;
+	if (p->kind != HW_PEER_KVB || p->state != HW_PEER_UP) {
+		hw_set_error(g->hw, "%s: GPU memory behind its mirror needs the kvbridge control stream, "
+				    "which is down", p->addr);
+		mirrored_finish(g, m, KVB_ERR_PEER);
+		return;
+	}
+	kvb_mc_sync_t s = {.id = ++g->sync_seq, .addr = m->op.remote_addr, .len = m->op.len,
+			   .to_device = to_device};
+	uint8_t buf[KVB_MC_SYNC_LEN];
+	kvb_mc_sync_encode(buf, &s);
+	m->sync_id = s.id;
+	m->phase = to_device ? M_SYNC_IN : M_SYNC_OUT;
+	g_hash_table_insert(gpu_peer(p)->waiting, &m->sync_id, m);
+	hw_stats(g->hw)->gpu_syncs_requested++;
+	hw_stream_send(p, KVB_MC_KVB_SYNC, buf, sizeof(buf));
+}
+
+static void mirrored_post(hw_gpu_t *g, mirrored_op_t *m)
+{
+	kvb_slice_op_t op = m->op;
+	op.cookie = (uint64_t)(uintptr_t)m;
+	m->phase = M_POSTED;
+	int rc = hw_rdma_post(m->peer, &op, true);
+	if (rc != KVB_OK)
+		mirrored_finish(g, m, rc);
+}
+
+int hw_gpu_post_mirrored(hw_peer_t *p, const kvb_slice_op_t *op)
+{
+	hw_gpu_t *g = G(p->hw);
+	if (p->kind != HW_PEER_KVB) {
+		hw_set_error(p->hw, "xfer_post: 0x%" PRIx64 " is GPU memory %s exposes through a host "
+				    "mirror; only a kvbridge peer (control stream) can keep it in step",
+			     op->remote_addr, p->addr);
+		return KVB_ERR_RANGE;
+	}
+	mirrored_op_t *m = g_new0(mirrored_op_t, 1);
+	m->peer = p;
+	m->op = *op;
+	m->nic = op->local_nic;
+	g_hash_table_add(g->mirrored, m);
+	if (op->opcode == KVB_XFER_READ) {
+		mirrored_sync(g, m, false);
+		return KVB_OK;
+	}
+	kvb_slice_op_t o = *op;
+	o.cookie = (uint64_t)(uintptr_t)m;
+	m->phase = M_POSTED;
+	int rc = hw_rdma_post(p, &o, true);
+	if (rc != KVB_OK) {
+		/* not accepted: no completion for it */
+		g_hash_table_remove(g->mirrored, m);
+		g_free(m);
+	}
+	return rc;
+}
+
+static bool mirrored_done(hw_gpu_t *g, uint64_t cookie, int status, uint32_t nic)
+{
+	mirrored_op_t *m = (mirrored_op_t *)(uintptr_t)cookie;
+	if (!g_hash_table_contains(g->mirrored, m) || m->phase != M_POSTED)
+		return false;
+	m->nic = nic;
+	if (status == KVB_OK && m->op.opcode == KVB_XFER_WRITE)
+		mirrored_sync(g, m, true);
+	else
+		mirrored_finish(g, m, status);
+	return true;
+}
+
+static void synced(hw_gpu_t *g, hw_peer_t *p, const kvb_mc_synced_t *s)
+{
+	gpu_peer_t *gp = p->gpu;
+	mirrored_op_t *m = gp ? g_hash_table_lookup(gp->waiting, &s->id) : NULL;
+	if (!m) {
+		hw_warn(g->hw, "peer %s answered sync %" PRIu64 ", which is not waiting", p->addr, s->id);
+		return;
+	}
+	g_hash_table_remove(gp->waiting, &s->id);
+	if (s->status != KVB_OK) {
+		hw_set_error(g->hw, "peer %s could not sync its GPU memory at 0x%" PRIx64 ": %s", p->addr,
+			     m->op.remote_addr, s->why);
+		mirrored_finish(g, m, s->status == KVB_ERR_TRANSPORT ? KVB_ERR_PEER : s->status);
+		return;
+	}
+	if (m->phase == M_SYNC_OUT)
+		mirrored_post(g, m);
+	else
+		mirrored_finish(g, m, KVB_OK);
+}
+
+static void serve_reply(hw_peer_t *p, uint64_t id, int status, const char *why)
+{
+	kvb_mc_synced_t r = {.id = id, .status = status};
+	g_strlcpy(r.why, why ? why : "", sizeof(r.why));
+	GByteArray *b = g_byte_array_new();
+	kvb_mc_synced_encode(b, &r);
+	hw_stream_send(p, KVB_MC_KVB_SYNCED, b->data, b->len);
+	g_byte_array_unref(b);
+}
+
+static void serve_copied(void *arg, int status, const char *why)
+{
+	sync_serve_t *sv = arg;
+	hw_peer_t *p = sv->peer;
+	g_queue_remove(&gpu_peer(p)->serving, sv);
+	if (status != KVB_OK)
+		hw_set_error(p->hw, "sync for %s: %s", p->addr, why);
+	serve_reply(p, sv->id, status, status == KVB_OK ? NULL : why);
+	g_free(sv);
+}
+
+static void serve(hw_gpu_t *g, hw_peer_t *p, const kvb_mc_sync_t *s)
+{
+	hw_t *hw = g->hw;
+	hw_mr_t *mr = hw_mr_find(hw, s->addr, s->len);
+	char why[KVB_MC_SYNC_WHY_MAX];
+	if (!mr || !mr->mirror) {
+		g_snprintf(why, sizeof(why), "0x%" PRIx64 " + %" PRIu64 " is not mirrored GPU memory",
+			   s->addr, s->len);
+		hw_stats(hw)->tcp_requests_rejected++;
+		serve_reply(p, s->id, KVB_ERR_RANGE, why);
+		return;
+	}
+	if (s->to_device && hw_fenced(hw, s->addr, s->len)) {
+		hw_stats(hw)->fenced_writes++;
+		serve_reply(p, s->id, KVB_ERR_RANGE, "the range belongs to a cancelled pull");
+		return;
+	}
+	sync_serve_t *sv = g_new0(sync_serve_t, 1);
+	sv->peer = p;
+	sv->id = s->id;
+	g_queue_push_tail(&gpu_peer(p)->serving, sv);
+	hw_stats(hw)->gpu_syncs_served++;
+	sv->copy = hw_gpu_copy(hw, mr, (uint8_t *)mr->mirror + (s->addr - mr->addr), s->addr,
+			       (size_t)s->len, s->to_device, serve_copied, sv);
+}
+
+bool hw_gpu_sync_frame(hw_peer_t *p, kvb_mc_msg_type_t type, const uint8_t *payload, size_t len,
+		       kvb_err_t *err)
+{
+	hw_gpu_t *g = G(p->hw);
+	if (type == KVB_MC_KVB_SYNC) {
+		kvb_mc_sync_t s;
+		if (kvb_mc_sync_decode(payload, len, &s, err) != KVB_OK)
+			return false;
+		serve(g, p, &s);
+		return true;
+	}
+	kvb_mc_synced_t r;
+	if (kvb_mc_synced_decode(payload, len, &r, err) != KVB_OK)
+		return false;
+	synced(g, p, &r);
+	return true;
+}
+
+void hw_gpu_peer_down(hw_peer_t *p)
+{
+	gpu_peer_t *gp = p->gpu;
+	hw_gpu_t *g = G(p->hw);
+	if (!gp || !g)
+		return;
+	GList *ms = g_hash_table_get_values(gp->waiting);
+	g_hash_table_remove_all(gp->waiting);
+	for (GList *l = ms; l; l = l->next)
+		mirrored_finish(g, l->data, KVB_ERR_PEER);
+	g_list_free(ms);
+}
+
+void hw_gpu_peer_detach(hw_peer_t *p)
+{
+	gpu_peer_t *gp = p->gpu;
+	hw_gpu_t *g = G(p->hw);
+	if (!gp)
+		return;
+	/* instance close: ops still waiting are discarded without events */
+	GList *ms = g_hash_table_get_values(gp->waiting);
+	for (GList *l = ms; l; l = l->next) {
+		if (g)
+			g_hash_table_remove(g->mirrored, l->data);
+		g_free(l->data);
+	}
+	g_list_free(ms);
+	g_hash_table_destroy(gp->waiting);
+	sync_serve_t *sv;
+	while ((sv = g_queue_pop_head(&gp->serving))) {
+		hw_gpu_copy_cancel(sv->copy, NULL);
+		g_free(sv);
+	}
+	g_free(gp);
+	p->gpu = NULL;
 }
 
 /* ------------------------------------------------------------------------ */

@@ -60,6 +60,8 @@ typedef struct hw_mr {
 	void *rdma;              /* kvb_hw_rdma.c: one ibv_mr per device */
 	uint8_t gpu_provider;    /* hw_gpu_provider_t */
 	uint8_t path[KVB_HW_MAX_NICS]; /* kvb_hw_gpu_path_t per local NIC */
+	void *mirror;            /* GPU memory some RDMA device cannot reach: a pinned
+				  * host mirror those devices expose instead */
 } hw_mr_t;
 
 /* The registration holding all of [addr, addr + len), or NULL.  Only what
@@ -119,6 +121,7 @@ struct hw_peer {
 	uint64_t ops_outstanding;
 
 	void *vllm;              /* kvb_hw_vllm.c's per-peer state */
+	void *gpu;               /* kvb_hw_gpu.c's: mirror syncs in flight */
 	hw_call_t *call;         /* MOONCAKE: the descriptor fetch */
 };
 
@@ -142,6 +145,8 @@ void hw_event_push(hw_t *hw, const kvb_event_t *ev);
 void hw_xfer_done(hw_t *hw, uint64_t cookie, int status, uint32_t nic);
 /* Post one op on p's transport (RDMA when both sides have it, else TCP). */
 int hw_post_one(hw_peer_t *p, const kvb_slice_op_t *op);
+/* Queue a frame on a kvbridge control stream (dropped when it is down). */
+void hw_stream_send(hw_peer_t *p, kvb_mc_msg_type_t type, const void *buf, size_t len);
 hw_t *hw_of_backend(kvb_backend_t *be);
 
 /* ---- errors -------------------------------------------------------------- */
@@ -243,7 +248,8 @@ void hw_rdma_describe(hw_t *hw, kvb_mc_segment_t *seg);
 char *hw_rdma_handshake(hw_t *hw, const kvb_mc_handshake_t *req);
 /* This instance has RDMA and the peer published an rdma descriptor. */
 bool hw_rdma_peer_usable(hw_peer_t *p);
-int hw_rdma_post(hw_peer_t *p, const kvb_slice_op_t *op);
+/* to_mirror: use the remote buffer's kvb_mirror_rkey (kvb_hw_gpu.c syncs). */
+int hw_rdma_post(hw_peer_t *p, const kvb_slice_op_t *op, bool to_mirror);
 void hw_rdma_peer_detach(hw_peer_t *p);
 /* A kvbridge peer's control stream went down: retire the endpoints (ours
  * and the ones it connected to us) of its segment, so its queue pairs do
@@ -264,6 +270,18 @@ int hw_gpu_post(hw_peer_t *p, hw_mr_t *m, const kvb_slice_op_t *op);
 /* A transport completion: true when cookie was a staged piece (consumed). */
 bool hw_gpu_piece_done(hw_t *hw, uint64_t cookie, int status, uint32_t nic);
 hw_mr_t *hw_gpu_pool_mr(hw_t *hw);
+/* An RDMA op whose remote range is a peer's GPU memory seen through its
+ * mirror on the remote device: a WRITE is followed, a READ preceded, by a
+ * SYNC on the control stream, and completes once the peer answers. */
+int hw_gpu_post_mirrored(hw_peer_t *p, const kvb_slice_op_t *op);
+/* Stream frames: a peer asks us to sync (serve), or answers our SYNC.
+ * false: the frame is malformed (the stream goes down, reason in err). */
+bool hw_gpu_sync_frame(hw_peer_t *p, kvb_mc_msg_type_t type, const uint8_t *payload, size_t len,
+		       kvb_err_t *err);
+/* p's stream is down: our syncs waiting on it fail with KVB_ERR_PEER. */
+void hw_gpu_peer_down(hw_peer_t *p);
+/* p is being freed: drop its state (copies it asked for are cancelled). */
+void hw_gpu_peer_detach(hw_peer_t *p);
 
 /* Asynchronous copy between pinned host memory and m's device memory; fn
  * runs later from the context with the status and, on failure, a reason. */

@@ -113,7 +113,20 @@ struct hw_rdma {
 /* mr->rdma: one ibv_mr* per device */
 typedef struct rdma_mrs {
 	struct ibv_mr *mr[RDMA_MAX_DEVICES];
+	struct ibv_mr *mirror[RDMA_MAX_DEVICES]; /* GPU memory on a staging device */
 } rdma_mrs_t;
+
+/* Deregister every key of mrs and free it. */
+static void hw_rdma_mr_dereg_keys(hw_rdma_t *r, rdma_mrs_t *mrs)
+{
+	for (uint32_t i = 0; i < r->n_devs; i++) {
+		if (mrs->mr[i])
+			ibv_dereg_mr(mrs->mr[i]);
+		if (mrs->mirror[i])
+			ibv_dereg_mr(mrs->mirror[i]);
+	}
+	g_free(mrs);
+}
 
 static hw_rdma_t *R(hw_t *hw)
 {
@@ -419,9 +432,27 @@ int hw_rdma_mr_reg(hw_t *hw, hw_mr_t *m, kvb_err_t *err)
 		for (uint32_t i = 0; i < r->n_devs; i++) {
 			char why[400];
 			mrs->mr[i] = reg_gpu(hw, &r->devs[i], m, access, &m->path[i], why, sizeof(why));
-			if (!mrs->mr[i])
-				hw_log(hw, "%s cannot reach GPU memory at 0x%" PRIx64 ": staging (%s)",
-				       r->devs[i].name, m->addr, why);
+			if (mrs->mr[i])
+				continue;
+			hw_log(hw, "%s cannot reach GPU memory at 0x%" PRIx64 ": staging (%s)",
+			       r->devs[i].name, m->addr, why);
+			/* peers write and read a pinned mirror at the GPU addresses */
+			if (!m->mirror && !(m->mirror = hw_gpu_host_alloc(hw, m->len))) {
+				hw_rdma_mr_dereg_keys(r, mrs);
+				return kvb_err_set(err, KVB_ERR_NO_RESOURCE,
+						   "no pinned host memory for the %" PRIu64 "-byte mirror %s "
+						   "needs to reach GPU memory (staging)", m->len, r->devs[i].name);
+			}
+			mrs->mirror[i] = ibv_reg_mr_iova(r->devs[i].pd, m->mirror, m->len, m->addr, access);
+			if (!mrs->mirror[i]) {
+				int e = errno;
+				hw_rdma_mr_dereg_keys(r, mrs);
+				hw_gpu_host_free(hw, m->mirror);
+				m->mirror = NULL;
+				return kvb_err_set(err, KVB_ERR_NO_RESOURCE,
+						   "ibv_reg_mr_iova of the GPU mirror on %s: %s", r->devs[i].name,
+						   g_strerror(e));
+			}
 		}
 		m->rdma = mrs;
 		return KVB_OK;
@@ -470,11 +501,12 @@ void hw_rdma_mr_dereg(hw_t *hw, hw_mr_t *m)
 	rdma_mrs_t *mrs = m->rdma;
 	if (!r || !mrs)
 		return;
-	for (uint32_t i = 0; i < r->n_devs; i++)
-		if (mrs->mr[i])
-			ibv_dereg_mr(mrs->mr[i]);
-	g_free(mrs);
+	hw_rdma_mr_dereg_keys(r, mrs);
 	m->rdma = NULL;
+	if (m->mirror) {
+		hw_gpu_host_free(hw, m->mirror);
+		m->mirror = NULL;
+	}
 }
 
 void hw_rdma_describe(hw_t *hw, kvb_mc_segment_t *seg)
@@ -499,8 +531,15 @@ void hw_rdma_describe(hw_t *hw, kvb_mc_segment_t *seg)
 		seg->buffers[b].rkey = g_new0(uint32_t, r->n_devs);
 		seg->buffers[b].lkey = g_new0(uint32_t, r->n_devs);
 		for (uint32_t i = 0; mrs && i < r->n_devs; i++) {
+			if (mrs->mirror[i]) {
+				/* GPU memory this NIC cannot reach: key 0 for Mooncake, the
+				 * mirror's for kvbridge peers */
+				if (!seg->buffers[b].mirror_rkey)
+					seg->buffers[b].mirror_rkey = g_new0(uint32_t, r->n_devs);
+				seg->buffers[b].mirror_rkey[i] = mrs->mirror[i]->rkey;
+			}
 			if (!mrs->mr[i])
-				continue; /* GPU memory this NIC cannot reach: key 0 */
+				continue;
 			seg->buffers[b].rkey[i] = mrs->mr[i]->rkey;
 			seg->buffers[b].lkey[i] = mrs->mr[i]->lkey;
 		}
@@ -1010,7 +1049,7 @@ bool hw_rdma_peer_usable(hw_peer_t *p)
 	return R(p->hw) && p->have_seg && !strcmp(p->seg.protocol, "rdma") && p->seg.n_devices > 0;
 }
 
-int hw_rdma_post(hw_peer_t *p, const kvb_slice_op_t *op)
+int hw_rdma_post(hw_peer_t *p, const kvb_slice_op_t *op, bool to_mirror)
 {
 	hw_t *hw = p->hw;
 	hw_rdma_t *r = R(hw);
@@ -1075,7 +1114,14 @@ int hw_rdma_post(hw_peer_t *p, const kvb_slice_op_t *op)
 	o->laddr = op->local_addr;
 	o->raddr = op->remote_addr;
 	o->lkey = ((rdma_mrs_t *)m->rdma)->mr[op->local_nic]->lkey;
-	o->rkey = b->rkey[peer_dev];
+	o->rkey = to_mirror ? b->mirror_rkey[peer_dev] : b->rkey[peer_dev];
+	if (to_mirror && !o->rkey) {
+		g_free(o);
+		hw_set_error(hw, "xfer_post: %s's device %s cannot reach its buffer at 0x%" PRIx64
+				 " (GPU memory without a key on that device)",
+			     p->seg.name, p->seg.devices[peer_dev].name, op->remote_addr);
+		return KVB_ERR_RANGE;
+	}
 	o->opcode = op->opcode == KVB_XFER_WRITE ? IBV_WR_RDMA_WRITE : IBV_WR_RDMA_READ;
 	o->ep = ep;
 	g_hash_table_add(r->ops, o);

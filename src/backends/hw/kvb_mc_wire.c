@@ -37,7 +37,7 @@ int kvb_mc_frame_header(const uint8_t hdr[KVB_MC_FRAME_HEADER_LEN], uint64_t max
 
 static bool known_type(uint8_t t)
 {
-	return t <= KVB_MC_PROBE || t == KVB_MC_KVB_HELLO || t == KVB_MC_KVB_FRAME;
+	return t <= KVB_MC_PROBE || (t >= KVB_MC_KVB_HELLO && t <= KVB_MC_KVB_SYNCED);
 }
 
 int kvb_mc_frame_body(const uint8_t *body, size_t len, kvb_mc_msg_type_t *type,
@@ -398,6 +398,7 @@ void kvb_mc_segment_clear(kvb_mc_segment_t *seg)
 	for (uint32_t i = 0; seg->buffers && i < seg->n_buffers; i++) {
 		g_free(seg->buffers[i].rkey);
 		g_free(seg->buffers[i].lkey);
+		g_free(seg->buffers[i].mirror_rkey);
 	}
 	g_free(seg->devices);
 	g_free(seg->buffers);
@@ -484,6 +485,13 @@ int kvb_mc_segment_to_json(const kvb_mc_segment_t *seg, GString *out, kvb_err_t 
 			for (uint32_t k = 0; k < b->n_keys; k++)
 				json_builder_add_int_value(jb, b->lkey[k]);
 			json_builder_end_array(jb);
+			if (b->mirror_rkey) {
+				json_builder_set_member_name(jb, "kvb_mirror_rkey");
+				json_builder_begin_array(jb);
+				for (uint32_t k = 0; k < b->n_keys; k++)
+					json_builder_add_int_value(jb, b->mirror_rkey[k]);
+				json_builder_end_array(jb);
+			}
 		}
 		json_builder_end_object(jb);
 	}
@@ -685,14 +693,21 @@ int kvb_mc_segment_from_json(const char *json, size_t len, kvb_mc_segment_t *seg
 				rc = kvb_err_set(err, KVB_ERR_PROTOCOL, "%s: addr + length wraps", what);
 				goto out;
 			}
-			uint32_t nr, nl;
+			uint32_t nr, nl, nm;
 			if ((rc = parse_keys(eo, "rkey", &b->rkey, &nr, i, err)) != KVB_OK ||
-			    (rc = parse_keys(eo, "lkey", &b->lkey, &nl, i, err)) != KVB_OK)
+			    (rc = parse_keys(eo, "lkey", &b->lkey, &nl, i, err)) != KVB_OK ||
+			    (rc = parse_keys(eo, "kvb_mirror_rkey", &b->mirror_rkey, &nm, i, err)) != KVB_OK)
 				goto out;
 			if (nr && (nr != nl || nr != seg->n_devices)) {
 				rc = kvb_err_set(err, KVB_ERR_PROTOCOL,
 						 "%s: %u rkeys, %u lkeys for %u devices (they must match)", what,
 						 nr, nl, seg->n_devices);
+				goto out;
+			}
+			if (b->mirror_rkey && nm != nr) {
+				rc = kvb_err_set(err, KVB_ERR_PROTOCOL,
+						 "%s: %u kvb_mirror_rkey entries for %u rkeys (they must match)",
+						 what, nm, nr);
 				goto out;
 			}
 			b->n_keys = nr;
@@ -974,5 +989,67 @@ int kvb_mc_tcp_status_decode(const uint8_t in[KVB_MC_TCP_STATUS_LEN], uint32_t *
 		return kvb_err_set(err, KVB_ERR_PROTOCOL,
 				   "tcp status frame without the MCTV magic (0x%016" PRIx64 ")", v);
 	*code = (uint32_t)v;
+	return KVB_OK;
+}
+
+/* ---- kvbridge GPU mirror sync ---------------------------------------------- */
+
+void kvb_mc_sync_encode(uint8_t out[KVB_MC_SYNC_LEN], const kvb_mc_sync_t *s)
+{
+	put_le64(out, s->id);
+	put_le64(out + 8, s->addr);
+	put_le64(out + 16, s->len);
+	out[24] = s->to_device ? 1 : 0;
+}
+
+int kvb_mc_sync_decode(const uint8_t *in, size_t len, kvb_mc_sync_t *s, kvb_err_t *err)
+{
+	if (len != KVB_MC_SYNC_LEN)
+		return kvb_err_set(err, KVB_ERR_PROTOCOL, "sync frame of %zu bytes (expected %u)", len,
+				   KVB_MC_SYNC_LEN);
+	s->id = get_le64(in);
+	s->addr = get_le64(in + 8);
+	s->len = get_le64(in + 16);
+	if (in[24] > 1)
+		return kvb_err_set(err, KVB_ERR_PROTOCOL, "sync frame: direction %u unknown", in[24]);
+	s->to_device = in[24] == 1;
+	if (!s->len || s->addr + s->len < s->addr)
+		return kvb_err_set(err, KVB_ERR_PROTOCOL, "sync frame: empty or wrapping range");
+	return KVB_OK;
+}
+
+void kvb_mc_synced_encode(GByteArray *out, const kvb_mc_synced_t *s)
+{
+	uint8_t h[KVB_MC_SYNCED_MIN];
+	put_le64(h, s->id);
+	uint32_t st = (uint32_t)s->status;
+	for (int i = 0; i < 4; i++)
+		h[8 + i] = (uint8_t)(st >> (8 * i));
+	g_byte_array_append(out, h, sizeof(h));
+	size_t n = strnlen(s->why, KVB_MC_SYNC_WHY_MAX - 1);
+	/* cut on a character boundary */
+	while (n && !g_utf8_validate(s->why, (gssize)n, NULL))
+		n--;
+	g_byte_array_append(out, (const guint8 *)s->why, (guint)n);
+}
+
+int kvb_mc_synced_decode(const uint8_t *in, size_t len, kvb_mc_synced_t *s, kvb_err_t *err)
+{
+	if (len < KVB_MC_SYNCED_MIN || len - KVB_MC_SYNCED_MIN >= KVB_MC_SYNC_WHY_MAX)
+		return kvb_err_set(err, KVB_ERR_PROTOCOL, "synced frame of %zu bytes (expected %u..%u)", len,
+				   KVB_MC_SYNCED_MIN, KVB_MC_SYNCED_MIN + KVB_MC_SYNC_WHY_MAX - 1);
+	s->id = get_le64(in);
+	uint32_t st = 0;
+	for (int i = 0; i < 4; i++)
+		st |= (uint32_t)in[8 + i] << (8 * i);
+	s->status = (int32_t)st;
+	if (s->status > 0 || s->status < KVB_STATUS_MIN)
+		return kvb_err_set(err, KVB_ERR_PROTOCOL, "synced frame: status %d unknown", s->status);
+	size_t n = len - KVB_MC_SYNCED_MIN;
+	if (memchr(in + KVB_MC_SYNCED_MIN, 0, n) ||
+	    !g_utf8_validate((const char *)in + KVB_MC_SYNCED_MIN, (gssize)n, NULL))
+		return kvb_err_set(err, KVB_ERR_PROTOCOL, "synced frame: reason is not UTF-8 text");
+	memcpy(s->why, in + KVB_MC_SYNCED_MIN, n);
+	s->why[n] = 0;
 	return KVB_OK;
 }

@@ -13,7 +13,15 @@
  * kvbridge extension, never sent to Mooncake peers: type KVB_MC_KVB_HELLO
  * opens a persistent kvbridge control stream on the same port; after it both
  * sides exchange frames of type KVB_MC_KVB_FRAME (same framing) carrying
- * kvbridge wire messages (src/core/kvb_wire.h).
+ * kvbridge wire messages (src/core/kvb_wire.h), and KVB_MC_KVB_SYNC /
+ * KVB_MC_KVB_SYNCED, which keep GPU memory behind a NIC without GPUDirect in
+ * step with its pinned host mirror (see kvb_hw_gpu.c).
+ *
+ * Descriptor extension "kvb_mirror_rkey" (per buffer, one per device, 0 =
+ * none): where a device cannot reach a GPU buffer, the key of the buffer's
+ * pinned host mirror, registered at the buffer's own addresses.  Its "rkey"
+ * entry for that device is 0, so a peer that does not know the extension
+ * (Mooncake) fails cleanly instead of writing where nothing reads.
  *
  * TCP transport data port: 24-byte header
  *   u64 size LE | u64 addr LE | u8 opcode (READ 0, WRITE 1; | 0x80 = v2) | 7 zero bytes
@@ -56,6 +64,8 @@ typedef enum kvb_mc_msg_type {
 	KVB_MC_PROBE = 3,        /* {} -> {"status":"success"} */
 	KVB_MC_KVB_HELLO = 0x10, /* kvbridge: open a control stream (JSON hello) */
 	KVB_MC_KVB_FRAME = 0x11, /* kvbridge: one control message (binary) */
+	KVB_MC_KVB_SYNC = 0x12,  /* kvbridge: copy a GPU range to or from its mirror */
+	KVB_MC_KVB_SYNCED = 0x13,/* kvbridge: that copy's end */
 } kvb_mc_msg_type_t;
 
 #define KVB_MC_FRAME_HEADER_LEN 8u
@@ -106,6 +116,7 @@ typedef struct kvb_mc_buffer {
 	uint32_t n_keys;             /* 0 (tcp) or n_devices */
 	uint32_t *rkey;              /* n_keys entries, in devices[] order */
 	uint32_t *lkey;
+	uint32_t *mirror_rkey;       /* kvbridge: n_keys entries or NULL (see above) */
 } kvb_mc_buffer_t;
 
 /* priority_matrix entry: location -> [[preferred], [available]], as device indices. */
@@ -221,5 +232,33 @@ void kvb_mc_tcp_status_encode(uint8_t out[KVB_MC_TCP_STATUS_LEN], uint32_t code)
 /* Refused: a frame without the magic. */
 int kvb_mc_tcp_status_decode(const uint8_t in[KVB_MC_TCP_STATUS_LEN], uint32_t *code,
 			     kvb_err_t *err);
+
+/* ---- kvbridge GPU mirror sync (stream frames 0x12, 0x13) ------------------
+ * SYNC:   u64 id | u64 addr | u64 len | u8 direction (1 mirror -> GPU after
+ *         the sender's writes, 0 GPU -> mirror before its reads)   = 25 bytes
+ * SYNCED: u64 id | i32 status (KVB_OK or a kvb error code) | reason (UTF-8,
+ *         no NUL, at most 159 bytes; empty when OK)                = 12 + n */
+
+#define KVB_MC_SYNC_LEN 25u
+#define KVB_MC_SYNCED_MIN 12u
+#define KVB_MC_SYNC_WHY_MAX 160u
+
+typedef struct kvb_mc_sync {
+	uint64_t id;
+	uint64_t addr, len; /* len > 0, addr + len does not wrap */
+	bool to_device;
+} kvb_mc_sync_t;
+
+typedef struct kvb_mc_synced {
+	uint64_t id;
+	int32_t status;     /* KVB_OK or negative */
+	char why[KVB_MC_SYNC_WHY_MAX];
+} kvb_mc_synced_t;
+
+void kvb_mc_sync_encode(uint8_t out[KVB_MC_SYNC_LEN], const kvb_mc_sync_t *s);
+int kvb_mc_sync_decode(const uint8_t *in, size_t len, kvb_mc_sync_t *s, kvb_err_t *err);
+/* Appends the frame body to out; the reason is cut to fit. */
+void kvb_mc_synced_encode(GByteArray *out, const kvb_mc_synced_t *s);
+int kvb_mc_synced_decode(const uint8_t *in, size_t len, kvb_mc_synced_t *s, kvb_err_t *err);
 
 #endif /* KVB_MC_WIRE_H */
