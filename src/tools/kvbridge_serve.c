@@ -34,6 +34,9 @@
 #include <json-glib/json-glib.h>
 #include <kvbridge/kvbridge.h>
 #include <kvbridge/hw.h>
+#ifdef KVB_HAVE_CUDA
+#include <cuda_runtime_api.h>
+#endif
 
 #include "kvb_pattern.h"
 #include "kvb_tool_http.h"
@@ -58,6 +61,8 @@ typedef struct serve_opts {
 	gboolean list_models;
 	gint tp_size, tp_rank, dp_rank;
 	gchar *rdma_devices;
+	gchar *memory;
+	gint gpu;
 } serve_opts_t;
 
 static serve_opts_t o = {.blocks = 1024, .block_tokens = 16, .http_port = 8100, .nics = 1,
@@ -147,6 +152,107 @@ static uint8_t *block_ptr(uint32_t region, uint32_t id)
 	return (uint8_t *)(uintptr_t)(r->base + (uint64_t)id * r->block_stride);
 }
 
+/* ---- the KV pool's memory: host, emulated GPU or CUDA --------------------- */
+
+typedef enum pool_mem { POOL_HOST = 0, POOL_EMULATED = 1, POOL_CUDA = 2 } pool_mem_t;
+static pool_mem_t pool_mem;
+static uint8_t *scratch;      /* one block, for GPU pools */
+
+static void *pool_map(size_t len, char *why, size_t why_len)
+{
+	void *p = NULL;
+	switch (pool_mem) {
+	case POOL_HOST:
+		p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (p == MAP_FAILED) {
+			g_snprintf(why, why_len, "%s", g_strerror(errno));
+			p = NULL;
+		}
+		break;
+	case POOL_EMULATED:
+		if (!(p = kvb_hw_emu_gpu_alloc(len)))
+			g_snprintf(why, why_len, "emulated GPU memory: %s", g_strerror(errno));
+		break;
+	case POOL_CUDA:
+#ifdef KVB_HAVE_CUDA
+	{
+		cudaError_t e = cudaSetDevice(o.gpu);
+		if (e == cudaSuccess)
+			e = cudaMalloc(&p, len);
+		if (e != cudaSuccess) {
+			g_snprintf(why, why_len, "cudaMalloc on GPU %d: %s", o.gpu, cudaGetErrorString(e));
+			p = NULL;
+		}
+	}
+#endif
+		break;
+	}
+	return p;
+}
+
+static void pool_unmap(void *p, size_t len)
+{
+	if (!p)
+		return;
+	if (pool_mem == POOL_HOST)
+		munmap(p, len);
+	else if (pool_mem == POOL_EMULATED)
+		kvb_hw_emu_gpu_free(p);
+#ifdef KVB_HAVE_CUDA
+	else
+		cudaFree(p);
+#endif
+}
+
+/* Copy between the pool and host memory (either direction). */
+static void pool_copy(void *dst, const void *src, size_t len, bool to_pool)
+{
+	if (pool_mem == POOL_HOST) {
+		memcpy(dst, src, len);
+		return;
+	}
+	if (pool_mem == POOL_EMULATED) {
+		kvb_hw_emu_gpu_copy(dst, src, len);
+		return;
+	}
+#ifdef KVB_HAVE_CUDA
+	cudaMemcpy(dst, src, len, to_pool ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToHost);
+#else
+	(void)to_pool;
+#endif
+}
+
+static void block_fill(uint32_t reg, uint32_t id, uint64_t seed)
+{
+	uint64_t len = S.regions[reg].block_bytes;
+	if (pool_mem == POOL_HOST) {
+		kvb_pattern_fill(block_ptr(reg, id), len, seed);
+		return;
+	}
+	kvb_pattern_fill(scratch, len, seed);
+	pool_copy(block_ptr(reg, id), scratch, len, true);
+}
+
+static void block_poison(uint32_t reg, uint32_t id)
+{
+	uint64_t len = S.regions[reg].block_bytes;
+	if (pool_mem == POOL_HOST) {
+		memset(block_ptr(reg, id), 0xA5, len);
+		return;
+	}
+	memset(scratch, 0xA5, len);
+	pool_copy(block_ptr(reg, id), scratch, len, true);
+}
+
+static uint64_t block_mismatches(uint32_t reg, uint32_t id, uint64_t seed)
+{
+	uint64_t len = S.regions[reg].block_bytes;
+	if (pool_mem == POOL_HOST)
+		return kvb_pattern_mismatches(block_ptr(reg, id), len, seed);
+	pool_copy(scratch, block_ptr(reg, id), len, false);
+	return kvb_pattern_mismatches(scratch, len, seed);
+}
+
 /* ---- progress ------------------------------------------------------------- */
 
 /* The backend's warnings (a refused vLLM request, a peer gone) always reach
@@ -190,8 +296,7 @@ static void consumer_answer(cons_req_t *r, const kvb_finished_t *f)
 	for (uint32_t reg = 0; reg < S.n_regions; reg++)
 		for (uint32_t k = 0; k < r->n; k++) {
 			uint64_t len = S.regions[reg].block_bytes;
-			bad += kvb_pattern_mismatches(block_ptr(reg, r->blocks[k]), len,
-						      kvb_pattern_block_seed(seed, reg, k));
+			bad += block_mismatches(reg, r->blocks[k], kvb_pattern_block_seed(seed, reg, k));
 			bytes += len;
 		}
 	S.verified_bytes += bytes - bad;
@@ -379,8 +484,7 @@ static void handle_produce(uint64_t cid, const char *rid, uint64_t tokens)
 	uint64_t seed = kvb_pattern_request_seed(rid);
 	for (uint32_t reg = 0; reg < S.n_regions; reg++)
 		for (uint32_t k = 0; k < n; k++)
-			kvb_pattern_fill(block_ptr(reg, blocks[k]), S.regions[reg].block_bytes,
-					 kvb_pattern_block_seed(seed, reg, k));
+			block_fill(reg, blocks[k], kvb_pattern_block_seed(seed, reg, k));
 	kvb_block_list_t group = {blocks, n};
 	if (kvb_producer_begin(S.conn, rid, &err) != KVB_OK ||
 	    kvb_producer_ready(S.conn, rid, &group, 1, &err) != KVB_OK) {
@@ -447,7 +551,7 @@ static void handle_consume(uint64_t cid, const char *rid, uint64_t tokens, JsonO
 	/* stale bytes must not pass the check: poison the blocks first */
 	for (uint32_t reg = 0; reg < S.n_regions; reg++)
 		for (uint32_t k = 0; k < n; k++)
-			memset(block_ptr(reg, blocks[k]), 0xA5, S.regions[reg].block_bytes);
+			block_poison(reg, blocks[k]);
 	char addr[KVB_ADDR_MAX];
 	if (use_kvb)
 		g_snprintf(addr, sizeof(addr), "kvb://%s", seg);
@@ -499,7 +603,9 @@ static void respond_stats(uint64_t cid)
 		",\"streams_opened\":%" PRIu64 ",\"tcp_requests_served\":%" PRIu64
 		",\"tcp_requests_rejected\":%" PRIu64 ",\"tcp_bytes_in\":%" PRIu64 ",\"tcp_bytes_out\":%" PRIu64
 		",\"tcp_bytes_posted\":%" PRIu64 ",\"vllm_messages\":%" PRIu64 ",\"vllm_errors\":%" PRIu64
-		",\"fenced_writes\":%" PRIu64 ",\"rdma_bytes_posted\":%" PRIu64 ",\"rdma_endpoints\":%" PRIu64 ",\"nic_bytes\":[%s]}}\n",
+		",\"fenced_writes\":%" PRIu64 ",\"rdma_bytes_posted\":%" PRIu64 ",\"rdma_endpoints\":%" PRIu64
+		",\"gpu_copies\":%" PRIu64 ",\"gpu_staged_bytes\":%" PRIu64 ",\"gpu_syncs_requested\":%" PRIu64
+		",\"gpu_syncs_served\":%" PRIu64 ",\"nic_bytes\":[%s]},\"memory\":\"%s\"}\n",
 		kvb_role_name(S.cfg.role), kvb_hw_segment_name(S.be), kvb_hw_data_port(S.be),
 		kvb_hw_side_channel_port(S.be), o.blocks, S.free_blocks->len, g_hash_table_size(S.prod),
 		g_hash_table_size(S.cons), S.served_ok, S.served_failed, S.verified_bytes, S.mismatched_bytes,
@@ -508,7 +614,8 @@ static void respond_stats(uint64_t cid)
 		c.malformed_messages, c.blocks_held, c.live_requests, h.handshakes_served,
 		h.handshake_errors, h.streams_opened, h.tcp_requests_served, h.tcp_requests_rejected,
 		h.tcp_bytes_in, h.tcp_bytes_out, h.tcp_bytes_posted, h.vllm_messages, h.vllm_errors,
-		h.fenced_writes, h.rdma_bytes_posted, h.rdma_endpoints, nic_bytes->str);
+		h.fenced_writes, h.rdma_bytes_posted, h.rdma_endpoints, h.gpu_copies, h.gpu_staged_bytes,
+		h.gpu_syncs_requested, h.gpu_syncs_served, nic_bytes->str, o.memory);
 	g_string_free(nic_bytes, TRUE);
 	kvb_httpd_respond(S.httpd, cid, 200, "application/json", s->str, s->len);
 	g_string_free(s, TRUE);
@@ -625,6 +732,10 @@ static GOptionEntry entries[] = {
 	{"nics", 0, 0, G_OPTION_ARG_INT, &o.nics, "data connections per peer (default 1)", "N"},
 	{"rdma-devices", 0, 0, G_OPTION_ARG_STRING, &o.rdma_devices,
 	 "RDMA devices (mlx5_0,mlx5_1 / rxe0,rxe1 / auto; also KVB_RDMA_DEVICES); default TCP", "LIST"},
+	{"memory", 0, 0, G_OPTION_ARG_STRING, &o.memory,
+	 "where the KV pool lives: host (default), cuda (GPU --gpu; built --with-cuda) or emulated "
+	 "(GPU memory emulated in host pages, for tests without a GPU)", "KIND"},
+	{"gpu", 0, 0, G_OPTION_ARG_INT, &o.gpu, "GPU ordinal for --memory cuda (default 0)", "N"},
 	{"tp-size", 0, 0, G_OPTION_ARG_INT, &o.tp_size, "tensor-parallel size (default the config's, 1)", "N"},
 	{"tp-rank", 0, 0, G_OPTION_ARG_INT, &o.tp_rank, "this worker's tensor-parallel rank (default 0)", "R"},
 	{"dp-rank", 0, 0, G_OPTION_ARG_INT, &o.dp_rank, "this worker's data-parallel rank (default 0)", "R"},
@@ -697,14 +808,46 @@ static int setup(void)
 		fprintf(stderr, "kvbridge-serve: layout: %s\n", err.msg);
 		return 2;
 	}
-	S.mem = mmap(NULL, S.mem_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (S.mem == MAP_FAILED) {
-		fprintf(stderr, "kvbridge-serve: cannot map %.1f MiB for the KV pool: %s\n",
-			(double)S.mem_len / 1048576.0, g_strerror(errno));
+	if (!o.memory)
+		o.memory = g_strdup("host");
+	if (!strcmp(o.memory, "host")) {
+		pool_mem = POOL_HOST;
+	} else if (!strcmp(o.memory, "emulated")) {
+		pool_mem = POOL_EMULATED;
+	} else if (!strcmp(o.memory, "cuda")) {
+#ifndef KVB_HAVE_CUDA
+		fprintf(stderr, "kvbridge-serve: --memory cuda: this build has no CUDA (configure --with-cuda)\n");
+		return 2;
+#endif
+		pool_mem = POOL_CUDA;
+	} else {
+		fprintf(stderr, "kvbridge-serve: --memory %s: expected host, cuda or emulated\n", o.memory);
+		return 2;
+	}
+	char why[256] = "";
+	S.mem = pool_map(S.mem_len, why, sizeof(why));
+	if (!S.mem) {
+		fprintf(stderr, "kvbridge-serve: cannot allocate %.1f MiB of %s memory for the KV pool: %s\n",
+			(double)S.mem_len / 1048576.0, o.memory, why);
 		return 1;
 	}
-	for (uint32_t i = 0; i < S.n_regions; i++)
+	uint64_t max_block = 0;
+	for (uint32_t i = 0; i < S.n_regions; i++) {
 		S.regions[i].base += (uint64_t)(uintptr_t)S.mem;
+		if (pool_mem != POOL_HOST) {
+			S.regions[i].mem_kind = KVB_MEM_CUDA;
+			S.regions[i].device = pool_mem == POOL_CUDA ? o.gpu : 0;
+		}
+		max_block = MAX(max_block, S.regions[i].block_bytes);
+	}
+	if (pool_mem != POOL_HOST) {
+		scratch = g_malloc(max_block);
+		/* the pool starts with known bytes, as the host pool's zero pages do */
+		memset(scratch, 0, max_block);
+		for (uint32_t i = 0; i < S.n_regions; i++)
+			for (uint32_t b = 0; b < S.regions[i].num_blocks; b++)
+				pool_copy(block_ptr(i, b), scratch, S.regions[i].block_bytes, true);
+	}
 	S.free_blocks = g_array_new(FALSE, FALSE, sizeof(uint32_t));
 	for (int i = o.blocks - 1; i >= 0; i--) {
 		uint32_t b = (uint32_t)i;
@@ -798,8 +941,8 @@ static void teardown(void)
 		g_main_loop_unref(S.loop);
 	if (S.ctx)
 		g_main_context_unref(S.ctx);
-	if (S.mem && S.mem != MAP_FAILED)
-		munmap(S.mem, S.mem_len);
+	pool_unmap(S.mem, S.mem_len);
+	g_free(scratch);
 	if (S.free_blocks)
 		g_array_free(S.free_blocks, TRUE);
 	g_free(S.regions);
