@@ -23,7 +23,7 @@ P_IP=$(ip_of "$(netdev_of $p0)")
 D_IP=$(ip_of "$(netdev_of $d0)")
 echo "# producer $P_DEVS at $P_IP, consumer $D_DEVS at $D_IP"
 ulimit -l unlimited 2>/dev/null
-echo "1..10"
+echo "1..13"
 export VLLM_MOONCAKE_BOOTSTRAP_PORT=8998
 
 start prod "$serve" --role producer --host "$P_IP" --http-port 8100 --blocks 512 --lease 8 \
@@ -96,4 +96,27 @@ st=$(post "http://127.0.0.1:8100/v1/completions" '{"prompt":"m t u","kv_transfer
 params=$(sed -n 's/.*"kv_transfer_params":\({[^}]*}\).*/\1/p' "$tmp/resp")
 st=$(post "http://127.0.0.1:8400/v1/completions" "{\"prompt\":\"m t u\",\"kv_transfer_params\":$params}" mtu-1)
 check "a consumer at MTU 512 against a producer at 1024: refused with the reason (HTTP $st)" "[ '$st' = 502 ] && grep -q 'MTU mismatch' '$tmp/prod.log' '$tmp/mtu.log'"
+
+# 6. KV caches in GPU memory (emulated: device pages no NIC can reach, as
+# SoftRoCE cannot reach real GPU memory) on both sides: the producer stages
+# device -> pinned chunk -> rxe, the consumer exposes a pinned mirror and
+# copies it to the device when the producer's SYNC says the bytes are there
+VLLM_MOONCAKE_BOOTSTRAP_PORT=8997 start gprod "$serve" --role producer --host "$P_IP" --http-port 8500 --blocks 256 --memory emulated \
+	--rdma-devices "$P_DEVS" -v || exit 1
+start gcons "$serve" --role consumer --host "$D_IP" --http-port 8600 --blocks 256 --memory emulated \
+	--rdma-devices "$D_DEVS" -v || exit 1
+good=0
+for len in 20 700 2500; do
+	st=$(post "http://127.0.0.1:8500/v1/completions" "{\"prompt\":\"$(words $len)\",\"kv_transfer_params\":{\"do_remote_decode\":true}}" gpu-$len)
+	params=$(sed -n 's/.*"kv_transfer_params":\({[^}]*}\).*/\1/p' "$tmp/resp")
+	st=$(post "http://127.0.0.1:8600/v1/completions" "{\"prompt\":\"$(words $len)\",\"kv_transfer_params\":$params}" gpu-$len)
+	[ "$st" = 200 ] && grep -q '"mismatched_bytes":0' "$tmp/resp" && good=$((good+1))
+done
+get http://127.0.0.1:8500/stats > "$tmp/gp"
+get http://127.0.0.1:8600/stats > "$tmp/gc"
+check "GPU memory on both sides over RDMA: 3 requests, every byte verified on the consumer's device ($good/3)" "[ $good -eq 3 ]"
+check "producer: device -> pinned chunks -> rxe ($(json_num "$tmp/gp" gpu_copies) copies, $(json_num "$tmp/gp" rdma_bytes_posted) bytes over RDMA, $(json_num "$tmp/gp" gpu_syncs_requested) syncs asked)" \
+	"[ \$(json_num '$tmp/gp' gpu_copies) -gt 0 ] && [ \$(json_num '$tmp/gp' rdma_bytes_posted) -gt 1000000 ] && [ \$(json_num '$tmp/gp' gpu_syncs_requested) -gt 0 ] && grep -q '\"blocks_held\":0' '$tmp/gp'"
+check "consumer: mirror -> device on every SYNC ($(json_num "$tmp/gc" gpu_syncs_served) served, $(json_num "$tmp/gc" gpu_staged_bytes) bytes copied)" \
+	"[ \$(json_num '$tmp/gc' gpu_syncs_served) -eq \$(json_num '$tmp/gp' gpu_syncs_requested) ] && [ \$(json_num '$tmp/gc' gpu_staged_bytes) -ge \$(json_num '$tmp/gp' rdma_bytes_posted) ]"
 exit $fail
