@@ -393,11 +393,13 @@ START_TEST(test_lease_expiry_refuses_late_pull)
 }
 END_TEST
 
-START_TEST(test_consumer_dies_producer_frees_at_lease)
+static void consumer_dies_case(bool gpu)
 {
 	side_t P, D;
-	side_open(&P, KVB_ROLE_PRODUCER, 1.0, 1, 0);
-	side_open(&D, KVB_ROLE_CONSUMER, 30, 1, 0);
+	/* GPU: both sides staged, a 2-chunk pool, so pieces wait for chunks and
+	 * copies are in flight when the consumer vanishes */
+	side_open_mem(&P, KVB_ROLE_PRODUCER, 1.0, 1, 0, gpu, gpu ? 32768 : 0, 65536);
+	side_open_mem(&D, KVB_ROLE_CONSUMER, 30, 1, 0, gpu, gpu ? 32768 : 0, 65536);
 	side_t *both[2] = {&P, &D};
 	uint32_t b[BLOCKS / 2];
 	for (uint32_t i = 0; i < BLOCKS / 2; i++)
@@ -418,7 +420,7 @@ START_TEST(test_consumer_dies_producer_frees_at_lease)
 		      "producer state %d", f->state);
 	/* and it still serves the next consumer */
 	side_t D2;
-	side_open(&D2, KVB_ROLE_CONSUMER, 30, 1, 0);
+	side_open_mem(&D2, KVB_ROLE_CONSUMER, 30, 1, 0, gpu, gpu ? 32768 : 0, 65536);
 	side_t *two[2] = {&P, &D2};
 	produce(&P, "next", b, 8);
 	pull(&D2, kvb_hw_segment_name(P.be), "next", b, 8);
@@ -429,6 +431,17 @@ START_TEST(test_consumer_dies_producer_frees_at_lease)
 	side_close(&D2);
 	side_close(&D);
 	side_close(&P);
+}
+
+START_TEST(test_consumer_dies_producer_frees_at_lease)
+{
+	consumer_dies_case(false);
+}
+END_TEST
+
+START_TEST(test_gpu_consumer_dies_mid_staging)
+{
+	consumer_dies_case(true);
 }
 END_TEST
 
@@ -635,6 +648,7 @@ Suite *kvb_suite_hw_backend(void)
 	tcase_add_test(tc, test_gpu_staging_producer_only);
 	tcase_add_test(tc, test_gpu_staging_consumer_only);
 	tcase_add_test(tc, test_gpu_registration_refusals);
+	tcase_add_test(tc, test_gpu_consumer_dies_mid_staging);
 	suite_add_tcase(s, tc);
 	return s;
 }
