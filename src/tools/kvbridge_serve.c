@@ -621,12 +621,31 @@ static void respond_stats(uint64_t cid)
 	g_string_free(s, TRUE);
 }
 
+/* "rxe0 staging, rxe1 dma-buf": the path each NIC takes to the pool. */
+static char *gpu_paths_text(void)
+{
+	kvb_hw_gpu_path_t paths[KVB_HW_MAX_NICS];
+	uint32_t n = 0;
+	GString *s = g_string_new(NULL);
+	if (kvb_hw_mr_paths(S.be, S.mem, paths, KVB_HW_MAX_NICS, &n) == KVB_OK)
+		for (uint32_t i = 0; i < n && i < KVB_HW_MAX_NICS; i++) {
+			kvb_nic_info_t info;
+			S.be->ops->nic_query(S.be, i, &info);
+			g_string_append_printf(s, "%s%s %s", i ? ", " : "", info.name,
+					       kvb_hw_gpu_path_name(paths[i]));
+		}
+	return g_string_free(s, FALSE);
+}
+
 static void respond_layout(uint64_t cid)
 {
 	GString *s = g_string_new(NULL);
+	char *paths = gpu_paths_text();
 	g_string_append_printf(s, "{\"model\":\"%s\",\"block_tokens\":%d,\"num_blocks\":%d,\"tp_size\":%u,"
-				  "\"tp_rank\":%u,\"regions\":[",
-			       S.model->name, o.block_tokens, o.blocks, S.cfg.tp_size, S.cfg.tp_rank);
+				  "\"tp_rank\":%u,\"memory\":\"%s\",\"nic_paths\":\"%s\",\"regions\":[",
+			       S.model->name, o.block_tokens, o.blocks, S.cfg.tp_size, S.cfg.tp_rank, o.memory,
+			       paths);
+	g_free(paths);
 	for (uint32_t i = 0; i < S.n_regions; i++)
 		g_string_append_printf(s, "%s{\"base\":%" PRIu64 ",\"block_stride\":%" PRIu64
 					  ",\"block_bytes\":%" PRIu64 ",\"num_blocks\":%u,\"layer\":%d}",
@@ -899,6 +918,13 @@ static int setup(void)
 	}
 	kvb_connector_set_record_fn(S.conn, on_record, NULL);
 	kvb_hw_set_notify(S.be, on_backend_event, NULL);
+	if (pool_mem != POOL_HOST) {
+		/* how each NIC reaches the GPU pool: said once, at start */
+		char *paths = gpu_paths_text();
+		fprintf(stderr, "kvbridge-serve: KV pool in %s GPU memory (%.1f MiB): %s\n",
+			pool_mem == POOL_CUDA ? "CUDA" : "emulated", (double)S.mem_len / 1048576.0, paths);
+		g_free(paths);
+	}
 	S.httpd = kvb_httpd_new(S.ctx, o.bind ? o.bind : "0.0.0.0", (uint16_t)o.http_port, on_http, NULL, &gerr);
 	if (!S.httpd) {
 		fprintf(stderr, "kvbridge-serve: %s\n", gerr->message);
