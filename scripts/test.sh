@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The README's second command, and what CI runs (.ci/run): install what the
-# tests need, then build and test kvbridge four ways:
-#   1. -Werror build, make check (TAP)
-#   2. ASan + UBSan build of the suite (separate build tree)
-#   3. the suite under valgrind
-#   4. libFuzzer on every wire parser (bounded time)
-#   5. make distcheck
+# tests need, then build and test kvbridge:
+#   1. -Werror build, make check (TAP); the installed pkg-config files
+#   2. the RDMA suite on SoftRoCE in a VM (make check-softroce)
+#   3. a --with-cuda build against NVIDIA's runtime wheel, GPU tests (emulated)
+#   4. ASan + UBSan build of the suite (separate build tree)
+#   5. the suite under valgrind
+#   6. libFuzzer on every wire parser (bounded time)
+#   7. make distcheck
 # Build trees live under build/ so the source tree stays clean.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -57,6 +59,25 @@ stage "SoftRoCE: the RDMA suite in a VM with four rxe devices (two rails)"
 (cd build/main && make check-softroce) | tee build/main/softroce.tap
 ! grep -q '^not ok\|^Bail out\|# SKIP' build/main/softroce.tap
 echo "softroce: $(grep -c '^ok' build/main/softroce.tap) checks passed"
+
+stage "CUDA: --with-cuda against NVIDIA's CUDA runtime (PyPI), GPU tests without a GPU"
+# The toolkit is not in Debian main; the runtime wheel has cuda.h,
+# cuda_runtime_api.h and libcudart.so.12, all a --with-cuda build needs.
+cuda=${KVB_CUDA_HOME:-}
+if [ -z "$cuda" ]; then
+	[ -x build/cuda-venv/bin/pip ] || python3 -m venv build/cuda-venv
+	build/cuda-venv/bin/pip install -q --disable-pip-version-check "nvidia-cuda-runtime-cu12==12.9.79"
+	cuda=$(echo "$top"/build/cuda-venv/lib/python3*/site-packages/nvidia/cuda_runtime)
+fi
+mkdir -p build/cuda
+(cd build/cuda && "$top"/configure --enable-werror --with-cuda="$cuda" >configure.log \
+	&& grep -q '^#define KVB_HAVE_CUDA 1' config.h && make -j"$jobs" \
+	&& make -j"$jobs" check TESTS="tests/check_hw_backend tests/test_gpu_emulated.sh") \
+	|| { cat build/cuda/test-suite.log 2>/dev/null | tail -n 60; exit 1; }
+ldd build/cuda/src/backends/hw/.libs/libkvbridge-hw.so | grep -q libcudart
+# the real-GPU device check must say why it cannot run here, and skip
+rc=0; (cd build/cuda && bash "$top"/tests/gpu/device-check.sh) || rc=$?
+[ $rc -eq 77 ] || { echo "tests/gpu/device-check.sh without a GPU: exit $rc, want 77 (skip)" >&2; exit 1; }
 
 
 stage "configure refuses a requested backend whose dependencies are missing"

@@ -1,20 +1,25 @@
 /*
  * The hw backend: real bytes between real processes.
  *
- * Part 1 (this release) is the control plane and the TCP data path, wire-
- * compatible with the Mooncake Transfer Engine (classic TE, P2PHANDSHAKE)
- * and with vLLM's MooncakeConnector side channel (Gen 0), so that a kvbridge
- * endpoint can sit on either side of a real vLLM or Mooncake peer:
+ * The control plane and a TCP data path wire-compatible with the Mooncake
+ * Transfer Engine (classic TE, P2PHANDSHAKE) and with vLLM's
+ * MooncakeConnector side channel (Gen 0), so that a kvbridge endpoint can
+ * sit on either side of a real vLLM or Mooncake peer, and an RDMA verbs data
+ * path over many NICs with Mooncake-compatible queue pairs:
  *
- *  - A handshake listener (the Mooncake "RPC port") answers Metadata (type 1,
- *    this endpoint's segment descriptor), Notify (2) and Probe (3), and
- *    refuses Connection (0: RDMA queue pairs arrive with part 2).  kvbridge
- *    peers open a persistent control stream on the same port (type 0x10).
+ *  - A handshake listener (the Mooncake "RPC port") answers Connection
+ *    (type 0: RDMA queue pairs), Metadata (1, this endpoint's segment
+ *    descriptor), Notify (2) and Probe (3).  kvbridge peers open a
+ *    persistent control stream on the same port (type 0x10).
  *  - A Mooncake TCP transport server (the descriptor's tcp_data_port)
  *    serves READ and WRITE into registered memory, v1 and v2 (acknowledged);
  *    every range is checked against the registrations before a byte moves.
  *    Slices this endpoint posts travel the same protocol to the peer's data
- *    port, one persistent connection per local NIC.
+ *    port, over tcp_lanes persistent connections per local NIC.
+ *  - With rdma_devices, slices are one-sided RDMA WRITE/READ on RC queue
+ *    pairs, striped over the devices by the core's policies.
+ *  - GPU memory (KVB_MEM_CUDA): GPUDirect where a NIC reaches it, pinned
+ *    staging where it does not (see kvb_hw_mr_paths below).
  *  - With a side-channel port, a ZMQ ROUTER serves vLLM Gen 0 decoders:
  *    MooncakeAgentMetadata in, one-sided writes into the decoder's Mooncake
  *    segment, "trans_done" or "trans_error" out.  Each message becomes a
@@ -38,7 +43,8 @@
  *   MC_HANDSHAKE_CONNECT_TIMEOUT (s), MC_TCP_PROTO (1 = legacy),
  *   MC_TCP_STATUS_TIMEOUT_SEC, MC_TCP_BIND_ADDRESS, MC_TCP_LANES_PER_PEER; RDMA: MC_GID_INDEX,
  *   MC_IB_PORT, MC_MTU, MC_NUM_QP_PER_EP, MC_MAX_WR, MC_TE_FILTERS (device
- *   whitelist), MC_FORCE_TCP=1 (no RDMA), KVB_RDMA_DEVICES (the device list).
+ *   whitelist), MC_FORCE_TCP=1 (no RDMA), KVB_RDMA_DEVICES (the device list);
+ *   GPU staging: KVB_STAGING_BYTES, KVB_STAGING_CHUNK.
  */
 #ifndef KVBRIDGE_HW_H
 #define KVBRIDGE_HW_H
