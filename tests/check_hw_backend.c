@@ -250,11 +250,11 @@ static void transfer_case(uint32_t nics, const char *scheme, uint16_t side_port)
  * producer's posts go device -> bounce chunk -> socket, the consumer's data
  * server socket -> stage -> device.  A small pool (2 chunks of 32 KiB) makes
  * ops wait for chunks and split into pieces. */
-static void gpu_case(bool prod_gpu, bool cons_gpu, uint32_t nics)
+static void gpu_case_pool(bool prod_gpu, bool cons_gpu, uint32_t nics, uint64_t chunk, uint64_t pool)
 {
 	side_t P, D;
-	side_open_mem(&P, KVB_ROLE_PRODUCER, 30, nics, 0, prod_gpu, 32768, 65536);
-	side_open_mem(&D, KVB_ROLE_CONSUMER, 30, nics, 0, cons_gpu, 32768, 65536);
+	side_open_mem(&P, KVB_ROLE_PRODUCER, 30, nics, 0, prod_gpu, chunk, pool);
+	side_open_mem(&D, KVB_ROLE_CONSUMER, 30, nics, 0, cons_gpu, chunk, pool);
 	side_t *both[2] = {&P, &D};
 	kvb_hw_gpu_path_t paths[KVB_HW_MAX_NICS];
 	uint32_t np = 0;
@@ -288,17 +288,30 @@ static void gpu_case(bool prod_gpu, bool cons_gpu, uint32_t nics)
 	ck_assert_uint_eq(ps.tcp_bytes_posted, bytes);
 	ck_assert_uint_eq(ps.gpu_staged_bytes, prod_gpu ? bytes : 0);
 	ck_assert_uint_eq(ds.gpu_staged_bytes, cons_gpu ? bytes : 0);
-	if (prod_gpu) /* 32 KiB chunks: every op of up to 40 blocks went in pieces */
-		ck_assert_uint_ge(ps.gpu_copies, bytes / 32768);
+	if (prod_gpu) /* every op of up to 40 blocks went in pieces of at most a chunk */
+		ck_assert_uint_ge(ps.gpu_copies, bytes / chunk);
 	for (uint32_t i = 0; i < nics; i++)
 		ck_assert_msg(ps.nic_bytes[i] > 0, "NIC %u carried nothing", i);
 	side_close(&D);
 	side_close(&P);
 }
 
+static void gpu_case(bool prod_gpu, bool cons_gpu, uint32_t nics)
+{
+	gpu_case_pool(prod_gpu, cons_gpu, nics, 32768, 65536);
+}
+
 START_TEST(test_gpu_staging_both_sides)
 {
 	gpu_case(true, true, 2);
+}
+END_TEST
+
+/* Pieces of a 128 KiB chunk take two 64 KiB units of a 4-unit pool, single
+ * blocks one: long and short pieces share the pool. */
+START_TEST(test_gpu_staging_pool_units)
+{
+	gpu_case_pool(true, true, 1, 131072, 262144);
 }
 END_TEST
 
@@ -645,6 +658,7 @@ Suite *kvb_suite_hw_backend(void)
 	tcase_add_test(tc, test_tcp_transport_refuses_out_of_range);
 	tcase_add_test(tc, test_vllm_bad_messages_get_trans_error);
 	tcase_add_test(tc, test_gpu_staging_both_sides);
+	tcase_add_test(tc, test_gpu_staging_pool_units);
 	tcase_add_test(tc, test_gpu_staging_producer_only);
 	tcase_add_test(tc, test_gpu_staging_consumer_only);
 	tcase_add_test(tc, test_gpu_registration_refusals);

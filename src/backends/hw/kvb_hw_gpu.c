@@ -16,11 +16,14 @@
  *
  * Staging on the side that posts: an op whose local range is device memory
  * on a staging NIC is cut into pieces of at most one bounce chunk (pinned
- * host memory, registered on every RDMA device for local access only).  A
+ * host memory, registered on every RDMA device for local access only).  The
+ * pool is carved in 64 KiB units, so a small piece (one 16 KiB block) takes
+ * one unit and many of them fly at once, while a long op moves a chunk per
+ * piece.  A
  * WRITE copies device -> chunk, then the transport posts from the chunk; a
  * READ lands in the chunk, then copies chunk -> device.  The op completes
- * when all its pieces have, with the first failure's status.  Chunks are a
- * fixed pool (params.staging_bytes); ops wait for one in order.
+ * when all its pieces have, with the first failure's status.  The pool is
+ * fixed (params.staging_bytes); ops wait for room in order.
  *
  * Staging on the side that serves: the TCP data server receives a write
  * into a chunk and copies it to the device before it acknowledges, and
@@ -189,7 +192,7 @@ typedef struct stage_op stage_op_t;
 typedef struct stage_piece {
 	stage_op_t *so;
 	uint64_t off, len;
-	uint32_t chunk;
+	uint32_t unit, n_units;  /* where in the pool */
 	uint32_t nic;
 	bool posted;           /* handed to the transport: its completion is ours */
 } stage_piece_t;
@@ -214,12 +217,14 @@ struct hw_gpu {
 
 	/* the bounce pool */
 	uint8_t *pool;
-	size_t pool_len, chunk_len;
-	uint32_t n_chunks;
+	size_t pool_len, chunk_len, unit_len;
+	uint32_t n_units;
+	uint32_t units_free;
+	uint32_t cursor;       /* where the next first-fit search starts */
 	bool pool_pinned;      /* cudaHostAlloc'd */
 	hw_mr_t pool_mr;
 	bool pool_registered;
-	GArray *free_chunks;   /* uint32_t */
+	uint8_t *unit_used;    /* n_units flags */
 	GQueue waiting;        /* stage_op_t* with bytes not yet cut into pieces */
 	GQueue parked;         /* stage_piece_t* whose post found a full queue */
 	hw_deadline_t *retry;
@@ -596,9 +601,8 @@ static void pool_free(hw_gpu_t *g)
 	if (g->pool)
 		hw_gpu_host_free(g->hw, g->pool);
 	g->pool = NULL;
-	if (g->free_chunks)
-		g_array_free(g->free_chunks, TRUE);
-	g->free_chunks = NULL;
+	g_free(g->unit_used);
+	g->unit_used = NULL;
 }
 
 static int pool_ensure(hw_gpu_t *g, kvb_err_t *err)
@@ -607,8 +611,11 @@ static int pool_ensure(hw_gpu_t *g, kvb_err_t *err)
 		return KVB_OK;
 	const kvb_hw_params_t *prm = hw_params(g->hw);
 	g->chunk_len = prm->staging_chunk ? prm->staging_chunk : (4u << 20);
-	g->n_chunks = (uint32_t)MAX((uint64_t)1, prm->staging_bytes / g->chunk_len);
-	g->pool_len = (size_t)g->n_chunks * g->chunk_len;
+	g->unit_len = MIN(g->chunk_len, (size_t)64 << 10);
+	g->chunk_len = g->chunk_len / g->unit_len * g->unit_len;
+	uint64_t chunks = MAX((uint64_t)1, prm->staging_bytes / g->chunk_len);
+	g->pool_len = (size_t)chunks * g->chunk_len;
+	g->n_units = (uint32_t)(g->pool_len / g->unit_len);
 	g->pool = hw_gpu_host_alloc(g->hw, g->pool_len);
 	if (!g->pool)
 		return kvb_err_set(err, KVB_ERR_NO_RESOURCE, "staging pool of %zu bytes: out of pinned memory",
@@ -623,10 +630,10 @@ static int pool_ensure(hw_gpu_t *g, kvb_err_t *err)
 		return err->code;
 	}
 	g->pool_registered = true;
-	g->free_chunks = g_array_new(FALSE, FALSE, sizeof(uint32_t));
-	for (uint32_t i = g->n_chunks; i-- > 0;)
-		g_array_append_val(g->free_chunks, i);
-	hw_log(g->hw, "staging pool: %u chunks of %zu bytes", g->n_chunks, g->chunk_len);
+	g->unit_used = g_new0(uint8_t, g->n_units);
+	g->units_free = g->n_units;
+	hw_log(g->hw, "staging pool: %zu bytes, pieces of up to %zu bytes in %zu-byte units",
+	       g->pool_len, g->chunk_len, g->unit_len);
 	return KVB_OK;
 }
 
@@ -644,7 +651,8 @@ static void stage_pump(hw_gpu_t *g);
 static void stage_op_finish_piece(hw_gpu_t *g, stage_piece_t *pc, int status, uint32_t nic)
 {
 	stage_op_t *so = pc->so;
-	g_array_append_val(g->free_chunks, pc->chunk);
+	memset(g->unit_used + pc->unit, 0, pc->n_units);
+	g->units_free += pc->n_units;
 	g_hash_table_remove(g->pieces, pc);
 	g_free(pc);
 	if (status != KVB_OK && so->status == KVB_OK) {
@@ -665,16 +673,44 @@ static void stage_op_finish_piece(hw_gpu_t *g, stage_piece_t *pc, int status, ui
 	stage_pump(g);
 }
 
-static uint8_t *chunk_ptr(hw_gpu_t *g, uint32_t chunk)
+static uint8_t *unit_ptr(hw_gpu_t *g, uint32_t unit)
 {
-	return g->pool + (size_t)chunk * g->chunk_len;
+	return g->pool + (size_t)unit * g->unit_len;
+}
+
+/* First fit of n contiguous free units from the cursor on; false when
+ * there is no such run now. */
+static bool units_take(hw_gpu_t *g, uint32_t n, uint32_t *start)
+{
+	if (n > g->units_free)
+		return false;
+	for (uint32_t tried = 0, i = g->cursor % g->n_units; tried < g->n_units;) {
+		if (i + n > g->n_units) {
+			tried += g->n_units - i;
+			i = 0;
+			continue;
+		}
+		uint32_t run = 0;
+		while (run < n && !g->unit_used[i + run])
+			run++;
+		if (run == n) {
+			memset(g->unit_used + i, 1, n);
+			g->units_free -= n;
+			g->cursor = i + n;
+			*start = i;
+			return true;
+		}
+		tried += run + 1;
+		i += run + 1;
+	}
+	return false;
 }
 
 static void piece_post(hw_gpu_t *g, stage_piece_t *pc)
 {
 	stage_op_t *so = pc->so;
 	kvb_slice_op_t op = so->op;
-	op.local_addr = (uint64_t)(uintptr_t)chunk_ptr(g, pc->chunk);
+	op.local_addr = (uint64_t)(uintptr_t)unit_ptr(g, pc->unit);
 	op.local_mr = &g->pool_mr;
 	op.remote_addr = so->op.remote_addr + pc->off;
 	op.len = pc->len;
@@ -744,7 +780,7 @@ bool hw_gpu_piece_done(hw_t *hw, uint64_t cookie, int status, uint32_t nic)
 	pc->nic = nic;
 	stage_op_t *so = pc->so;
 	if (status == KVB_OK && so->op.opcode == KVB_XFER_READ) {
-		hw_gpu_copy(hw, so->mr, chunk_ptr(g, pc->chunk), so->op.local_addr + pc->off, pc->len, true,
+		hw_gpu_copy(hw, so->mr, unit_ptr(g, pc->unit), so->op.local_addr + pc->off, pc->len, true,
 			    read_copied, pc);
 		return true;
 	}
@@ -754,28 +790,31 @@ bool hw_gpu_piece_done(hw_t *hw, uint64_t cookie, int status, uint32_t nic)
 
 static void stage_pump(hw_gpu_t *g)
 {
-	while (g->waiting.length && g->free_chunks->len) {
+	while (g->waiting.length && g->units_free) {
 		stage_op_t *so = g->waiting.head->data;
-		uint32_t chunk = g_array_index(g->free_chunks, uint32_t, g->free_chunks->len - 1);
-		g_array_set_size(g->free_chunks, g->free_chunks->len - 1);
-		stage_piece_t *pc = g_new0(stage_piece_t, 1);
-		g_hash_table_add(g->pieces, pc);
-		pc->so = so;
-		pc->chunk = chunk;
-		pc->off = so->next;
 		/* whole slices per piece where a slice fits in a chunk */
 		uint64_t sl = so->op.n_slices > 1 ? so->op.slice_len : so->op.len;
 		uint64_t take = g->chunk_len;
 		if (sl <= g->chunk_len)
 			take = g->chunk_len / sl * sl;
-		pc->len = MIN(take, so->op.len - so->next);
+		uint64_t len = MIN(take, so->op.len - so->next);
+		uint32_t n = (uint32_t)((len + g->unit_len - 1) / g->unit_len), unit;
+		if (!units_take(g, n, &unit))
+			break; /* in order: the head waits for room */
+		stage_piece_t *pc = g_new0(stage_piece_t, 1);
+		g_hash_table_add(g->pieces, pc);
+		pc->so = so;
+		pc->unit = unit;
+		pc->n_units = n;
+		pc->off = so->next;
+		pc->len = len;
 		pc->nic = so->op.local_nic;
 		so->next += pc->len;
 		so->live++;
 		if (so->next >= so->op.len)
 			g_queue_pop_head(&g->waiting);
 		if (so->op.opcode == KVB_XFER_WRITE)
-			hw_gpu_copy(g->hw, so->mr, chunk_ptr(g, chunk), so->op.local_addr + pc->off, pc->len,
+			hw_gpu_copy(g->hw, so->mr, unit_ptr(g, unit), so->op.local_addr + pc->off, pc->len,
 				    false, write_copied, pc);
 		else
 			piece_post(g, pc);
