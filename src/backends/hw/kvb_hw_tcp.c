@@ -575,6 +575,17 @@ static void dsess_request_done(dsess_t *s)
 	}
 }
 
+/* A write's last byte is in our memory: count it, acknowledge it (v2), and
+ * wait for the next header. */
+static void dsess_write_applied(dsess_t *s)
+{
+	dsess_request_done(s);
+	if (s->h.v2)
+		dsess_ack_later(s);
+	else
+		s->phase = D_HDR;
+}
+
 static bool dsess_io(void *obj, GIOCondition cond);
 
 static void dsess_copied(void *arg, int status, const char *why)
@@ -590,13 +601,8 @@ static void dsess_copied(void *arg, int status, const char *why)
 	if (s->phase == D_WRITE_DATA) {
 		s->stage_off = s->done;
 		s->stage_fill = 0;
-		if (s->done == s->h.size) {
-			dsess_request_done(s);
-			if (s->h.v2)
-				dsess_ack_later(s);
-			else
-				s->phase = D_HDR;
-		}
+		if (s->done == s->h.size)
+			dsess_write_applied(s);
 	}
 	dsess_io(s, G_IO_IN | G_IO_OUT);
 }
@@ -655,13 +661,8 @@ static bool dsess_io(void *obj, GIOCondition cond)
 			if (r > 0) {
 				s->done += (uint64_t)r;
 				budget -= MIN(budget, (uint64_t)r);
-				if (s->done == s->h.size) {
-					dsess_request_done(s);
-					if (s->h.v2)
-						dsess_ack_later(s);
-					else
-						s->phase = D_HDR;
-				}
+				if (s->done == s->h.size)
+					dsess_write_applied(s);
 			}
 			break;
 		case D_STATUS:
