@@ -15,7 +15,8 @@
  * A target serves until SIGINT or SIGTERM; on stdin it
  * answers "sum OFFSET LENGTH" with the SHA-256 of that range of its buffer,
  * and "fill SEED" by refilling the buffer, so interop tests can check bytes
- * another engine wrote.
+ * another engine wrote.  --memory emulated puts the target's buffer in
+ * emulated GPU memory (the staging paths, without a GPU).
  */
 #include "config.h"
 
@@ -63,6 +64,7 @@ typedef struct opts {
 	gboolean quiet;
 	gchar *rdma_devices;
 	gint lanes;
+	gchar *memory;
 } opts_t;
 
 static opts_t o = {
@@ -165,6 +167,10 @@ static void on_signal(int sig)
 	stop_flag = 1;
 }
 
+/* The target's buffer in emulated GPU memory (--memory emulated): buf is
+ * then a host view, synced before a sum and after a fill. */
+static uint8_t *target_dev;
+
 static void answer_stdin(const char *line, uint8_t *buf, uint64_t len)
 {
 	unsigned long long off, n, seed;
@@ -172,12 +178,16 @@ static void answer_stdin(const char *line, uint8_t *buf, uint64_t len)
 		if (off > len || n > len - off) {
 			printf("error range %llu+%llu outside the %" PRIu64 "-byte buffer\n", off, n, len);
 		} else {
+			if (target_dev)
+				kvb_hw_emu_gpu_copy(buf + off, target_dev + off, n);
 			char *hex = g_compute_checksum_for_data(G_CHECKSUM_SHA256, buf + off, n);
 			printf("sum %llu %llu %s\n", off, n, hex);
 			g_free(hex);
 		}
 	} else if (sscanf(line, "fill %llu", &seed) == 1) {
 		fill(buf, len, seed);
+		if (target_dev)
+			kvb_hw_emu_gpu_copy(target_dev, buf, len);
 		printf("filled %llu\n", seed);
 	} else {
 		printf("error unknown command (sum OFFSET LENGTH | fill SEED)\n");
@@ -190,15 +200,25 @@ static int run_target(uint64_t buf_len)
 	kvb_backend_t *be = open_backend((uint16_t)o.rpc_port, (uint16_t)o.data_port, NULL);
 	uint8_t *buf = alloc_buffer(buf_len);
 	fill(buf, buf_len, (uint64_t)o.fill_seed);
+	kvb_mem_attr_t attr = {KVB_MEM_HOST, -1};
+	uint8_t *reg = buf;
+	if (o.memory && !strcmp(o.memory, "emulated")) {
+		if (!(target_dev = kvb_hw_emu_gpu_alloc(buf_len))) {
+			fprintf(stderr, "kvbridge-bench: no emulated GPU memory of %" PRIu64 " bytes\n", buf_len);
+			return 1;
+		}
+		kvb_hw_emu_gpu_copy(target_dev, buf, buf_len);
+		attr = (kvb_mem_attr_t){KVB_MEM_CUDA, 0};
+		reg = target_dev;
+	}
 	void *mr;
 	kvb_rkey_t rkey;
-	kvb_mem_attr_t attr = {KVB_MEM_HOST, -1};
-	if (be->ops->mr_reg(be, buf, buf_len, &attr, &mr, &rkey) != KVB_OK) {
+	if (be->ops->mr_reg(be, reg, buf_len, &attr, &mr, &rkey) != KVB_OK) {
 		fprintf(stderr, "kvbridge-bench: register: %s\n", be->ops->last_error(be));
 		return 1;
 	}
 	printf("kvbridge-bench: target ready segment=%s data_port=%u buffer=0x%" PRIx64 " size=%" PRIu64 "\n",
-	       kvb_hw_segment_name(be), kvb_hw_data_port(be), (uint64_t)(uintptr_t)buf, buf_len);
+	       kvb_hw_segment_name(be), kvb_hw_data_port(be), (uint64_t)(uintptr_t)reg, buf_len);
 	fflush(stdout);
 	signal(SIGINT, on_signal);
 	signal(SIGTERM, on_signal);
@@ -256,6 +276,8 @@ static int run_target(uint64_t buf_len)
 	be->ops->mr_dereg(be, mr);
 	kvb_backend_close(be);
 	munmap(buf, buf_len);
+	if (target_dev)
+		kvb_hw_emu_gpu_free(target_dev);
 	return 0;
 }
 
@@ -696,6 +718,8 @@ static GOptionEntry entries[] = {
 	{"rdma-devices", 0, 0, G_OPTION_ARG_STRING, &o.rdma_devices,
 	 "RDMA devices to use (rxe0,rxe1 or auto; default TCP; also KVB_RDMA_DEVICES); requests go "
 	 "round-robin over them, device i to the peer's device i", "LIST"},
+	{"memory", 0, 0, G_OPTION_ARG_STRING, &o.memory,
+	 "target: host (default) or emulated (the buffer in emulated GPU memory)", "KIND"},
 	{"duration", 'd', 0, G_OPTION_ARG_DOUBLE, &o.duration, "seconds per block size (default 1)", "S"},
 	{"repeat", 'r', 0, G_OPTION_ARG_INT, &o.repeat,
 	 "measure each size N times (kvbridge and the socket ceiling interleaved) and report the median run "
@@ -742,6 +766,10 @@ int main(int argc, char **argv)
 		kvb_err_t e;
 		kvb_hw_params_apply_env(&dp, NULL, &e);
 		o.lanes = (int)dp.tcp_lanes;
+	}
+	if (o.memory && strcmp(o.memory, "host") && strcmp(o.memory, "emulated")) {
+		fprintf(stderr, "kvbridge-bench: --memory must be host or emulated (got %s)\n", o.memory);
+		return 2;
 	}
 	if (o.mode && !target_mode && strcmp(o.mode, "initiator")) {
 		fprintf(stderr, "kvbridge-bench: --mode must be target or initiator (got %s)\n", o.mode);

@@ -8,6 +8,10 @@ TCP transport, P2PHANDSHAKE) and kvbridge move verified bytes both ways.
   kvbridge -> Mooncake: kvbridge-bench fetches the engine's descriptor and
   reads the engine's buffer (checked against the pattern the test wrote
   there) and writes its own pattern into it (checked here).
+  Mooncake -> kvbridge's GPU memory (emulated): over TCP kvbridge's server
+  stages the bytes to and from the device; over RDMA (a NIC that cannot
+  reach GPU memory) the descriptor gives Mooncake no key, so its write fails
+  and nothing lands.
 
 Prints TAP.  Usage: mooncake_peer.py PATH/TO/kvbridge-bench
 
@@ -48,7 +52,7 @@ def check(cond, what):
         failed = 1
 
 
-print("1..7", flush=True)
+print("1..9", flush=True)
 MB = 1 << 20
 eng = TransferEngine()
 rc = eng.initialize(mc_host, "P2PHANDSHAKE", proto, mc_devs)
@@ -137,4 +141,36 @@ r = subprocess.run([bench, "--host", kvb_host] + kvb_rdma + [
                    capture_output=True, text=True)
 check(r.returncode != 0 and ("refused" in r.stderr or "outside" in r.stderr),
       "a kvbridge write outside Mooncake's memory is refused with a reason: %s" % r.stderr.strip()[-160:])
+
+# ---- Mooncake -> kvbridge's GPU memory (emulated) --------------------------
+tgt = subprocess.Popen([bench, "--mode", "target", "--buffer-size", "4M", "--fill-seed", "13",
+                        "--memory", "emulated", "--host", kvb_host] + kvb_rdma,
+                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+line = tgt.stdout.readline()
+fields = dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
+seg = fields["segment"]
+kaddr = int(fields["buffer"], 16)
+data = os.urandom(MB)
+put(local, data)
+before = target_sum(MB, MB)
+rc = eng.transfer_sync_write(seg, local, kaddr + MB, MB)
+after = target_sum(MB, MB)
+if proto == "tcp":
+    check(rc == 0 and after == hashlib.sha256(data).hexdigest(),
+          "Mooncake wrote 1 MiB into kvbridge's GPU memory over TCP: staged to the device, "
+          "bytes identical (rc %d)" % rc)
+    rc = eng.transfer_sync_read(seg, local, kaddr + 2 * MB, MB)
+    check(rc == 0 and get(local, MB) == patterns.bench_fill(13, 3 * MB)[2 * MB:],
+          "Mooncake read 1 MiB of kvbridge's GPU memory over TCP: staged from the device (rc %d)" % rc)
+else:
+    check(rc != 0 and after == before,
+          "Mooncake's RDMA write into GPU memory kvbridge's NIC cannot reach fails (rc %d); the "
+          "device memory is untouched" % rc)
+    put(local, b"\0" * MB)
+    rc = eng.transfer_sync_read(seg, local, kaddr + 2 * MB, MB)
+    check(rc != 0 and get(local, MB) != patterns.bench_fill(13, 3 * MB)[2 * MB:],
+          "Mooncake's RDMA read of that GPU memory fails too (rc %d): no stale mirror bytes" % rc)
+tgt.stdin.close()
+tgt.terminate()
+tgt.wait()
 sys.exit(failed)
