@@ -1703,10 +1703,14 @@ static void hw_free_all(hw_t *hw)
 		hw_peer_free(p);
 	}
 	hw_tcp_server_stop(hw);
-	hw_gpu_close(hw);
+	/* copies into or out of registrations (and their mirrors) end first;
+	 * mirrors are freed by the GPU code, the pool deregistered by RDMA */
 	if (hw->mrs)
-		for (guint i = 0; i < hw->mrs->len; i++)
+		for (guint i = 0; i < hw->mrs->len; i++) {
+			hw_gpu_quiesce(hw, hw->mrs->pdata[i]);
 			hw_rdma_mr_dereg(hw, hw->mrs->pdata[i]);
+		}
+	hw_gpu_close(hw);
 	hw_rdma_close(hw);
 	hw_watch_free(hw->rpc_w);
 	if (hw->rpc_fd >= 0)

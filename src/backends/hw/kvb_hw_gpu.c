@@ -545,7 +545,7 @@ void hw_gpu_quiesce(hw_t *hw, const hw_mr_t *m)
 {
 #ifdef KVB_HAVE_CUDA
 	hw_gpu_t *g = G(hw);
-	if (g && g->in_flight && m->gpu_provider == HW_GPU_CUDA && m->device >= 0 &&
+	if (g && g->in_flight && m->kind == KVB_MEM_CUDA && m->gpu_provider == HW_GPU_CUDA && m->device >= 0 &&
 	    m->device < GPU_MAX_DEVICES && g->streams[m->device])
 		cudaStreamSynchronize(g->streams[m->device]);
 #else
@@ -580,7 +580,7 @@ void hw_gpu_host_free(hw_t *hw, void *p)
 		return;
 #ifdef KVB_HAVE_CUDA
 	hw_gpu_t *g = G(hw);
-	if (g->cuda_ok) {
+	if (g && g->cuda_ok) {
 		cudaFreeHost(p);
 		return;
 	}
