@@ -358,7 +358,18 @@ START_TEST(test_gpu_registration_refusals)
 	kvb_backend_t *be2;
 	ck_assert_int_eq(kvb_hw_open(&q, &be2, &err), KVB_ERR_CONFIG);
 	ck_assert_msg(strstr(err.msg, "staging"), "%s", err.msg);
+	/* emulated GPU memory registers (staging on the one TCP NIC) and may be
+	 * left registered at close: the backend releases it */
+	void *dev = kvb_hw_emu_gpu_alloc(65536);
+	ck_assert_int_eq(be->ops->mr_reg(be, dev, 65536, &a, &mr, &rk), KVB_OK);
+	kvb_hw_gpu_path_t path;
+	uint32_t np;
+	ck_assert_int_eq(kvb_hw_mr_paths(be, dev, &path, 1, &np), KVB_OK);
+	ck_assert_int_eq(path, KVB_HW_PATH_STAGING);
+	ck_assert_str_eq(kvb_hw_gpu_path_name(path), "staging");
+	ck_assert_int_eq(kvb_hw_mr_paths(be, host, &path, 1, &np), KVB_ERR_NOT_FOUND);
 	kvb_backend_close(be);
+	kvb_hw_emu_gpu_free(dev);
 }
 END_TEST
 

@@ -1709,6 +1709,7 @@ static void hw_free_all(hw_t *hw)
 		for (guint i = 0; i < hw->mrs->len; i++) {
 			hw_gpu_quiesce(hw, hw->mrs->pdata[i]);
 			hw_rdma_mr_dereg(hw, hw->mrs->pdata[i]);
+			g_free(hw->mrs->pdata[i]); /* left registered by the owner */
 		}
 	hw_gpu_close(hw);
 	hw_rdma_close(hw);
