@@ -469,13 +469,7 @@ static int notice_send(kvb_connector_t *c, peer_t *p, kvb_wire_type_t type, cons
 	if (p->state != PEER_UP)
 		return KVB_ERR_PEER;
 	kvb_wire_notice_t n;
-	memset(&n, 0, sizeof(n));
-	n.type = type;
-	g_strlcpy(n.transfer_id, transfer_id, sizeof(n.transfer_id));
-	g_strlcpy(n.request_id, request_id, sizeof(n.request_id));
-	n.status = status;
-	n.bytes = bytes;
-	g_strlcpy(n.reason, reason ? reason : "", sizeof(n.reason));
+	kvb_wire_notice_fill(&n, type, transfer_id, request_id, status, bytes, reason);
 	g_byte_array_set_size(c->scratch, 0);
 	int rc = kvb_wire_encode_notice(c->scratch, &n, NULL);
 	if (rc != KVB_OK)

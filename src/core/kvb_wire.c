@@ -122,6 +122,18 @@ int kvb_wire_encode_pull(GByteArray *out, const kvb_wire_pull_t *pull, kvb_err_t
 	return frame_end(out, start, err);
 }
 
+void kvb_wire_notice_fill(kvb_wire_notice_t *n, kvb_wire_type_t type, const char *transfer_id,
+			  const char *request_id, int status, uint64_t bytes, const char *reason)
+{
+	memset(n, 0, sizeof(*n));
+	n->type = type;
+	g_strlcpy(n->transfer_id, transfer_id, sizeof(n->transfer_id));
+	g_strlcpy(n->request_id, request_id, sizeof(n->request_id));
+	n->status = status;
+	n->bytes = bytes;
+	g_strlcpy(n->reason, reason ? reason : "", sizeof(n->reason));
+}
+
 int kvb_wire_encode_notice(GByteArray *out, const kvb_wire_notice_t *n, kvb_err_t *err)
 {
 	if (n->type != KVB_WIRE_STARTED && n->type != KVB_WIRE_DONE && n->type != KVB_WIRE_CANCEL &&

@@ -91,6 +91,9 @@ int kvb_wire_peek_ids(const void *buf, size_t len, char *transfer_id, char *requ
 /* Encoders append a whole frame to out. */
 int kvb_wire_encode_pull(GByteArray *out, const kvb_wire_pull_t *pull, kvb_err_t *err);
 int kvb_wire_encode_notice(GByteArray *out, const kvb_wire_notice_t *notice, kvb_err_t *err);
+/* A notice of type with the fields given (strings cut to fit; reason NULL = ""). */
+void kvb_wire_notice_fill(kvb_wire_notice_t *notice, kvb_wire_type_t type, const char *transfer_id,
+			  const char *request_id, int status, uint64_t bytes, const char *reason);
 
 /* Decoders fill *pull / *notice from a whole frame.  On failure nothing is
  * left allocated. */

@@ -471,13 +471,7 @@ static void vclient_done(vclient_t *vc, const char *transfer_id, const char *req
 			 uint64_t bytes, const char *reason)
 {
 	kvb_wire_notice_t n;
-	memset(&n, 0, sizeof(n));
-	n.type = KVB_WIRE_DONE;
-	g_strlcpy(n.transfer_id, transfer_id, sizeof(n.transfer_id));
-	g_strlcpy(n.request_id, request_id, sizeof(n.request_id));
-	n.status = status;
-	n.bytes = bytes;
-	g_strlcpy(n.reason, reason ? reason : "", sizeof(n.reason));
+	kvb_wire_notice_fill(&n, KVB_WIRE_DONE, transfer_id, request_id, status, bytes, reason);
 	GByteArray *out = g_byte_array_new();
 	if (kvb_wire_encode_notice(out, &n, NULL) == KVB_OK)
 		hw_peer_deliver(vc->peer, out->data, out->len);
