@@ -191,7 +191,8 @@ static void body(const uint8_t *data, size_t len)
 		return;
 	}
 	bool typed = data[0] <= KVB_MC_PROBE || data[0] == KVB_MC_KVB_HELLO ||
-		     data[0] == KVB_MC_KVB_FRAME;
+		     data[0] == KVB_MC_KVB_FRAME || data[0] == KVB_MC_KVB_SYNC ||
+		     data[0] == KVB_MC_KVB_SYNCED;
 	if (typed ? (type != data[0] || payload != data + 1 || plen != len - 1)
 		  : (type != KVB_MC_CONNECTION || payload != data || plen != len))
 		abort();
