@@ -104,6 +104,11 @@ typedef struct kvb_hw_params {
 	uint64_t rdma_stall_timeout_ns; /* MC_SLICE_TIMEOUT (s): an endpoint with work posted
 				     * and no completion this long is rebuilt and its slices
 				     * fail over; default 10 s, 0 = never */
+	uint64_t rdma_peer_probe_ns;/* KVB_RDMA_PEER_PROBE (s): how often the handshake port of
+				     * a peer that opened endpoints to us is probed (type 3);
+				     * two failed probes in a row retire its endpoints (a
+				     * Mooncake peer keeps no stream that would say it died).
+				     * Default 30 s, 0 = never */
 	/* GPU memory through NICs that cannot reach it (and TCP): pinned host
 	 * bounce chunks.  KVB_STAGING_BYTES, KVB_STAGING_CHUNK. */
 	uint64_t staging_bytes;     /* pool size; default 64 MiB */

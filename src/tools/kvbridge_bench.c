@@ -15,7 +15,8 @@
  * A target serves until SIGINT or SIGTERM; on stdin it
  * answers "sum OFFSET LENGTH" with the SHA-256 of that range of its buffer,
  * and "fill SEED" by refilling the buffer, so interop tests can check bytes
- * another engine wrote.  --memory emulated puts the target's buffer in
+ * another engine wrote, and "stats" with the backend's counters
+ * (rdma_endpoints=N ...).  --memory emulated puts the target's buffer in
  * emulated GPU memory (the staging paths, without a GPU).
  */
 #include "config.h"
@@ -170,6 +171,7 @@ static void on_signal(int sig)
 /* The target's buffer in emulated GPU memory (--memory emulated): buf is
  * then a host view, synced before a sum and after a fill. */
 static uint8_t *target_dev;
+static kvb_backend_t *target_be;
 
 static void answer_stdin(const char *line, uint8_t *buf, uint64_t len)
 {
@@ -189,8 +191,14 @@ static void answer_stdin(const char *line, uint8_t *buf, uint64_t len)
 		if (target_dev)
 			kvb_hw_emu_gpu_copy(target_dev, buf, len);
 		printf("filled %llu\n", seed);
+	} else if (!strcmp(line, "stats")) {
+		kvb_hw_stats_t st;
+		kvb_hw_stats_get(target_be, &st);
+		printf("stats rdma_endpoints=%" PRIu64 " handshakes_served=%" PRIu64 " tcp_bytes_in=%" PRIu64
+		       " tcp_bytes_out=%" PRIu64 "\n", st.rdma_endpoints, st.handshakes_served, st.tcp_bytes_in,
+		       st.tcp_bytes_out);
 	} else {
-		printf("error unknown command (sum OFFSET LENGTH | fill SEED)\n");
+		printf("error unknown command (sum OFFSET LENGTH | fill SEED | stats)\n");
 	}
 	fflush(stdout);
 }
@@ -198,6 +206,7 @@ static void answer_stdin(const char *line, uint8_t *buf, uint64_t len)
 static int run_target(uint64_t buf_len)
 {
 	kvb_backend_t *be = open_backend((uint16_t)o.rpc_port, (uint16_t)o.data_port, NULL);
+	target_be = be;
 	uint8_t *buf = alloc_buffer(buf_len);
 	fill(buf, buf_len, (uint64_t)o.fill_seed);
 	kvb_mem_attr_t attr = {KVB_MEM_HOST, -1};

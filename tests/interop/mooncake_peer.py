@@ -12,6 +12,9 @@ TCP transport, P2PHANDSHAKE) and kvbridge move verified bytes both ways.
   stages the bytes to and from the device; over RDMA (a NIC that cannot
   reach GPU memory) the descriptor gives Mooncake no key, so its write fails
   and nothing lands.
+  RDMA only: a Mooncake engine that writes and then dies has its endpoints
+  retired by kvbridge's probes (KVB_RDMA_PEER_PROBE), while the live
+  engine's stay and keep working.
 
 Prints TAP.  Usage: mooncake_peer.py PATH/TO/kvbridge-bench
 
@@ -52,7 +55,7 @@ def check(cond, what):
         failed = 1
 
 
-print("1..9", flush=True)
+print("1..%d" % (11 if proto == "rdma" else 9), flush=True)
 MB = 1 << 20
 eng = TransferEngine()
 rc = eng.initialize(mc_host, "P2PHANDSHAKE", proto, mc_devs)
@@ -173,4 +176,47 @@ else:
 tgt.stdin.close()
 tgt.terminate()
 tgt.wait()
+
+
+# ---- RDMA: endpoints of a Mooncake peer that died are reclaimed -------------
+def target_endpoints():
+    tgt.stdin.write("stats\n")
+    tgt.stdin.flush()
+    f = dict(kv.split("=", 1) for kv in tgt.stdout.readline().split() if "=" in kv)
+    return int(f["rdma_endpoints"])
+
+
+if proto == "rdma":
+    import time
+    env = dict(os.environ, KVB_RDMA_PEER_PROBE="1")
+    tgt = subprocess.Popen([bench, "--mode", "target", "--buffer-size", "4M", "--host", kvb_host]
+                           + kvb_rdma, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                           env=env)
+    line = tgt.stdout.readline()
+    fields = dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
+    seg = fields["segment"]
+    kaddr = int(fields["buffer"], 16)
+    put(local, data)
+    rc0 = eng.transfer_sync_write(seg, local, kaddr, MB)
+    live = target_endpoints()
+    w = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "mooncake_writer.py"),
+                        mc_host, mc_devs, seg, hex(kaddr + MB)], capture_output=True, text=True)
+    both = target_endpoints()
+    t0 = time.time()
+    left = both
+    while time.time() - t0 < 15 and left > live:
+        time.sleep(0.5)
+        left = target_endpoints()
+    took = time.time() - t0
+    check(rc0 == 0 and "wrote 0" in w.stdout and both > live and left == live,
+          "a Mooncake engine that wrote and died: its endpoints retired %.1f s after it exited "
+          "(%d live, %d with it, %d after)" % (took, live, both, left))
+    time.sleep(2.5)  # two more probe rounds: the live engine must keep its endpoints
+    rc = eng.transfer_sync_write(seg, local, kaddr + 2 * MB, MB)
+    check(rc == 0 and target_endpoints() == live and
+          target_sum(2 * MB, MB) == hashlib.sha256(data).hexdigest(),
+          "the live engine's endpoints survive the probes: it still writes, bytes identical (rc %d)" % rc)
+    tgt.stdin.close()
+    tgt.terminate()
+    tgt.wait()
 sys.exit(failed)

@@ -1690,8 +1690,6 @@ static int op_ext_get(kvb_backend_t *be, const char *name, const void **ext)
 static void hw_free_all(hw_t *hw)
 {
 	hw_vllm_stop(hw);
-	while (hw->calls.head)
-		call_free(hw->calls.head->data);
 	while (hw->rpc_sessions.head)
 		rpc_session_free(hw->rpc_sessions.head->data);
 	while (hw->peers.head) {
@@ -1713,6 +1711,10 @@ static void hw_free_all(hw_t *hw)
 		}
 	hw_gpu_close(hw);
 	hw_rdma_close(hw);
+	/* after their owners (peers, sessions, endpoints, probes) have cancelled
+	 * theirs: what is left has no owner (fire-and-forget acks) */
+	while (hw->calls.head)
+		call_free(hw->calls.head->data);
 	hw_watch_free(hw->rpc_w);
 	if (hw->rpc_fd >= 0)
 		close(hw->rpc_fd);
@@ -1913,6 +1915,7 @@ void kvb_hw_params_default(kvb_hw_params_t *p)
 	p->qp_per_ep = 2;
 	p->max_wr = 256;
 	p->rdma_stall_timeout_ns = 10 * G_GUINT64_CONSTANT(1000000000);
+	p->rdma_peer_probe_ns = 30 * G_GUINT64_CONSTANT(1000000000);
 	p->staging_bytes = 64u << 20;
 	p->staging_chunk = 4u << 20;
 }
@@ -1975,6 +1978,8 @@ int kvb_hw_params_apply_env(kvb_hw_params_t *p, char **envp, kvb_err_t *err)
 		p->max_wr = (uint32_t)v;
 	if (env_u64(envp, "MC_SLICE_TIMEOUT", 0, 3600, &v, err, &rc))
 		p->rdma_stall_timeout_ns = v * G_GUINT64_CONSTANT(1000000000);
+	if (env_u64(envp, "KVB_RDMA_PEER_PROBE", 0, 86400, &v, err, &rc))
+		p->rdma_peer_probe_ns = v * G_GUINT64_CONSTANT(1000000000);
 	const char *devs = envp ? g_environ_getenv(envp, "KVB_RDMA_DEVICES") : g_getenv("KVB_RDMA_DEVICES");
 	if (devs)
 		p->rdma_devices = devs; /* borrowed, copied at open */

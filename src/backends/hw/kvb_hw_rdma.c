@@ -82,6 +82,7 @@ typedef struct rdma_ep {
 	uint64_t outstanding;             /* WRs posted, not completed */
 	GQueue pending;                   /* rdma_op_t* with slices left to post */
 	hw_call_t *call;
+	bool passive;                     /* the peer opened it (type-0 handshake to us) */
 	bool retired;                     /* out of the table, freed once drained */
 	uint64_t last_progress_ns;        /* last completion, or the first post after idle */
 } rdma_ep_t;
@@ -108,6 +109,9 @@ struct hw_rdma {
 	GHashTable *ops;                  /* rdma_op_t* in flight (set) */
 	hw_deadline_t *watchdog;          /* stalled endpoints, every second while busy */
 	bool watchdog_armed;
+	hw_deadline_t *prober;            /* liveness of peers with passive endpoints */
+	bool prober_armed;
+	GHashTable *probes;               /* peer server name -> peer_probe_t* */
 };
 
 /* mr->rdma: one ibv_mr* per device */
@@ -210,6 +214,9 @@ static int pick_gid(rdma_dev_t *d, int gid_tbl_len, int forced, kvb_err_t *err)
 static bool cq_io(void *obj, GIOCondition cond);
 static bool async_io(void *obj, GIOCondition cond);
 static void watchdog_fire(void *obj);
+static void prober_fire(void *obj);
+static void prober_arm(hw_rdma_t *r);
+static void probe_free(void *obj);
 
 static int dev_open(hw_rdma_t *r, struct ibv_device *ibdev, kvb_err_t *err)
 {
@@ -297,6 +304,8 @@ int hw_rdma_open(hw_t *hw, kvb_err_t *err)
 	r->ops = g_hash_table_new(g_direct_hash, g_direct_equal);
 	g_queue_init(&r->retired);
 	r->watchdog = hw_deadline_new(hw, watchdog_fire, r);
+	r->prober = hw_deadline_new(hw, prober_fire, r);
+	r->probes = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, probe_free);
 	*hw_rdma_slot(hw) = r;
 	int n = 0;
 	struct ibv_device **list = ibv_get_device_list(&n);
@@ -382,6 +391,8 @@ void hw_rdma_close(hw_t *hw)
 	g_hash_table_destroy(r->eps);
 	g_hash_table_destroy(r->ops);
 	hw_deadline_free(r->watchdog);
+	hw_deadline_free(r->prober);
+	g_hash_table_destroy(r->probes);
 	g_free(r);
 	*hw_rdma_slot(hw) = NULL;
 }
@@ -1028,6 +1039,8 @@ char *hw_rdma_handshake(hw_t *hw, const kvb_mc_handshake_t *req)
 				g_strlcpy(rep.reply_msg, why, sizeof(rep.reply_msg));
 			} else {
 				ep->state = EP_UP;
+				ep->passive = true;
+				prober_arm(r);
 				hw_log(hw, "rdma endpoint %s -> %s up (passive)", ep->local_path, ep->peer_path);
 			}
 		}
@@ -1146,6 +1159,118 @@ void hw_rdma_peer_gone(hw_peer_t *p)
 			ep_retire(r, ep, KVB_ERR_PEER, "the peer's control stream closed");
 	}
 	g_list_free(eps);
+}
+
+/* ---- peers that keep no stream ---------------------------------------------
+ * A Mooncake engine that connected queue pairs to us keeps no control
+ * stream, so nothing says when it dies; its QPs would live as long as this
+ * instance.  Every rdma_peer_probe_ns the handshake port of each peer with
+ * passive endpoints gets a Probe (type 3, which Mooncake answers); two
+ * failures in a row retire that peer's endpoints.  A live peer that lost
+ * them reconnects on its next post, as after any endpoint error. */
+
+typedef struct peer_probe {
+	hw_rdma_t *r;
+	char server[KVB_MC_NAME_MAX];
+	hw_call_t *call;
+	uint32_t failures;
+	bool seen;                        /* still has endpoints (this round) */
+} peer_probe_t;
+
+static void probe_free(void *obj)
+{
+	peer_probe_t *pp = obj;
+	hw_call_cancel(pp->call);
+	g_free(pp);
+}
+
+static void prober_arm(hw_rdma_t *r)
+{
+	uint64_t every = hw_params(r->hw)->rdma_peer_probe_ns;
+	if (every && !r->prober_armed) {
+		r->prober_armed = true;
+		hw_deadline_arm(r->prober, every);
+	}
+}
+
+static void retire_server(hw_rdma_t *r, const char *server, int status, const char *why)
+{
+	char prefix[KVB_MC_NAME_MAX + 2];
+	g_snprintf(prefix, sizeof(prefix), "%s@", server);
+	GList *eps = g_hash_table_get_values(r->eps);
+	for (GList *l = eps; l; l = l->next) {
+		rdma_ep_t *ep = l->data;
+		if (g_str_has_prefix(ep->peer_path, prefix))
+			ep_retire(r, ep, status, why);
+	}
+	g_list_free(eps);
+}
+
+static void probe_done(void *obj, int status, const char *why, kvb_mc_msg_type_t type,
+		       const uint8_t *payload, size_t len)
+{
+	peer_probe_t *pp = obj;
+	(void)type;
+	(void)payload;
+	(void)len;
+	pp->call = NULL;
+	if (status == KVB_OK) {
+		pp->failures = 0;
+		return;
+	}
+	if (++pp->failures < 2)
+		return;
+	char msg[KVB_MC_NAME_MAX + 200];
+	g_snprintf(msg, sizeof(msg), "peer %s no longer answers its handshake port (%s)", pp->server, why);
+	hw_warn(pp->r->hw, "rdma: %s: retiring its endpoints", msg);
+	hw_rdma_t *r = pp->r;
+	char server[KVB_MC_NAME_MAX];
+	g_strlcpy(server, pp->server, sizeof(server));
+	g_hash_table_remove(r->probes, server); /* frees pp */
+	retire_server(r, server, KVB_ERR_PEER, msg);
+}
+
+static void prober_fire(void *obj)
+{
+	hw_rdma_t *r = obj;
+	r->prober_armed = false;
+	GHashTableIter it;
+	gpointer v;
+	g_hash_table_iter_init(&it, r->probes);
+	while (g_hash_table_iter_next(&it, NULL, &v))
+		((peer_probe_t *)v)->seen = false;
+	g_hash_table_iter_init(&it, r->eps);
+	while (g_hash_table_iter_next(&it, NULL, &v)) {
+		rdma_ep_t *ep = v;
+		char server[KVB_MC_NAME_MAX], dev[KVB_MC_NAME_MAX];
+		if (!ep->passive || ep->state != EP_UP ||
+		    kvb_mc_nic_path_split(ep->peer_path, server, sizeof(server), dev, sizeof(dev), NULL) != KVB_OK)
+			continue;
+		peer_probe_t *pp = g_hash_table_lookup(r->probes, server);
+		if (!pp) {
+			pp = g_new0(peer_probe_t, 1);
+			pp->r = r;
+			g_strlcpy(pp->server, server, sizeof(pp->server));
+			g_hash_table_insert(r->probes, pp->server, pp);
+		}
+		pp->seen = true;
+	}
+	/* peers without endpoints any more are forgotten; the others probed */
+	g_hash_table_iter_init(&it, r->probes);
+	while (g_hash_table_iter_next(&it, NULL, &v)) {
+		peer_probe_t *pp = v;
+		if (!pp->seen) {
+			g_hash_table_iter_remove(&it);
+			continue;
+		}
+		char host[KVB_MC_NAME_MAX];
+		uint16_t port;
+		if (pp->call || kvb_mc_parse_host_port(pp->server, host, sizeof(host), &port, NULL) != KVB_OK)
+			continue;
+		pp->call = hw_call_start(r->hw, host, port, KVB_MC_PROBE, "{}", 2, probe_done, pp);
+	}
+	if (g_hash_table_size(r->probes))
+		prober_arm(r);
 }
 
 /* The core closed p's conn: its ops still in flight complete silently. */
