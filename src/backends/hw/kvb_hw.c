@@ -468,18 +468,6 @@ hw_mr_t *hw_mr_find(hw_t *hw, uint64_t addr, uint64_t len)
 	return NULL;
 }
 
-hw_mr_t *hw_mr_local(hw_t *hw, const kvb_slice_op_t *op)
-{
-	hw_mr_t *pool = hw_gpu_pool_mr(hw);
-	if (pool && op->local_mr == pool) {
-		if (op->len && op->local_addr >= pool->addr && op->local_addr - pool->addr <= pool->len &&
-		    op->len <= pool->len - (op->local_addr - pool->addr))
-			return pool;
-		return NULL;
-	}
-	return hw_mr_find(hw, op->local_addr, op->len);
-}
-
 static int op_mr_reg(kvb_backend_t *be, void *addr, size_t len, const kvb_mem_attr_t *attr,
 		     void **mr, kvb_rkey_t *rkey)
 {
@@ -1594,12 +1582,17 @@ static int op_xfer_post(kvb_backend_t *be, kvb_conn_t *conn, const kvb_slice_op_
 	for (size_t i = 0; i < n; i++) {
 		const kvb_slice_op_t *op = &ops[i];
 		hw_mr_t *m = hw_mr_find(hw, op->local_addr, op->len);
+		if (!m) {
+			hw_set_error(hw, "xfer_post: local range 0x%" PRIx64 " + %" PRIu64
+					 " is not registered memory", op->local_addr, op->len);
+			return KVB_ERR_RANGE;
+		}
 		int rc;
-		if (m && m->kind == KVB_MEM_CUDA && op->local_nic < KVB_HW_MAX_NICS &&
+		if (m->kind == KVB_MEM_CUDA && op->local_nic < KVB_HW_MAX_NICS &&
 		    m->path[op->local_nic] == KVB_HW_PATH_STAGING)
 			rc = hw_gpu_post(p, m, op);
 		else
-			rc = hw_post_one(p, op);
+			rc = hw_post_one(p, op, m);
 		if (rc != KVB_OK)
 			return rc;
 		(*n_posted)++;
@@ -1607,19 +1600,13 @@ static int op_xfer_post(kvb_backend_t *be, kvb_conn_t *conn, const kvb_slice_op_
 	return KVB_OK;
 }
 
-int hw_post_one(hw_peer_t *p, const kvb_slice_op_t *op)
+int hw_post_one(hw_peer_t *p, const kvb_slice_op_t *op, hw_mr_t *m)
 {
 	if (p->state != HW_PEER_UP || !p->have_seg) {
 		hw_set_error(p->hw, "xfer_post: connection %s is not up", p->addr);
 		return KVB_ERR_PEER;
 	}
-	if (!hw_rdma_peer_usable(p))
-		return hw_lane_post(p, op);
-	const kvb_mc_buffer_t *b = kvb_mc_segment_find(&p->seg, op->remote_addr, op->len);
-	uint32_t peer_dev = op->remote_nic % p->seg.n_devices;
-	if (b && b->mirror_rkey && peer_dev < b->n_keys && b->mirror_rkey[peer_dev])
-		return hw_gpu_post_mirrored(p, op);
-	return hw_rdma_post(p, op, false);
+	return hw_rdma_peer_usable(p) ? hw_rdma_post(p, op, m, false) : hw_lane_post(p, op, m);
 }
 
 hw_t *hw_of_backend(kvb_backend_t *be)

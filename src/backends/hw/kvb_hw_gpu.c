@@ -184,7 +184,6 @@ struct hw_gpu_copy {
 	char why[160];
 	bool cancelled;
 	void *orphan;          /* a bounce buffer to free once the copy is over */
-	uint32_t provider;
 };
 
 typedef struct stage_op stage_op_t;
@@ -221,9 +220,7 @@ struct hw_gpu {
 	uint32_t n_units;
 	uint32_t units_free;
 	uint32_t cursor;       /* where the next first-fit search starts */
-	bool pool_pinned;      /* cudaHostAlloc'd */
 	hw_mr_t pool_mr;
-	bool pool_registered;
 	uint8_t *unit_used;    /* n_units flags */
 	GQueue waiting;        /* stage_op_t* with bytes not yet cut into pieces */
 	GQueue parked;         /* stage_piece_t* whose post found a full queue */
@@ -500,7 +497,6 @@ hw_gpu_copy_t *hw_gpu_copy(hw_t *hw, const hw_mr_t *m, void *host, uint64_t dev_
 	c->hw = hw;
 	c->fn = fn;
 	c->arg = arg;
-	c->provider = m->gpu_provider;
 	g->in_flight++;
 	hw_stats(hw)->gpu_copies++;
 	hw_stats(hw)->gpu_staged_bytes += len;
@@ -595,11 +591,10 @@ void hw_gpu_host_free(hw_t *hw, void *p)
 
 static void pool_free(hw_gpu_t *g)
 {
-	if (g->pool_registered)
+	if (g->pool) { /* a pool exists only registered */
 		hw_rdma_mr_dereg(g->hw, &g->pool_mr);
-	g->pool_registered = false;
-	if (g->pool)
 		hw_gpu_host_free(g->hw, g->pool);
+	}
 	g->pool = NULL;
 	g_free(g->unit_used);
 	g->unit_used = NULL;
@@ -629,18 +624,11 @@ static int pool_ensure(hw_gpu_t *g, kvb_err_t *err)
 		g->pool = NULL;
 		return err->code;
 	}
-	g->pool_registered = true;
 	g->unit_used = g_new0(uint8_t, g->n_units);
 	g->units_free = g->n_units;
 	hw_log(g->hw, "staging pool: %zu bytes, pieces of up to %zu bytes in %zu-byte units",
 	       g->pool_len, g->chunk_len, g->unit_len);
 	return KVB_OK;
-}
-
-hw_mr_t *hw_gpu_pool_mr(hw_t *hw)
-{
-	hw_gpu_t *g = G(hw);
-	return g && g->pool_registered ? &g->pool_mr : NULL;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -719,7 +707,7 @@ static void piece_post(hw_gpu_t *g, stage_piece_t *pc)
 	op.slice_len = MIN(sl, pc->len);
 	op.n_slices = (uint32_t)((pc->len + op.slice_len - 1) / op.slice_len);
 	pc->posted = true;
-	int rc = hw_post_one(so->peer, &op);
+	int rc = hw_post_one(so->peer, &op, &g->pool_mr);
 	if (rc == KVB_OK)
 		return;
 	pc->posted = false;
@@ -858,6 +846,7 @@ typedef enum mphase {
 
 typedef struct mirrored_op {
 	hw_peer_t *peer;
+	hw_mr_t *mr;           /* the local registration (or the staging pool) */
 	kvb_slice_op_t op;     /* remote_key borrowed until completion, as the core promises */
 	uint64_t sync_id;
 	mphase_t phase;
@@ -916,17 +905,17 @@ static void mirrored_sync(hw_gpu_t *g, mirrored_op_t *m, bool to_device)
 	hw_stream_send(p, KVB_MC_KVB_SYNC, buf, sizeof(buf));
 }
 
-static void mirrored_post(hw_gpu_t *g, mirrored_op_t *m)
+/* Post m's op to the peer's mirror; its completion comes back as m.  A
+ * refusal means no completion will come. */
+static int mirrored_post(mirrored_op_t *m)
 {
 	kvb_slice_op_t op = m->op;
 	op.cookie = (uint64_t)(uintptr_t)m;
 	m->phase = M_POSTED;
-	int rc = hw_rdma_post(m->peer, &op, true);
-	if (rc != KVB_OK)
-		mirrored_finish(g, m, rc);
+	return hw_rdma_post(m->peer, &op, m->mr, true);
 }
 
-int hw_gpu_post_mirrored(hw_peer_t *p, const kvb_slice_op_t *op)
+int hw_gpu_post_mirrored(hw_peer_t *p, const kvb_slice_op_t *op, hw_mr_t *mr)
 {
 	hw_gpu_t *g = G(p->hw);
 	if (p->kind != HW_PEER_KVB) {
@@ -937,6 +926,7 @@ int hw_gpu_post_mirrored(hw_peer_t *p, const kvb_slice_op_t *op)
 	}
 	mirrored_op_t *m = g_new0(mirrored_op_t, 1);
 	m->peer = p;
+	m->mr = mr;
 	m->op = *op;
 	m->nic = op->local_nic;
 	g_hash_table_add(g->mirrored, m);
@@ -944,10 +934,7 @@ int hw_gpu_post_mirrored(hw_peer_t *p, const kvb_slice_op_t *op)
 		mirrored_sync(g, m, false);
 		return KVB_OK;
 	}
-	kvb_slice_op_t o = *op;
-	o.cookie = (uint64_t)(uintptr_t)m;
-	m->phase = M_POSTED;
-	int rc = hw_rdma_post(p, &o, true);
+	int rc = mirrored_post(m);
 	if (rc != KVB_OK) {
 		/* not accepted: no completion for it */
 		g_hash_table_remove(g->mirrored, m);
@@ -984,10 +971,13 @@ static void synced(hw_gpu_t *g, hw_peer_t *p, const kvb_mc_synced_t *s)
 		mirrored_finish(g, m, s->status == KVB_ERR_TRANSPORT ? KVB_ERR_PEER : s->status);
 		return;
 	}
-	if (m->phase == M_SYNC_OUT)
-		mirrored_post(g, m);
-	else
+	if (m->phase != M_SYNC_OUT) {
 		mirrored_finish(g, m, KVB_OK);
+		return;
+	}
+	int rc = mirrored_post(m); /* a READ, now that the mirror holds the GPU's bytes */
+	if (rc != KVB_OK)
+		mirrored_finish(g, m, rc);
 }
 
 static void serve_reply(hw_peer_t *p, uint64_t id, int status, const char *why)

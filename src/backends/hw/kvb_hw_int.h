@@ -67,9 +67,6 @@ typedef struct hw_mr {
 /* The registration holding all of [addr, addr + len), or NULL.  Only what
  * peers may reach: the staging pool is not among them. */
 hw_mr_t *hw_mr_find(hw_t *hw, uint64_t addr, uint64_t len);
-/* The registration an op's local range lies in: a published one, or the
- * staging pool when op->local_mr is the pool. */
-hw_mr_t *hw_mr_local(hw_t *hw, const kvb_slice_op_t *op);
 
 /* True when [addr, addr + len) overlaps a fenced range (a cancelled vLLM
  * Gen 0 pull whose producer cannot be told to stop). */
@@ -143,8 +140,10 @@ int hw_peer_set_segment(hw_peer_t *p, kvb_mc_segment_t *seg, const char *fallbac
 
 void hw_event_push(hw_t *hw, const kvb_event_t *ev);
 void hw_xfer_done(hw_t *hw, uint64_t cookie, int status, uint32_t nic);
-/* Post one op on p's transport (RDMA when both sides have it, else TCP). */
-int hw_post_one(hw_peer_t *p, const kvb_slice_op_t *op);
+/* Post one op on p's transport (RDMA when both sides have it, else TCP);
+ * m is the registration holding its local range (found once, by xfer_post,
+ * or the staging pool). */
+int hw_post_one(hw_peer_t *p, const kvb_slice_op_t *op, hw_mr_t *m);
 /* Queue a frame on a kvbridge control stream (dropped when it is down). */
 void hw_stream_send(hw_peer_t *p, kvb_mc_msg_type_t type, const void *buf, size_t len);
 hw_t *hw_of_backend(kvb_backend_t *be);
@@ -176,7 +175,7 @@ uint16_t hw_tcp_server_port(hw_t *hw);
 void hw_tcp_server_stop(hw_t *hw);
 /* Close data-server sessions moving bytes in or out of mr (deregistration). */
 void hw_tcp_server_drop_mr(hw_t *hw, hw_mr_t *mr);
-int hw_lane_post(hw_peer_t *p, const kvb_slice_op_t *op);
+int hw_lane_post(hw_peer_t *p, const kvb_slice_op_t *op, hw_mr_t *m);
 /* Fail every op of p's lanes with status and close them. */
 void hw_lanes_fail(hw_peer_t *p, int status);
 void hw_lanes_free(hw_peer_t *p);
@@ -248,8 +247,10 @@ void hw_rdma_describe(hw_t *hw, kvb_mc_segment_t *seg);
 char *hw_rdma_handshake(hw_t *hw, const kvb_mc_handshake_t *req);
 /* This instance has RDMA and the peer published an rdma descriptor. */
 bool hw_rdma_peer_usable(hw_peer_t *p);
-/* to_mirror: use the remote buffer's kvb_mirror_rkey (kvb_hw_gpu.c syncs). */
-int hw_rdma_post(hw_peer_t *p, const kvb_slice_op_t *op, bool to_mirror);
+/* m: the local registration.  A remote range behind a mirror on the chosen
+ * peer device goes to hw_gpu_post_mirrored, which posts it back here with
+ * to_mirror (the remote buffer's kvb_mirror_rkey) around its SYNCs. */
+int hw_rdma_post(hw_peer_t *p, const kvb_slice_op_t *op, hw_mr_t *m, bool to_mirror);
 void hw_rdma_peer_detach(hw_peer_t *p);
 /* A kvbridge peer's control stream went down: retire the endpoints (ours
  * and the ones it connected to us) of its segment, so its queue pairs do
@@ -269,11 +270,10 @@ int hw_gpu_dmabuf(hw_t *hw, const hw_mr_t *m, int *fd, char *why, size_t why_len
 int hw_gpu_post(hw_peer_t *p, hw_mr_t *m, const kvb_slice_op_t *op);
 /* A transport completion: true when cookie was a staged piece (consumed). */
 bool hw_gpu_piece_done(hw_t *hw, uint64_t cookie, int status, uint32_t nic);
-hw_mr_t *hw_gpu_pool_mr(hw_t *hw);
 /* An RDMA op whose remote range is a peer's GPU memory seen through its
  * mirror on the remote device: a WRITE is followed, a READ preceded, by a
  * SYNC on the control stream, and completes once the peer answers. */
-int hw_gpu_post_mirrored(hw_peer_t *p, const kvb_slice_op_t *op);
+int hw_gpu_post_mirrored(hw_peer_t *p, const kvb_slice_op_t *op, hw_mr_t *m);
 /* Stream frames: a peer asks us to sync (serve), or answers our SYNC.
  * false: the frame is malformed (the stream goes down, reason in err). */
 bool hw_gpu_sync_frame(hw_peer_t *p, kvb_mc_msg_type_t type, const uint8_t *payload, size_t len,

@@ -1062,7 +1062,7 @@ bool hw_rdma_peer_usable(hw_peer_t *p)
 	return R(p->hw) && p->have_seg && !strcmp(p->seg.protocol, "rdma") && p->seg.n_devices > 0;
 }
 
-int hw_rdma_post(hw_peer_t *p, const kvb_slice_op_t *op, bool to_mirror)
+int hw_rdma_post(hw_peer_t *p, const kvb_slice_op_t *op, hw_mr_t *m, bool to_mirror)
 {
 	hw_t *hw = p->hw;
 	hw_rdma_t *r = R(hw);
@@ -1076,8 +1076,7 @@ int hw_rdma_post(hw_peer_t *p, const kvb_slice_op_t *op, bool to_mirror)
 		hw_set_error(hw, "xfer_post: bad op (len %" PRIu64 ", %u slices)", op->len, op->n_slices);
 		return KVB_ERR_INVALID;
 	}
-	hw_mr_t *m = hw_mr_local(hw, op);
-	if (!m || !m->rdma) {
+	if (!m->rdma) {
 		hw_set_error(hw, "xfer_post: local range 0x%" PRIx64 " + %" PRIu64 " is not registered memory",
 			     op->local_addr, op->len);
 		return KVB_ERR_RANGE;
@@ -1100,6 +1099,8 @@ int hw_rdma_post(hw_peer_t *p, const kvb_slice_op_t *op, bool to_mirror)
 			     p->seg.n_devices);
 		return KVB_ERR_PROTOCOL;
 	}
+	if (!to_mirror && b->mirror_rkey && b->mirror_rkey[peer_dev])
+		return hw_gpu_post_mirrored(p, op, m); /* GPU memory the peer device cannot reach */
 	rdma_dev_t *d = &r->devs[op->local_nic];
 	if (d->port_down) {
 		/* fail it the way a completion would: the core retries it on another NIC */

@@ -342,7 +342,7 @@ static void lane_timeout(void *obj)
 		lane_fail(l, KVB_ERR_TRANSPORT, "no status frame or data within the status timeout");
 }
 
-int hw_lane_post(hw_peer_t *p, const kvb_slice_op_t *op)
+int hw_lane_post(hw_peer_t *p, const kvb_slice_op_t *op, hw_mr_t *m)
 {
 	hw_t *hw = p->hw;
 	const kvb_hw_params_t *prm = hw_params(hw);
@@ -353,12 +353,6 @@ int hw_lane_post(hw_peer_t *p, const kvb_slice_op_t *op)
 	if (!op->len || (op->opcode != KVB_XFER_WRITE && op->opcode != KVB_XFER_READ)) {
 		hw_set_error(hw, "xfer_post: empty op or unknown opcode %d", (int)op->opcode);
 		return KVB_ERR_INVALID;
-	}
-	hw_mr_t *m = hw_mr_local(hw, op);
-	if (!m) {
-		hw_set_error(hw, "xfer_post: local range 0x%" PRIx64 " + %" PRIu64
-				 " is not registered memory", op->local_addr, op->len);
-		return KVB_ERR_RANGE;
 	}
 	if (m->kind == KVB_MEM_CUDA) {
 		/* kvb_hw.c stages GPU memory before it reaches a socket */
