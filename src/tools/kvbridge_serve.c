@@ -27,17 +27,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 
 #include <glib.h>
 #include <glib-unix.h>
 #include <json-glib/json-glib.h>
 #include <kvbridge/kvbridge.h>
 #include <kvbridge/hw.h>
-#ifdef KVB_HAVE_CUDA
-#include <cuda_runtime_api.h>
-#endif
 
+#include "kvb_devmem.h"
 #include "kvb_pattern.h"
 #include "kvb_tool_http.h"
 
@@ -154,78 +151,22 @@ static uint8_t *block_ptr(uint32_t region, uint32_t id)
 
 /* ---- the KV pool's memory: host, emulated GPU or CUDA --------------------- */
 
-typedef enum pool_mem { POOL_HOST = 0, POOL_EMULATED = 1, POOL_CUDA = 2 } pool_mem_t;
-static pool_mem_t pool_mem;
+static kvb_devmem_t pool_mem;
 static uint8_t *scratch;      /* one block, for GPU pools */
 
-static void *pool_map(size_t len, char *why, size_t why_len)
-{
-	void *p = NULL;
-	switch (pool_mem) {
-	case POOL_HOST:
-		p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-		if (p == MAP_FAILED) {
-			g_snprintf(why, why_len, "%s", g_strerror(errno));
-			p = NULL;
-		}
-		break;
-	case POOL_EMULATED:
-		if (!(p = kvb_hw_emu_gpu_alloc(len)))
-			g_snprintf(why, why_len, "emulated GPU memory: %s", g_strerror(errno));
-		break;
-	case POOL_CUDA:
-#ifdef KVB_HAVE_CUDA
-	{
-		cudaError_t e = cudaSetDevice(o.gpu);
-		if (e == cudaSuccess)
-			e = cudaMalloc(&p, len);
-		if (e != cudaSuccess) {
-			g_snprintf(why, why_len, "cudaMalloc on GPU %d: %s", o.gpu, cudaGetErrorString(e));
-			p = NULL;
-		}
-	}
-#endif
-		break;
-	}
-	return p;
-}
-
-static void pool_unmap(void *p, size_t len)
-{
-	if (!p)
-		return;
-	if (pool_mem == POOL_HOST)
-		munmap(p, len);
-	else if (pool_mem == POOL_EMULATED)
-		kvb_hw_emu_gpu_free(p);
-#ifdef KVB_HAVE_CUDA
-	else
-		cudaFree(p);
-#endif
-}
-
-/* Copy between the pool and host memory (either direction). */
+/* Copy between the pool and host memory; a failure says so once per call
+ * (the block check then counts the bytes it could not move). */
 static void pool_copy(void *dst, const void *src, size_t len, bool to_pool)
 {
-	if (pool_mem == POOL_HOST) {
-		memcpy(dst, src, len);
-		return;
-	}
-	if (pool_mem == POOL_EMULATED) {
-		kvb_hw_emu_gpu_copy(dst, src, len);
-		return;
-	}
-#ifdef KVB_HAVE_CUDA
-	cudaMemcpy(dst, src, len, to_pool ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToHost);
-#else
-	(void)to_pool;
-#endif
+	char why[256];
+	if (!kvb_devmem_copy(pool_mem, dst, src, len, to_pool, why, sizeof(why)))
+		fprintf(stderr, "kvbridge-serve: KV pool copy: %s\n", why);
 }
 
 static void block_fill(uint32_t reg, uint32_t id, uint64_t seed)
 {
 	uint64_t len = S.regions[reg].block_bytes;
-	if (pool_mem == POOL_HOST) {
+	if (pool_mem == KVB_DEVMEM_HOST) {
 		kvb_pattern_fill(block_ptr(reg, id), len, seed);
 		return;
 	}
@@ -236,7 +177,7 @@ static void block_fill(uint32_t reg, uint32_t id, uint64_t seed)
 static void block_poison(uint32_t reg, uint32_t id)
 {
 	uint64_t len = S.regions[reg].block_bytes;
-	if (pool_mem == POOL_HOST) {
+	if (pool_mem == KVB_DEVMEM_HOST) {
 		memset(block_ptr(reg, id), 0xA5, len);
 		return;
 	}
@@ -247,7 +188,7 @@ static void block_poison(uint32_t reg, uint32_t id)
 static uint64_t block_mismatches(uint32_t reg, uint32_t id, uint64_t seed)
 {
 	uint64_t len = S.regions[reg].block_bytes;
-	if (pool_mem == POOL_HOST)
+	if (pool_mem == KVB_DEVMEM_HOST)
 		return kvb_pattern_mismatches(block_ptr(reg, id), len, seed);
 	pool_copy(scratch, block_ptr(reg, id), len, false);
 	return kvb_pattern_mismatches(scratch, len, seed);
@@ -829,22 +770,18 @@ static int setup(void)
 	}
 	if (!o.memory)
 		o.memory = g_strdup("host");
-	if (!strcmp(o.memory, "host")) {
-		pool_mem = POOL_HOST;
-	} else if (!strcmp(o.memory, "emulated")) {
-		pool_mem = POOL_EMULATED;
-	} else if (!strcmp(o.memory, "cuda")) {
-#ifndef KVB_HAVE_CUDA
-		fprintf(stderr, "kvbridge-serve: --memory cuda: this build has no CUDA (configure --with-cuda)\n");
-		return 2;
-#endif
-		pool_mem = POOL_CUDA;
-	} else {
+	if (!kvb_devmem_parse(o.memory, &pool_mem)) {
 		fprintf(stderr, "kvbridge-serve: --memory %s: expected host, cuda or emulated\n", o.memory);
 		return 2;
 	}
+#ifndef KVB_HAVE_CUDA
+	if (pool_mem == KVB_DEVMEM_CUDA) {
+		fprintf(stderr, "kvbridge-serve: --memory cuda: this build has no CUDA (configure --with-cuda)\n");
+		return 2;
+	}
+#endif
 	char why[256] = "";
-	S.mem = pool_map(S.mem_len, why, sizeof(why));
+	S.mem = kvb_devmem_alloc(pool_mem, o.gpu, S.mem_len, why, sizeof(why));
 	if (!S.mem) {
 		fprintf(stderr, "kvbridge-serve: cannot allocate %.1f MiB of %s memory for the KV pool: %s\n",
 			(double)S.mem_len / 1048576.0, o.memory, why);
@@ -853,13 +790,13 @@ static int setup(void)
 	uint64_t max_block = 0;
 	for (uint32_t i = 0; i < S.n_regions; i++) {
 		S.regions[i].base += (uint64_t)(uintptr_t)S.mem;
-		if (pool_mem != POOL_HOST) {
+		if (pool_mem != KVB_DEVMEM_HOST) {
 			S.regions[i].mem_kind = KVB_MEM_CUDA;
-			S.regions[i].device = pool_mem == POOL_CUDA ? o.gpu : 0;
+			S.regions[i].device = pool_mem == KVB_DEVMEM_CUDA ? o.gpu : 0;
 		}
 		max_block = MAX(max_block, S.regions[i].block_bytes);
 	}
-	if (pool_mem != POOL_HOST) {
+	if (pool_mem != KVB_DEVMEM_HOST) {
 		scratch = g_malloc(max_block);
 		/* the pool starts with known bytes, as the host pool's zero pages do */
 		memset(scratch, 0, max_block);
@@ -918,11 +855,11 @@ static int setup(void)
 	}
 	kvb_connector_set_record_fn(S.conn, on_record, NULL);
 	kvb_hw_set_notify(S.be, on_backend_event, NULL);
-	if (pool_mem != POOL_HOST) {
+	if (pool_mem != KVB_DEVMEM_HOST) {
 		/* how each NIC reaches the GPU pool: said once, at start */
 		char *paths = gpu_paths_text();
 		fprintf(stderr, "kvbridge-serve: KV pool in %s GPU memory (%.1f MiB): %s\n",
-			pool_mem == POOL_CUDA ? "CUDA" : "emulated", (double)S.mem_len / 1048576.0, paths);
+			pool_mem == KVB_DEVMEM_CUDA ? "CUDA" : "emulated", (double)S.mem_len / 1048576.0, paths);
 		g_free(paths);
 	}
 	S.httpd = kvb_httpd_new(S.ctx, o.bind ? o.bind : "0.0.0.0", (uint16_t)o.http_port, on_http, NULL, &gerr);
@@ -967,7 +904,7 @@ static void teardown(void)
 		g_main_loop_unref(S.loop);
 	if (S.ctx)
 		g_main_context_unref(S.ctx);
-	pool_unmap(S.mem, S.mem_len);
+	kvb_devmem_free(pool_mem, S.mem, S.mem_len);
 	g_free(scratch);
 	if (S.free_blocks)
 		g_array_free(S.free_blocks, TRUE);

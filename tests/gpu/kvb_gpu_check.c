@@ -30,10 +30,8 @@
 #include <glib.h>
 #include <kvbridge/kvbridge.h>
 #include <kvbridge/hw.h>
-#ifdef KVB_HAVE_CUDA
-#include <cuda_runtime_api.h>
-#endif
 
+#include "../../src/tools/kvb_devmem.h"
 #include "../../src/tools/kvb_pattern.h"
 
 #define EXIT_SKIP 77
@@ -42,7 +40,6 @@
 #define REQUEST_TIMEOUT_S 60.0
 #define MAX_REPEAT 1000
 
-typedef enum mem_mode { MEM_CUDA = 1, MEM_EMULATED = 2 } mem_mode_t;
 
 /* ---- options -------------------------------------------------------------- */
 
@@ -76,93 +73,27 @@ static GOptionEntry entries[] = {
 	{NULL},
 };
 
-static mem_mode_t mode;
+static kvb_devmem_t mode;
 static GMainContext *ctx;
 
-/* ---- device memory: CUDA or emulated --------------------------------------- */
+/* ---- device memory: CUDA or emulated (src/tools/kvb_devmem.h) --------------- */
 
 static void *dev_alloc(size_t len)
 {
-	if (mode == MEM_EMULATED)
-		return kvb_hw_emu_gpu_alloc(len);
-#ifdef KVB_HAVE_CUDA
-	void *p = NULL;
-	cudaError_t e = cudaMalloc(&p, len);
-	if (e != cudaSuccess) {
-		fprintf(stderr, "kvb_gpu_check: cudaMalloc(%zu) on GPU %d: %s\n", len, o.device,
-			cudaGetErrorString(e));
-		return NULL;
-	}
+	char why[256];
+	void *p = kvb_devmem_alloc(mode, o.device, len, why, sizeof(why));
+	if (!p)
+		fprintf(stderr, "kvb_gpu_check: %s\n", why);
 	return p;
-#else
-	return NULL;
-#endif
 }
 
-static void dev_free(void *p)
-{
-	if (!p)
-		return;
-	if (mode == MEM_EMULATED) {
-		kvb_hw_emu_gpu_free(p);
-		return;
-	}
-#ifdef KVB_HAVE_CUDA
-	cudaFree(p);
-#endif
-}
-
-/* Host memory the copies go through: pinned with CUDA (as a real engine's
- * would be), plain otherwise. */
-static void *host_alloc(size_t len)
-{
-#ifdef KVB_HAVE_CUDA
-	if (mode == MEM_CUDA) {
-		void *p = NULL;
-		cudaError_t e = cudaHostAlloc(&p, len, cudaHostAllocPortable);
-		if (e != cudaSuccess) {
-			fprintf(stderr, "kvb_gpu_check: cudaHostAlloc(%zu): %s\n", len, cudaGetErrorString(e));
-			return NULL;
-		}
-		return p;
-	}
-#endif
-	return g_try_malloc(len);
-}
-
-static void host_free(void *p)
-{
-	if (!p)
-		return;
-#ifdef KVB_HAVE_CUDA
-	if (mode == MEM_CUDA) {
-		cudaFreeHost(p);
-		return;
-	}
-#endif
-	g_free(p);
-}
-
-/* Synchronous copy between host and device memory (either direction;
- * to_dev says which). */
 static bool dev_copy(void *dst, const void *src, size_t len, bool to_dev)
 {
-	if (mode == MEM_EMULATED)
-		return kvb_hw_emu_gpu_copy(dst, src, len) == KVB_OK;
-#ifdef KVB_HAVE_CUDA
-	cudaError_t e = cudaMemcpy(dst, src, len, to_dev ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToHost);
-	if (e == cudaSuccess)
-		e = cudaDeviceSynchronize();
-	if (e != cudaSuccess) {
-		fprintf(stderr, "kvb_gpu_check: cudaMemcpy (%zu bytes %s the GPU): %s\n", len,
-			to_dev ? "to" : "from", cudaGetErrorString(e));
-		return false;
-	}
-	return true;
-#else
-	(void)to_dev;
+	char why[256];
+	if (kvb_devmem_copy(mode, dst, src, len, to_dev, why, sizeof(why)))
+		return true;
+	fprintf(stderr, "kvb_gpu_check: %s\n", why);
 	return false;
-#endif
 }
 
 /* ---- the two sides ------------------------------------------------------------ */
@@ -195,10 +126,10 @@ static bool side_open(side_t *s, const char *name, kvb_role_t role, const geom_t
 	s->len = g->len;
 	s->fin = g_array_new(FALSE, FALSE, sizeof(kvb_finished_t));
 	s->dev = dev_alloc(g->len);
-	s->view = host_alloc(g->len);
+	s->view = kvb_devmem_host_alloc(mode, g->len);
 	if (!s->dev || !s->view) {
 		fprintf(stderr, "kvb_gpu_check: %s: cannot allocate %" PRIu64 " bytes of %s memory and as "
-			"many of host memory\n", name, g->len, mode == MEM_CUDA ? "device" : "emulated device");
+			"many of host memory\n", name, g->len, mode == KVB_DEVMEM_CUDA ? "device" : "emulated device");
 		return false;
 	}
 	memset(s->view, role == KVB_ROLE_PRODUCER ? PROD_FILL : SENTINEL, g->len);
@@ -292,8 +223,8 @@ static void side_close(side_t *s)
 		kvb_connector_free(s->c);
 	if (s->be)
 		kvb_backend_close(s->be);
-	dev_free(s->dev);
-	host_free(s->view);
+	kvb_devmem_free(mode, s->dev, s->len);
+	kvb_devmem_host_free(mode, s->view);
 	g_free(s->regs);
 	if (s->fin)
 		g_array_free(s->fin, TRUE);
@@ -403,7 +334,7 @@ static double baseline(side_t *P, side_t *D, const geom_t *g, const uint32_t *pb
 		       uint8_t *bounce, bool d2d)
 {
 	double t0 = now_s();
-	if (mode == MEM_EMULATED) {
+	if (mode == KVB_DEVMEM_EMULATED) {
 		for (uint32_t r = 0; r < g->n_regions; r++)
 			for (uint32_t k = 0; k < g->n; k++) {
 				uint8_t *src = region_block(P->dev, g, r, pb[k]);
@@ -542,9 +473,9 @@ int main(int argc, char **argv)
 	}
 	defaults();
 	if (!o.memory || !strcmp(o.memory, "cuda")) {
-		mode = MEM_CUDA;
+		mode = KVB_DEVMEM_CUDA;
 	} else if (!strcmp(o.memory, "emulated")) {
-		mode = MEM_EMULATED;
+		mode = KVB_DEVMEM_EMULATED;
 	} else {
 		fprintf(stderr, "kvb_gpu_check: --memory %s: expected cuda or emulated\n", o.memory);
 		return 2;
@@ -559,7 +490,7 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	char gpu_name[256] = "emulated device memory";
-	if (mode == MEM_CUDA) {
+	if (mode == KVB_DEVMEM_CUDA) {
 		int rc = cuda_probe(gpu_name, sizeof(gpu_name));
 		if (rc)
 			return rc;
@@ -574,7 +505,7 @@ int main(int argc, char **argv)
 	printf("kvb_gpu_check: %s memory (%s, GPU %d); %u layers x K,V = %u regions of %u blocks x %" PRIu64
 	       " bytes (%.1f MiB per side); %u blocks per request (%u tokens, %.1f MiB); %d requests; "
 	       "%d TCP NICs\n",
-	       mode == MEM_CUDA ? "cuda" : "emulated", gpu_name, o.device, (uint32_t)o.layers, g.n_regions,
+	       mode == KVB_DEVMEM_CUDA ? "cuda" : "emulated", gpu_name, o.device, (uint32_t)o.layers, g.n_regions,
 	       g.blocks, g.block_bytes, (double)g.len / 1048576.0, g.n, g.n * (uint32_t)o.block_tokens,
 	       (double)g.request_bytes / 1048576.0, o.repeat, o.nics);
 	fflush(stdout);
@@ -593,7 +524,7 @@ int main(int argc, char **argv)
 
 	if (!side_open(&P, "producer", KVB_ROLE_PRODUCER, &g) || !side_open(&D, "consumer", KVB_ROLE_CONSUMER, &g))
 		goto out;
-	bounce = host_alloc(g.request_bytes);
+	bounce = kvb_devmem_host_alloc(mode, g.request_bytes);
 	if (!bounce)
 		goto out;
 	memset(bounce, 0, g.request_bytes); /* resident before the first timed copy */
@@ -700,12 +631,12 @@ int main(int argc, char **argv)
 	double gs = (double)g.request_bytes / median(t_stage, o.repeat) / 1e9;
 	double gc = (double)g.request_bytes / median(t_ce, o.repeat) / 1e9;
 	double gd = (double)g.request_bytes / median(t_d2d, o.repeat) / 1e9;
-	const char *base = mode == MEM_CUDA ? "cudaMemcpyAsync" : "memcpy (emulated)";
+	const char *base = mode == KVB_DEVMEM_CUDA ? "cudaMemcpyAsync" : "memcpy (emulated)";
 	printf("\n%-36s %14s %12s\n", "path (same blocks, same run)", "bytes/request", "median GB/s");
 	printf("%-36s %14" PRIu64 " %12.2f\n", "staging: kvbridge hw, TCP loopback", g.request_bytes, gs);
-	printf("%-36s %14" PRIu64 " %12.2f\n", mode == MEM_CUDA ? "copy engine: D2H + H2D, pinned" :
+	printf("%-36s %14" PRIu64 " %12.2f\n", mode == KVB_DEVMEM_CUDA ? "copy engine: D2H + H2D, pinned" :
 	       "baseline: D2H + H2D (memcpy)", g.request_bytes, gc);
-	printf("%-36s %14" PRIu64 " %12.2f\n", mode == MEM_CUDA ? "copy engine: D2D" : "baseline: D2D (memcpy)",
+	printf("%-36s %14" PRIu64 " %12.2f\n", mode == KVB_DEVMEM_CUDA ? "copy engine: D2D" : "baseline: D2D (memcpy)",
 	       g.request_bytes, gd);
 	printf("staging / D2H+H2D: %.3f   (baseline: %s, per block, %d requests)\n", gs / gc, base, o.repeat);
 	printf("backend stats: producer gpu_copies %" PRIu64 " gpu_staged_bytes %" PRIu64
@@ -730,7 +661,7 @@ int main(int argc, char **argv)
 out:
 	side_close(&D);
 	side_close(&P);
-	host_free(bounce);
+	kvb_devmem_host_free(mode, bounce);
 #ifdef KVB_HAVE_CUDA
 	if (stream)
 		cudaStreamDestroy(stream);
