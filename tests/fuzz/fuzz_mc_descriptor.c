@@ -19,66 +19,11 @@
 #include <string.h>
 
 #include "kvb_mc_wire.h"
+#include "seg_check.h"
 
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-static bool seg_empty(const kvb_mc_segment_t *s)
-{
-	return !s->devices && !s->buffers && !s->locations && !s->n_devices && !s->n_buffers &&
-	       !s->n_locations;
-}
-
-/* b is what a decoded to after to_json and from_json. */
-static void check_same(const kvb_mc_segment_t *a, const kvb_mc_segment_t *b)
-{
-	bool tcp = !strcmp(a->protocol, "tcp");
-	if (strcmp(a->name, b->name) || strcmp(a->protocol, b->protocol) ||
-	    a->tcp_data_port != b->tcp_data_port || strcmp(a->timestamp, b->timestamp) ||
-	    strcmp(a->rdma_server_name, b->rdma_server_name) ||
-	    b->tcp_proto_version != (a->tcp_proto_version ? a->tcp_proto_version : 1))
-		abort();
-	if (strcmp(b->tcp_data_host, tcp ? a->tcp_data_host : ""))
-		abort();
-	if (a->n_buffers != b->n_buffers)
-		abort();
-	for (uint32_t i = 0; i < a->n_buffers; i++) {
-		const kvb_mc_buffer_t *x = &a->buffers[i], *y = &b->buffers[i];
-		if (strcmp(x->name, y->name) || x->addr != y->addr || x->length != y->length)
-			abort();
-		if (tcp) {
-			if (y->n_keys)
-				abort();
-			continue;
-		}
-		if (x->n_keys != y->n_keys ||
-		    (x->n_keys && (memcmp(x->rkey, y->rkey, x->n_keys * sizeof(uint32_t)) ||
-				   memcmp(x->lkey, y->lkey, x->n_keys * sizeof(uint32_t)))))
-			abort();
-	}
-	if (tcp) {
-		if (b->n_devices || b->n_locations)
-			abort();
-		return;
-	}
-	if (a->n_devices != b->n_devices || a->n_locations != b->n_locations)
-		abort();
-	for (uint32_t i = 0; i < a->n_devices; i++)
-		if (strcmp(a->devices[i].name, b->devices[i].name) ||
-		    a->devices[i].lid != b->devices[i].lid ||
-		    memcmp(a->devices[i].gid, b->devices[i].gid, 16))
-			abort();
-	for (uint32_t i = 0; i < a->n_locations; i++) {
-		const kvb_mc_location_t *x = &a->locations[i], *y = &b->locations[i];
-		if (strcmp(x->name, y->name) || x->n_preferred != y->n_preferred ||
-		    x->n_available != y->n_available ||
-		    memcmp(x->preferred, y->preferred, x->n_preferred * sizeof(uint32_t)) ||
-		    memcmp(x->available, y->available, x->n_available * sizeof(uint32_t)))
-			abort();
-	}
-}
-
-/* The decoder's own invariants on what it accepted. */
 static void check_valid(const kvb_mc_segment_t *s)
 {
 	if (s->n_devices > KVB_MC_MAX_DEVICES || s->n_buffers > KVB_MC_MAX_BUFFERS ||
@@ -161,7 +106,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		kvb_err_clear(&err);
 		if (kvb_mc_segment_from_json(j1->str, j1->len, &b, &err) != KVB_OK)
 			abort();
-		check_same(&a, &b);
+		check_seg_same(&a, &b);
 		if (kvb_mc_segment_to_json(&b, j2, NULL) != KVB_OK || strcmp(j1->str, j2->str))
 			abort();
 		kvb_mc_segment_clear(&b);
