@@ -29,7 +29,9 @@
 #include <glib.h>
 #include <kvbridge/kvbridge.h>
 
-#include "kvb_hw_int.h"
+#include "events/kvb_hw_net.h"
+#include "transport/kvb_hw_gpu.h"
+#include "transport/kvb_hw_tcp.h"
 #include "kvb_mc_wire.h"
 
 #define IO_CHUNK (8u << 20)       /* bytes per send/recv call on the data path */
@@ -55,7 +57,7 @@ typedef enum lane_state {
 } lane_state_t;
 
 struct hw_lane {
-	hw_peer_t *peer;
+	hw_link_t *link;
 	uint32_t nic;
 	int fd;
 	hw_watch_t *w;
@@ -70,7 +72,7 @@ struct hw_lane {
 
 static void op_complete(hw_lane_t *l, hw_op_t *op, int status)
 {
-	hw_peer_t *p = l->peer;
+	hw_link_t *p = l->link;
 	hw_t *hw = p->hw;
 	if (status == KVB_OK) {
 		hw_stats(hw)->tcp_bytes_posted += op->len;
@@ -99,9 +101,9 @@ static void lane_close_fd(hw_lane_t *l)
  * post reconnects. */
 static void lane_fail(hw_lane_t *l, int status, const char *why)
 {
-	hw_t *hw = l->peer->hw;
-	hw_set_error(hw, "data connection to %s:%u (nic %u): %s", l->peer->data_host,
-		     l->peer->data_port, l->nic, why);
+	hw_t *hw = l->link->hw;
+	hw_set_error(hw, "data connection to %s:%u (nic %u): %s", l->link->data_host,
+		     l->link->data_port, l->nic, why);
 	lane_close_fd(l);
 	hw_op_t *op;
 	while ((op = g_queue_pop_head(&l->sent)))
@@ -124,7 +126,7 @@ static int lane_errno_status(int e)
 
 static void lane_connect(hw_lane_t *l)
 {
-	hw_peer_t *p = l->peer;
+	hw_link_t *p = l->link;
 	hw_t *hw = p->hw;
 	kvb_err_t err;
 	const char *src = hw_params(hw)->nic_addrs[l->nic];
@@ -165,7 +167,7 @@ static void lane_watch_update(hw_lane_t *l)
 		return;
 	hw_watch_set(l->w, G_IO_IN | (l->tosend.length ? G_IO_OUT : 0));
 	if (l->sent.length)
-		hw_deadline_arm(l->deadline, hw_params(l->peer->hw)->status_timeout_ns);
+		hw_deadline_arm(l->deadline, hw_params(l->link->hw)->status_timeout_ns);
 	else
 		hw_deadline_disarm(l->deadline);
 }
@@ -263,7 +265,7 @@ static bool lane_recv(hw_lane_t *l)
 		}
 		if (r > 0) {
 			budget -= MIN(budget, (uint64_t)r);
-			hw_deadline_arm(l->deadline, hw_params(l->peer->hw)->status_timeout_ns);
+			hw_deadline_arm(l->deadline, hw_params(l->link->hw)->status_timeout_ns);
 		}
 		if (need_status) {
 			if (r > 0)
@@ -280,10 +282,10 @@ static bool lane_recv(hw_lane_t *l)
 			}
 			if (code != KVB_MC_TCP_STATUS_OK) {
 				g_queue_pop_head(&l->sent);
-				hw_set_error(l->peer->hw,
+				hw_set_error(l->link->hw,
 					     "peer %s refused %s of %" PRIu64 " bytes at 0x%" PRIx64
 					     " (outside its registered memory)",
-					     l->peer->addr, op->opcode == KVB_MC_TCP_OP_WRITE ? "a write" : "a read",
+					     l->link->name, op->opcode == KVB_MC_TCP_OP_WRITE ? "a write" : "a read",
 					     op->len, op->raddr);
 				op_complete(l, op, KVB_ERR_RANGE);
 				lane_reset_after_reject(l);
@@ -342,7 +344,7 @@ static void lane_timeout(void *obj)
 		lane_fail(l, KVB_ERR_TRANSPORT, "no status frame or data within the status timeout");
 }
 
-int hw_lane_post(hw_peer_t *p, const kvb_slice_op_t *op, hw_mr_t *m)
+int hw_lane_post(hw_link_t *p, const kvb_slice_op_t *op, hw_mr_t *m)
 {
 	hw_t *hw = p->hw;
 	const kvb_hw_params_t *prm = hw_params(hw);
@@ -355,7 +357,7 @@ int hw_lane_post(hw_peer_t *p, const kvb_slice_op_t *op, hw_mr_t *m)
 		return KVB_ERR_INVALID;
 	}
 	if (m->kind == KVB_MEM_CUDA) {
-		/* kvb_hw.c stages GPU memory before it reaches a socket */
+		/* kvb_hw_transport.c stages GPU memory before it reaches a socket */
 		hw_set_error(hw, "xfer_post: GPU memory at 0x%" PRIx64 " reached the TCP transport "
 				 "unstaged", op->local_addr);
 		return KVB_ERR_INVALID;
@@ -376,7 +378,7 @@ int hw_lane_post(hw_peer_t *p, const kvb_slice_op_t *op, hw_mr_t *m)
 	hw_lane_t *l = p->lanes[best];
 	if (!l) {
 		l = g_new0(hw_lane_t, 1);
-		l->peer = p;
+		l->link = p;
 		l->nic = op->local_nic;
 		l->fd = -1;
 		l->deadline = hw_deadline_new(hw, lane_timeout, l);
@@ -402,7 +404,7 @@ int hw_lane_post(hw_peer_t *p, const kvb_slice_op_t *op, hw_mr_t *m)
 	return KVB_OK;
 }
 
-void hw_lanes_fail(hw_peer_t *p, int status)
+void hw_lanes_fail(hw_link_t *p, int status)
 {
 	for (uint32_t i = 0; i < KVB_HW_MAX_NICS * KVB_HW_MAX_LANES; i++)
 		if (p->lanes[i] && (p->lanes[i]->sent.length || p->lanes[i]->tosend.length ||
@@ -410,7 +412,7 @@ void hw_lanes_fail(hw_peer_t *p, int status)
 			lane_fail(p->lanes[i], status, "the connection to the peer went down");
 }
 
-void hw_lanes_free(hw_peer_t *p)
+void hw_lanes_free(hw_link_t *p)
 {
 	for (uint32_t i = 0; i < KVB_HW_MAX_NICS * KVB_HW_MAX_LANES; i++) {
 		hw_lane_t *l = p->lanes[i];
@@ -765,13 +767,13 @@ int hw_tcp_server_start(hw_t *hw, kvb_err_t *err)
 		return err ? err->code : KVB_ERR_CONFIG;
 	}
 	srv->w = hw_watch_new(hw, srv->fd, G_IO_IN, server_accept, srv);
-	*hw_tcp_server_slot(hw) = srv;
+	hw->tcp = srv;
 	return KVB_OK;
 }
 
 void hw_tcp_server_stop(hw_t *hw)
 {
-	struct hw_tcp_server *srv = *hw_tcp_server_slot(hw);
+	struct hw_tcp_server *srv = hw->tcp;
 	if (!srv)
 		return;
 	while (srv->sessions.head)
@@ -779,12 +781,12 @@ void hw_tcp_server_stop(hw_t *hw)
 	hw_watch_free(srv->w);
 	close(srv->fd);
 	g_free(srv);
-	*hw_tcp_server_slot(hw) = NULL;
+	hw->tcp = NULL;
 }
 
 void hw_tcp_server_drop_mr(hw_t *hw, hw_mr_t *mr)
 {
-	struct hw_tcp_server *srv = *hw_tcp_server_slot(hw);
+	struct hw_tcp_server *srv = hw->tcp;
 	if (!srv)
 		return;
 	for (GList *l = srv->sessions.head; l;) {
@@ -800,6 +802,6 @@ void hw_tcp_server_drop_mr(hw_t *hw, hw_mr_t *mr)
 
 uint16_t hw_tcp_server_port(hw_t *hw)
 {
-	struct hw_tcp_server *srv = *hw_tcp_server_slot(hw);
+	struct hw_tcp_server *srv = hw->tcp;
 	return srv ? srv->port : 0;
 }

@@ -33,7 +33,11 @@
 #include <zmq.h>
 #include <kvbridge/kvbridge.h>
 
-#include "kvb_hw_int.h"
+#include "control/kvb_hw_peer.h"
+#include "control/kvb_hw_vllm_gen0.h"
+#include "events/kvb_hw_net.h"
+#include "transport/kvb_hw_mem.h"
+#include "transport/kvb_hw_transport.h"
 #include "kvb_vllm_wire.h"
 #include "kvb_wire.h"
 
@@ -88,6 +92,7 @@ typedef struct vclient {
 } vclient_t;
 
 static void *zctx_of(hw_t *hw);
+static const hw_peer_ops_t session_ops, client_ops;
 
 /* ------------------------------------------------------------------------ */
 /* ZMQ helpers                                                              */
@@ -163,7 +168,7 @@ static void vsess_free(vsess_t *s)
 	g_queue_remove(&s->v->sessions, s);
 	hw_call_cancel(s->call);
 	if (s->peer)
-		s->peer->vllm = NULL;
+		s->peer->proto = NULL;
 	g_bytes_unref(s->identity);
 	kvb_vllm_meta_clear(&s->meta);
 	g_free(s);
@@ -189,12 +194,12 @@ static void vsess_finish(vsess_t *s, bool ok, const char *why)
 	}
 	hw_peer_t *p = s->peer;
 	if (p && (p->conn || p->incoming_id)) {
-		/* the core closes the conn, then hw_vllm_peer_closed frees the session */
+		/* the core closes the conn, then vllm_peer_closed frees the session */
 		hw_peer_down(p, KVB_OK, "vLLM session finished");
 		return;
 	}
 	if (p) {
-		p->vllm = NULL;
+		p->proto = NULL;
 		s->peer = NULL;
 		hw_peer_free(p);
 	}
@@ -221,7 +226,7 @@ static int vsess_pulls(vsess_t *s, GPtrArray *frames, char *why, size_t why_len)
 		regions[i].mem_kind = KVB_MEM_HOST;
 		regions[i].device = -1;
 		/* blocks the decoder's registered memory holds from this base */
-		const kvb_mc_buffer_t *b = kvb_mc_segment_find(&p->seg, regions[i].base, 1);
+		const kvb_mc_buffer_t *b = kvb_mc_segment_find(&p->link.seg, regions[i].base, 1);
 		if (!b) {
 			g_snprintf(why, why_len,
 				   "kv_caches_base_addr[%u] = 0x%" PRIx64 " is outside the decoder's "
@@ -294,11 +299,11 @@ static void vsess_descriptor(void *obj, int status, const char *why, kvb_mc_msg_
 	char addr[KVB_ADDR_MAX];
 	g_snprintf(addr, sizeof(addr), "vllm-decoder:%s:%u", s->meta.remote_hostname,
 		   s->meta.remote_port);
-	hw_peer_t *p = hw_peer_new(hw, HW_PEER_VLLM_SESSION, addr);
-	p->vllm = s;
+	hw_peer_t *p = hw_peer_new(hw, HW_PEER_VLLM_SESSION, &session_ops, addr);
+	p->proto = s;
 	s->peer = p;
 	g_strlcpy(p->host, s->meta.remote_hostname, sizeof(p->host));
-	if (hw_peer_set_segment(p, &seg, s->meta.remote_hostname, &err) != KVB_OK) {
+	if (hw_link_set_segment(&p->link, &seg, s->meta.remote_hostname, &err) != KVB_OK) {
 		vsess_finish(s, false, err.msg);
 		return;
 	}
@@ -374,7 +379,7 @@ static void router_message(struct hw_vllm *v, zmq_msg_t *frames, int n, size_t n
 		vsess_finish(s, false, "this producer has no KV layout for vLLM decoders yet");
 		return;
 	}
-	char *desc = hw_descriptor_json(hw);
+	char *desc = hw_segment_json(hw);
 	s->call = hw_call_start(hw, s->meta.remote_hostname, s->meta.remote_port, KVB_MC_METADATA,
 				desc, strlen(desc), vsess_descriptor, s);
 	g_free(desc);
@@ -408,7 +413,7 @@ int hw_vllm_start(hw_t *hw, kvb_err_t *err)
 	struct hw_vllm *v = g_new0(struct hw_vllm, 1);
 	v->hw = hw;
 	g_queue_init(&v->sessions);
-	*hw_vllm_slot(hw) = v;
+	hw->vllm = v;
 	v->zctx = zctx_of(hw);
 	v->router = zmq_socket(v->zctx, ZMQ_ROUTER);
 	int zero = 0, one = 1;
@@ -436,7 +441,7 @@ int hw_vllm_start(hw_t *hw, kvb_err_t *err)
 int hw_vllm_set_layout(hw_t *hw, const kvb_region_t *regions, uint32_t n, uint32_t tp_size,
 		       uint32_t tp_rank, kvb_err_t *err)
 {
-	struct hw_vllm *v = *hw_vllm_slot(hw);
+	struct hw_vllm *v = hw->vllm;
 	if (!v)
 		return kvb_err_set(err, KVB_ERR_STATE, "no vLLM side channel (side_channel_port is 0)");
 	if (!n || !regions || !tp_size || tp_rank >= tp_size)
@@ -511,10 +516,10 @@ static bool vpull_io(void *obj, GIOCondition cond)
 	(void)cond;
 	vpull_t *vp = obj;
 	hw_watch_t *w = vp->w;
-	g_source_ref((GSource *)w);
+	hw_watch_ref(w);
 	vpull_check(vp);
-	bool alive = !g_source_is_destroyed((GSource *)w);
-	g_source_unref((GSource *)w);
+	bool alive = !hw_watch_gone(w);
+	hw_watch_unref(w);
 	return alive;
 }
 
@@ -529,21 +534,23 @@ static void vclient_kick(void *obj)
 	}
 }
 
-int hw_vllm_client_connect(hw_peer_t *p, const char *host, uint16_t port, kvb_err_t *err)
+int hw_vllm_client_connect(hw_t *hw, kvb_conn_t *conn, const char *addr, const char *host,
+			   uint16_t port)
 {
+	hw_peer_t *p = hw_peer_new(hw, HW_PEER_VLLM_CLIENT, &client_ops, addr);
+	hw_peer_bind(p, conn);
 	vclient_t *vc = g_new0(vclient_t, 1);
 	vc->peer = p;
 	g_queue_init(&vc->pulls);
 	g_snprintf(vc->endpoint, sizeof(vc->endpoint), strchr(host, ':') ? "tcp://[%s]:%u" : "tcp://%s:%u",
 		   host, port);
 	vc->kick = hw_deadline_new(p->hw, vclient_kick, vc);
-	p->vllm = vc;
+	p->proto = vc;
 	g_strlcpy(p->host, host, sizeof(p->host));
 	p->port = port;
 	/* ZMQ connects lazily; the peer is up at once (errors show per pull) */
-	p->have_seg = true;
+	p->link.have_seg = true;
 	hw_peer_up(p);
-	(void)err;
 	return KVB_INPROGRESS;
 }
 
@@ -596,7 +603,7 @@ static int vclient_pull(vclient_t *vc, const void *buf, size_t len)
 		bases[i] = pull.regions[i].base;
 		per_block += pull.regions[i].block_bytes;
 	}
-	int rc = kvb_vllm_meta_init(&m, hw_host(hw), hw_rpc_port_of(hw), bases, pull.n_regions, &err);
+	int rc = kvb_vllm_meta_init(&m, hw->host, hw->rpc_port, bases, pull.n_regions, &err);
 	g_free(bases);
 	uint32_t nb = pull.n_groups ? pull.groups[0].count : 0;
 	if (rc == KVB_OK)
@@ -661,7 +668,7 @@ static void vclient_cancel(vclient_t *vc, const kvb_wire_notice_t *n)
 	}
 }
 
-int hw_vllm_msg_send(hw_peer_t *p, const void *buf, size_t len)
+static int vllm_msg_send(hw_peer_t *p, const void *buf, size_t len)
 {
 	hw_t *hw = p->hw;
 	kvb_wire_type_t type;
@@ -671,7 +678,7 @@ int hw_vllm_msg_send(hw_peer_t *p, const void *buf, size_t len)
 		return KVB_ERR_INVALID;
 	}
 	if (p->kind == HW_PEER_VLLM_CLIENT) {
-		vclient_t *vc = p->vllm;
+		vclient_t *vc = p->proto;
 		if (type == KVB_WIRE_PULL)
 			return vclient_pull(vc, buf, len);
 		if (type == KVB_WIRE_CANCEL) {
@@ -682,7 +689,7 @@ int hw_vllm_msg_send(hw_peer_t *p, const void *buf, size_t len)
 		return KVB_OK; /* HEARTBEAT: Gen 0 has none */
 	}
 	/* producer session: STARTED is ignored, DONE answers a request */
-	vsess_t *s = p->vllm;
+	vsess_t *s = p->proto;
 	if (!s || type != KVB_WIRE_DONE)
 		return KVB_OK;
 	kvb_wire_notice_t n;
@@ -702,25 +709,25 @@ int hw_vllm_msg_send(hw_peer_t *p, const void *buf, size_t len)
 	return KVB_OK;
 }
 
-void hw_vllm_peer_detach(hw_peer_t *p)
+static void vllm_peer_detach(hw_peer_t *p)
 {
 	if (p->kind == HW_PEER_VLLM_CLIENT) {
-		vclient_t *vc = p->vllm;
+		vclient_t *vc = p->proto;
 		if (vc) {
 			while (vc->pulls.head)
 				vpull_free(vc->pulls.head->data);
 			hw_deadline_free(vc->kick);
 			g_free(vc);
 		}
-	} else if (p->vllm) {
-		((vsess_t *)p->vllm)->peer = NULL;
+	} else if (p->proto) {
+		((vsess_t *)p->proto)->peer = NULL;
 	}
-	p->vllm = NULL;
+	p->proto = NULL;
 }
 
-void hw_vllm_peer_closed(hw_peer_t *p)
+static void vllm_peer_closed(hw_peer_t *p)
 {
-	vsess_t *s = p->kind == HW_PEER_VLLM_SESSION ? p->vllm : NULL;
+	vsess_t *s = p->kind == HW_PEER_VLLM_SESSION ? p->proto : NULL;
 	if (s) {
 		if (!s->replied) {
 			/* the core let go before every request was answered */
@@ -732,14 +739,30 @@ void hw_vllm_peer_closed(hw_peer_t *p)
 	hw_peer_free(p); /* detaches a client's pulls */
 }
 
-void hw_vllm_accepted(hw_peer_t *p)
+static const hw_peer_ops_t session_ops = {
+	.protocol = "vllm gen0 (producer session)",
+	.accepted = vsess_accepted,
+	.msg_send = vllm_msg_send,
+	.closed = vllm_peer_closed,
+	.detach = vllm_peer_detach,
+};
+
+static void client_accepted(hw_peer_t *p)
 {
-	vsess_accepted(p);
+	(void)p; /* never announced: clients are only dialled */
 }
+
+static const hw_peer_ops_t client_ops = {
+	.protocol = "vllm gen0 (consumer)",
+	.accepted = client_accepted,
+	.msg_send = vllm_msg_send,
+	.closed = vllm_peer_closed,
+	.detach = vllm_peer_detach,
+};
 
 void hw_vllm_stop(hw_t *hw)
 {
-	struct hw_vllm *v = *hw_vllm_slot(hw);
+	struct hw_vllm *v = hw->vllm;
 	if (v) {
 		while (v->sessions.head)
 			vsess_free(v->sessions.head->data); /* peers are freed by the instance */
@@ -749,7 +772,7 @@ void hw_vllm_stop(hw_t *hw)
 			zmq_close(v->router);
 		g_free(v->regions);
 		g_free(v);
-		*hw_vllm_slot(hw) = NULL;
+		hw->vllm = NULL;
 	}
 }
 

@@ -1,15 +1,10 @@
 /*
- * The RDMA data path of the hw backend: libibverbs on one or many NICs,
- * queue pairs compatible with the Mooncake Transfer Engine's (notes:
- * ../shared/research/mooncake-te.md sections 1.5, 2, 10).
+ * The RDMA data path of the hw backend: endpoints, posting, completions,
+ * failover, and the liveness of peers that keep no stream; queue pairs
+ * compatible with the Mooncake Transfer Engine's (notes:
+ * ../shared/research/mooncake-te.md sections 1.5, 2, 10).  Devices and
+ * memory registration are kvb_hw_rdma_dev.c's.
  *
- *  - Devices: the names in params.rdma_devices (comma list; "auto" = every
- *    device with an ACTIVE port), filtered by MC_TE_FILTERS.  Per device one
- *    PD, one completion channel and one CQ; the channel's fd is a GSource.
- *  - GID: params.gid_index (MC_GID_INDEX), or the first RoCE v2 entry with
- *    an IPv4-mapped address, then any RoCE v2 entry, then index 0.
- *  - Memory: every registration on every device; the descriptor publishes
- *    one rkey/lkey per device, in devices[] order.
  *  - Endpoints: one per (local device, peer NIC path), each of qp_per_ep RC
  *    QPs (Mooncake's default 2; QP i pairs with peer QP i), PSN 0 both ways,
  *    GRH always, path MTU = min(active MTU, params.mtu).  The active side
@@ -38,30 +33,12 @@
 #include <kvbridge/kvbridge.h>
 #include <kvbridge/hw.h>
 
-#include "kvb_hw_int.h"
+#include "events/kvb_hw_net.h"
+#include "transport/kvb_hw_rdma.h"
+#include "transport/kvb_hw_rdma_int.h"
 
-#define RDMA_MAX_DEVICES KVB_HW_MAX_NICS
+#define R hw_rdma_of
 #define POLL_BATCH 64
-
-typedef struct rdma_dev {
-	hw_rdma_t *r;
-	uint32_t index;
-	char name[KVB_MC_DEVICE_NAME_MAX];
-	struct ibv_context *ctx;
-	struct ibv_pd *pd;
-	struct ibv_comp_channel *ch;
-	struct ibv_cq *cq;
-	int cqe;
-	hw_watch_t *w;
-	uint8_t port;
-	int gid_index;
-	union ibv_gid gid;
-	uint16_t lid;
-	enum ibv_mtu mtu;            /* min(active, configured) */
-	uint32_t max_qp_wr;
-	hw_watch_t *async_w;
-	bool port_down;              /* IBV_EVENT_PORT_ERR seen, no PORT_ACTIVE since */
-} rdma_dev_t;
 
 typedef enum ep_state { EP_CONNECTING = 1, EP_UP = 2, EP_ERROR = 3 } ep_state_t;
 
@@ -88,7 +65,7 @@ typedef struct rdma_ep {
 } rdma_ep_t;
 
 struct rdma_op {
-	hw_peer_t *peer;                  /* NULL: the core closed the conn, drop the event */
+	hw_link_t *link;                  /* NULL: the link was freed, drop the event */
 	uint64_t cookie;
 	uint32_t nic;
 	int status;
@@ -100,115 +77,9 @@ struct rdma_op {
 	rdma_ep_t *ep;
 };
 
-struct hw_rdma {
-	hw_t *hw;
-	uint32_t n_devs;
-	rdma_dev_t devs[RDMA_MAX_DEVICES];
-	GHashTable *eps;                  /* key -> rdma_ep_t* */
-	GQueue retired;                   /* rdma_ep_t* draining */
-	GHashTable *ops;                  /* rdma_op_t* in flight (set) */
-	hw_deadline_t *watchdog;          /* stalled endpoints, every second while busy */
-	bool watchdog_armed;
-	hw_deadline_t *prober;            /* liveness of peers with passive endpoints */
-	bool prober_armed;
-	GHashTable *probes;               /* peer server name -> peer_probe_t* */
-};
-
-/* mr->rdma: one ibv_mr* per device */
-typedef struct rdma_mrs {
-	struct ibv_mr *mr[RDMA_MAX_DEVICES];
-	struct ibv_mr *mirror[RDMA_MAX_DEVICES]; /* GPU memory on a staging device */
-} rdma_mrs_t;
-
-/* Deregister every key of mrs and free it. */
-static void hw_rdma_mr_dereg_keys(hw_rdma_t *r, rdma_mrs_t *mrs)
-{
-	for (uint32_t i = 0; i < r->n_devs; i++) {
-		if (mrs->mr[i])
-			ibv_dereg_mr(mrs->mr[i]);
-		if (mrs->mirror[i])
-			ibv_dereg_mr(mrs->mirror[i]);
-	}
-	g_free(mrs);
-}
-
-static hw_rdma_t *R(hw_t *hw)
-{
-	return *hw_rdma_slot(hw);
-}
-
-uint32_t hw_rdma_n_devices(hw_t *hw)
-{
-	return R(hw) ? R(hw)->n_devs : 0;
-}
-
 uint64_t hw_rdma_endpoint_count(hw_t *hw)
 {
 	return R(hw) ? g_hash_table_size(R(hw)->eps) : 0;
-}
-
-const char *hw_rdma_device_name(hw_t *hw, uint32_t i)
-{
-	return R(hw) && i < R(hw)->n_devs ? R(hw)->devs[i].name : NULL;
-}
-
-/* ------------------------------------------------------------------------ */
-/* devices                                                                  */
-
-static int mtu_bytes(enum ibv_mtu m)
-{
-	return m >= IBV_MTU_256 && m <= IBV_MTU_4096 ? 128 << m : 0;
-}
-
-static enum ibv_mtu mtu_enum(uint32_t bytes)
-{
-	switch (bytes) {
-	case 256: return IBV_MTU_256;
-	case 512: return IBV_MTU_512;
-	case 1024: return IBV_MTU_1024;
-	case 2048: return IBV_MTU_2048;
-	default: return IBV_MTU_4096;
-	}
-}
-
-/* Mooncake's auto rule, simplified: RoCE v2 with an IPv4-mapped address
- * first, then any RoCE v2 (or IB) entry, then the first non-null one. */
-static int pick_gid(rdma_dev_t *d, int gid_tbl_len, int forced, kvb_err_t *err)
-{
-	if (forced >= 0) {
-		if (forced >= gid_tbl_len || ibv_query_gid(d->ctx, d->port, forced, &d->gid))
-			return kvb_err_set(err, KVB_ERR_CONFIG, "%s: gid index %d is not in its table (%d entries)",
-					   d->name, forced, gid_tbl_len);
-		d->gid_index = forced;
-		return KVB_OK;
-	}
-	int best = -1, best_rank = 99;
-	for (int i = 0; i < gid_tbl_len; i++) {
-		struct ibv_gid_entry e;
-		if (ibv_query_gid_ex(d->ctx, d->port, (uint32_t)i, &e, 0))
-			continue;
-		static const uint8_t zero[16];
-		if (!memcmp(e.gid.raw, zero, 16))
-			continue;
-		static const uint8_t v4map[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-		int rank;
-		if (e.gid_type == IBV_GID_TYPE_ROCE_V2 && !memcmp(e.gid.raw, v4map, 12))
-			rank = 0;
-		else if (e.gid_type == IBV_GID_TYPE_ROCE_V2 || e.gid_type == IBV_GID_TYPE_IB)
-			rank = 1;
-		else
-			rank = 2;
-		if (rank < best_rank) {
-			best_rank = rank;
-			best = i;
-		}
-	}
-	if (best < 0)
-		return kvb_err_set(err, KVB_ERR_TRANSPORT, "%s port %u: no usable GID (is the netdev up "
-				   "with an address?)", d->name, d->port);
-	d->gid_index = best;
-	ibv_query_gid(d->ctx, d->port, best, &d->gid);
-	return KVB_OK;
 }
 
 static bool cq_io(void *obj, GIOCondition cond);
@@ -217,80 +88,6 @@ static void watchdog_fire(void *obj);
 static void prober_fire(void *obj);
 static void prober_arm(hw_rdma_t *r);
 static void probe_free(void *obj);
-
-static int dev_open(hw_rdma_t *r, struct ibv_device *ibdev, kvb_err_t *err)
-{
-	const kvb_hw_params_t *p = hw_params(r->hw);
-	rdma_dev_t *d = &r->devs[r->n_devs];
-	memset(d, 0, sizeof(*d));
-	d->r = r;
-	d->index = r->n_devs;
-	g_strlcpy(d->name, ibv_get_device_name(ibdev), sizeof(d->name));
-	d->port = (uint8_t)(p->ib_port ? p->ib_port : 1);
-	d->ctx = ibv_open_device(ibdev);
-	if (!d->ctx)
-		return kvb_err_set(err, KVB_ERR_TRANSPORT, "%s: ibv_open_device: %s", d->name, g_strerror(errno));
-	struct ibv_device_attr da;
-	struct ibv_port_attr pa;
-	if (ibv_query_device(d->ctx, &da) || ibv_query_port(d->ctx, d->port, &pa)) {
-		kvb_err_set(err, KVB_ERR_TRANSPORT, "%s: query device/port %u: %s", d->name, d->port,
-			    g_strerror(errno));
-		goto fail;
-	}
-	if (pa.state != IBV_PORT_ACTIVE) {
-		kvb_err_set(err, KVB_ERR_TRANSPORT, "%s port %u is %s, not ACTIVE", d->name, d->port,
-			    ibv_port_state_str(pa.state));
-		goto fail;
-	}
-	d->lid = pa.lid;
-	d->mtu = MIN(pa.active_mtu, mtu_enum(p->mtu ? p->mtu : 4096));
-	d->max_qp_wr = (uint32_t)da.max_qp_wr;
-	if (pick_gid(d, pa.gid_tbl_len, p->gid_index, err) != KVB_OK)
-		goto fail;
-	d->pd = ibv_alloc_pd(d->ctx);
-	d->ch = d->pd ? ibv_create_comp_channel(d->ctx) : NULL;
-	d->cqe = MIN(da.max_cqe, 4096);
-	d->cq = d->ch ? ibv_create_cq(d->ctx, d->cqe, d, d->ch, 0) : NULL;
-	if (!d->cq || ibv_req_notify_cq(d->cq, 0)) {
-		kvb_err_set(err, KVB_ERR_TRANSPORT, "%s: PD/CQ setup: %s", d->name, g_strerror(errno));
-		goto fail;
-	}
-	int fl = fcntl(d->ch->fd, F_GETFL);
-	fcntl(d->ch->fd, F_SETFL, fl | O_NONBLOCK);
-	d->w = hw_watch_new(r->hw, d->ch->fd, G_IO_IN, cq_io, d);
-	fl = fcntl(d->ctx->async_fd, F_GETFL);
-	fcntl(d->ctx->async_fd, F_SETFL, fl | O_NONBLOCK);
-	d->async_w = hw_watch_new(r->hw, d->ctx->async_fd, G_IO_IN, async_io, d);
-	char gid[KVB_MC_GID_TEXT_LEN + 1];
-	kvb_mc_gid_format(d->gid.raw, gid);
-	hw_log(r->hw, "rdma device %s: port %u, gid[%d] %s, lid %u, mtu %d", d->name, d->port,
-	       d->gid_index, gid, d->lid, mtu_bytes(d->mtu));
-	r->n_devs++;
-	return KVB_OK;
-fail:
-	if (d->cq)
-		ibv_destroy_cq(d->cq);
-	if (d->ch)
-		ibv_destroy_comp_channel(d->ch);
-	if (d->pd)
-		ibv_dealloc_pd(d->pd);
-	ibv_close_device(d->ctx);
-	memset(d, 0, sizeof(*d));
-	return err ? err->code : KVB_ERR_TRANSPORT;
-}
-
-static bool name_listed(const char *list, const char *name)
-{
-	if (!list || !*list)
-		return true;
-	gchar **v = g_strsplit(list, ",", -1);
-	bool found = false;
-	for (gchar **s = v; *s && !found; s++)
-		found = !strcmp(g_strstrip(*s), name);
-	g_strfreev(v);
-	return found;
-}
-
 static void ep_free(rdma_ep_t *ep);
 
 int hw_rdma_open(hw_t *hw, kvb_err_t *err)
@@ -306,64 +103,18 @@ int hw_rdma_open(hw_t *hw, kvb_err_t *err)
 	r->watchdog = hw_deadline_new(hw, watchdog_fire, r);
 	r->prober = hw_deadline_new(hw, prober_fire, r);
 	r->probes = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, probe_free);
-	*hw_rdma_slot(hw) = r;
-	int n = 0;
-	struct ibv_device **list = ibv_get_device_list(&n);
-	if (!list) {
-		int rc = kvb_err_set(err, KVB_ERR_TRANSPORT, "ibv_get_device_list: %s (no RDMA devices "
-				     "or no rdma-core provider)", g_strerror(errno));
+	hw->rdma = r;
+	int rc = hw_rdma_devices_open(r, err);
+	if (rc != KVB_OK) {
 		hw_rdma_close(hw);
 		return rc;
 	}
-	bool all = !strcmp(p->rdma_devices, "auto");
-	const char *filters = g_getenv("MC_TE_FILTERS");
-	int rc = KVB_OK;
-	/* in the order given (devices[] order is the NIC numbering) */
-	gchar **want = all ? NULL : g_strsplit(p->rdma_devices, ",", -1);
-	for (guint k = 0; rc == KVB_OK && (all ? k < (guint)n : want[k] != NULL); k++) {
-		struct ibv_device *dev = NULL;
-		if (all) {
-			dev = list[k];
-		} else {
-			const char *nm = g_strstrip(want[k]);
-			for (int i = 0; i < n && !dev; i++)
-				if (!strcmp(ibv_get_device_name(list[i]), nm))
-					dev = list[i];
-			if (!dev) {
-				GString *have = g_string_new(NULL);
-				for (int i = 0; i < n; i++)
-					g_string_append_printf(have, "%s%s", i ? ", " : "", ibv_get_device_name(list[i]));
-				rc = kvb_err_set(err, KVB_ERR_CONFIG, "RDMA device %s not found (have: %s)", nm,
-						 have->len ? have->str : "none");
-				g_string_free(have, TRUE);
-				break;
-			}
-		}
-		if (!name_listed(filters, ibv_get_device_name(dev)))
-			continue;
-		if (r->n_devs == RDMA_MAX_DEVICES) {
-			rc = kvb_err_set(err, KVB_ERR_CONFIG, "more than %u RDMA devices", RDMA_MAX_DEVICES);
-			break;
-		}
-		kvb_err_t e2;
-		int drc = dev_open(r, dev, &e2);
-		if (drc != KVB_OK) {
-			if (all) { /* auto: skip devices that cannot serve */
-				hw_log(hw, "skipping %s: %s", ibv_get_device_name(dev), e2.msg);
-				continue;
-			}
-			rc = kvb_err_set(err, drc, "%s", e2.msg);
-		}
+	for (uint32_t i = 0; i < r->n_devs; i++) {
+		rdma_dev_t *d = &r->devs[i];
+		d->w = hw_watch_new(hw, d->ch->fd, G_IO_IN, cq_io, d);
+		d->async_w = hw_watch_new(hw, d->ctx->async_fd, G_IO_IN, async_io, d);
 	}
-	g_strfreev(want);
-	ibv_free_device_list(list);
-	if (rc == KVB_OK && r->n_devs == 0)
-		rc = kvb_err_set(err, KVB_ERR_TRANSPORT, "no usable RDMA device (%s%s)",
-				 all ? "none has an ACTIVE port" : "all filtered out by MC_TE_FILTERS",
-				 n == 0 ? "; ibv_get_device_list found none" : "");
-	if (rc != KVB_OK)
-		hw_rdma_close(hw);
-	return rc;
+	return KVB_OK;
 }
 
 void hw_rdma_close(hw_t *hw)
@@ -383,10 +134,7 @@ void hw_rdma_close(hw_t *hw)
 		rdma_dev_t *d = &r->devs[i];
 		hw_watch_free(d->w);
 		hw_watch_free(d->async_w);
-		ibv_destroy_cq(d->cq);
-		ibv_destroy_comp_channel(d->ch);
-		ibv_dealloc_pd(d->pd);
-		ibv_close_device(d->ctx);
+		hw_rdma_device_close(d);
 	}
 	g_hash_table_destroy(r->eps);
 	g_hash_table_destroy(r->ops);
@@ -394,173 +142,7 @@ void hw_rdma_close(hw_t *hw)
 	hw_deadline_free(r->prober);
 	g_hash_table_destroy(r->probes);
 	g_free(r);
-	*hw_rdma_slot(hw) = NULL;
-}
-
-/* ------------------------------------------------------------------------ */
-/* memory                                                                   */
-
-/* Device memory on one device: dma-buf, then peer memory; NULL (and the
- * reasons in why) when the NIC cannot reach it and the path is staging. */
-static struct ibv_mr *reg_gpu(hw_t *hw, rdma_dev_t *d, hw_mr_t *m, int access, uint8_t *path,
-			      char *why, size_t why_len)
-{
-	char dmabuf_why[160];
-	int fd = -1;
-	if (hw_gpu_dmabuf(hw, m, &fd, dmabuf_why, sizeof(dmabuf_why)) == KVB_OK) {
-		struct ibv_mr *mr = ibv_reg_dmabuf_mr(d->pd, 0, m->len, m->addr, fd, access);
-		int e = errno;
-		close(fd);
-		if (mr) {
-			*path = KVB_HW_PATH_DMABUF;
-			return mr;
-		}
-		g_snprintf(dmabuf_why, sizeof(dmabuf_why), "ibv_reg_dmabuf_mr: %s", g_strerror(e));
-	}
-	if (m->gpu_provider == HW_GPU_CUDA) {
-		struct ibv_mr *mr = ibv_reg_mr(d->pd, (void *)(uintptr_t)m->addr, m->len, access);
-		if (mr) {
-			*path = KVB_HW_PATH_PEERMEM;
-			return mr;
-		}
-		g_snprintf(why, why_len, "%s; ibv_reg_mr on device memory: %s (no peer memory client)",
-			   dmabuf_why, g_strerror(errno));
-	} else {
-		g_snprintf(why, why_len, "%s", dmabuf_why);
-	}
-	*path = KVB_HW_PATH_STAGING;
-	return NULL;
-}
-
-int hw_rdma_mr_reg(hw_t *hw, hw_mr_t *m, kvb_err_t *err)
-{
-	hw_rdma_t *r = R(hw);
-	if (!r)
-		return KVB_OK;
-	rdma_mrs_t *mrs = g_new0(rdma_mrs_t, 1);
-	int access = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ;
-	if (m->kind == KVB_MEM_CUDA) {
-		for (uint32_t i = 0; i < r->n_devs; i++) {
-			char why[400];
-			mrs->mr[i] = reg_gpu(hw, &r->devs[i], m, access, &m->path[i], why, sizeof(why));
-			if (mrs->mr[i])
-				continue;
-			hw_log(hw, "%s cannot reach GPU memory at 0x%" PRIx64 ": staging (%s)",
-			       r->devs[i].name, m->addr, why);
-			/* peers write and read a pinned mirror at the GPU addresses */
-			if (!m->mirror && !(m->mirror = hw_gpu_host_alloc(hw, m->len))) {
-				hw_rdma_mr_dereg_keys(r, mrs);
-				return kvb_err_set(err, KVB_ERR_NO_RESOURCE,
-						   "no pinned host memory for the %" PRIu64 "-byte mirror %s "
-						   "needs to reach GPU memory (staging)", m->len, r->devs[i].name);
-			}
-			mrs->mirror[i] = ibv_reg_mr_iova(r->devs[i].pd, m->mirror, m->len, m->addr, access);
-			if (!mrs->mirror[i]) {
-				int e = errno;
-				hw_rdma_mr_dereg_keys(r, mrs);
-				hw_gpu_host_free(hw, m->mirror);
-				m->mirror = NULL;
-				return kvb_err_set(err, KVB_ERR_NO_RESOURCE,
-						   "ibv_reg_mr_iova of the GPU mirror on %s: %s", r->devs[i].name,
-						   g_strerror(e));
-			}
-		}
-		m->rdma = mrs;
-		return KVB_OK;
-	}
-	for (uint32_t i = 0; i < r->n_devs; i++) {
-		mrs->mr[i] = ibv_reg_mr(r->devs[i].pd, (void *)(uintptr_t)m->addr, m->len, access);
-		if (!mrs->mr[i]) {
-			int e = errno;
-			for (uint32_t j = 0; j < i; j++)
-				ibv_dereg_mr(mrs->mr[j]);
-			g_free(mrs);
-			return kvb_err_set(err, KVB_ERR_NO_RESOURCE, "ibv_reg_mr on %s (%" PRIu64 " bytes): %s%s",
-					   r->devs[i].name, m->len, g_strerror(e),
-					   e == ENOMEM || e == EPERM ? " (raise RLIMIT_MEMLOCK: ulimit -l)" : "");
-		}
-	}
-	m->rdma = mrs;
-	return KVB_OK;
-}
-
-int hw_rdma_mr_reg_local(hw_t *hw, hw_mr_t *m, kvb_err_t *err)
-{
-	hw_rdma_t *r = R(hw);
-	if (!r)
-		return KVB_OK;
-	rdma_mrs_t *mrs = g_new0(rdma_mrs_t, 1);
-	for (uint32_t i = 0; i < r->n_devs; i++) {
-		mrs->mr[i] = ibv_reg_mr(r->devs[i].pd, (void *)(uintptr_t)m->addr, m->len,
-					IBV_ACCESS_LOCAL_WRITE);
-		if (!mrs->mr[i]) {
-			int e = errno;
-			for (uint32_t j = 0; j < i; j++)
-				ibv_dereg_mr(mrs->mr[j]);
-			g_free(mrs);
-			return kvb_err_set(err, KVB_ERR_NO_RESOURCE, "ibv_reg_mr (staging pool) on %s: %s",
-					   r->devs[i].name, g_strerror(e));
-		}
-	}
-	m->rdma = mrs;
-	return KVB_OK;
-}
-
-void hw_rdma_mr_dereg(hw_t *hw, hw_mr_t *m)
-{
-	hw_rdma_t *r = R(hw);
-	rdma_mrs_t *mrs = m->rdma;
-	if (!r || !mrs)
-		return;
-	hw_rdma_mr_dereg_keys(r, mrs);
-	m->rdma = NULL;
-	if (m->mirror) {
-		hw_gpu_host_free(hw, m->mirror);
-		m->mirror = NULL;
-	}
-}
-
-void hw_rdma_describe(hw_t *hw, kvb_mc_segment_t *seg)
-{
-	hw_rdma_t *r = R(hw);
-	if (!r)
-		return;
-	g_strlcpy(seg->protocol, "rdma", sizeof(seg->protocol));
-	seg->tcp_data_port = 0;
-	seg->n_devices = r->n_devs;
-	seg->devices = g_new0(kvb_mc_device_t, r->n_devs);
-	for (uint32_t i = 0; i < r->n_devs; i++) {
-		g_strlcpy(seg->devices[i].name, r->devs[i].name, sizeof(seg->devices[i].name));
-		seg->devices[i].lid = r->devs[i].lid;
-		memcpy(seg->devices[i].gid, r->devs[i].gid.raw, 16);
-	}
-	for (uint32_t b = 0; b < seg->n_buffers; b++) {
-		hw_mr_t *m = hw_mr_find(hw, seg->buffers[b].addr, seg->buffers[b].length);
-		rdma_mrs_t *mrs = m ? m->rdma : NULL;
-		g_strlcpy(seg->buffers[b].name, "cpu:0", sizeof(seg->buffers[b].name));
-		seg->buffers[b].n_keys = r->n_devs;
-		seg->buffers[b].rkey = g_new0(uint32_t, r->n_devs);
-		seg->buffers[b].lkey = g_new0(uint32_t, r->n_devs);
-		for (uint32_t i = 0; mrs && i < r->n_devs; i++) {
-			if (mrs->mirror[i]) {
-				/* GPU memory this NIC cannot reach: key 0 for Mooncake, the
-				 * mirror's for kvbridge peers */
-				if (!seg->buffers[b].mirror_rkey)
-					seg->buffers[b].mirror_rkey = g_new0(uint32_t, r->n_devs);
-				seg->buffers[b].mirror_rkey[i] = mrs->mirror[i]->rkey;
-			}
-			if (!mrs->mr[i])
-				continue;
-			seg->buffers[b].rkey[i] = mrs->mr[i]->rkey;
-			seg->buffers[b].lkey[i] = mrs->mr[i]->lkey;
-		}
-	}
-	seg->n_locations = 1;
-	seg->locations = g_new0(kvb_mc_location_t, 1);
-	g_strlcpy(seg->locations[0].name, "cpu:0", sizeof(seg->locations[0].name));
-	seg->locations[0].n_preferred = r->n_devs;
-	for (uint32_t i = 0; i < r->n_devs; i++)
-		seg->locations[0].preferred[i] = i;
+	hw->rdma = NULL;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -729,9 +311,9 @@ static rdma_ep_t *ep_new(hw_rdma_t *r, rdma_dev_t *d, const char *local_path, co
 static void op_finish(hw_rdma_t *r, rdma_op_t *op)
 {
 	g_hash_table_remove(r->ops, op);
-	if (op->peer) {
-		if (op->peer->ops_outstanding)
-			op->peer->ops_outstanding--;
+	if (op->link) {
+		if (op->link->ops_outstanding)
+			op->link->ops_outstanding--;
 		if (op->status == KVB_OK) {
 			hw_stats(r->hw)->rdma_bytes_posted += op->len;
 			hw_stats(r->hw)->nic_bytes[op->nic] += op->len;
@@ -840,7 +422,7 @@ static void ep_describe(const rdma_ep_t *ep, kvb_mc_handshake_t *hs)
 	hs->has_gid = true;
 	memcpy(hs->local_gid, ep->dev->gid.raw, 16);
 	hs->local_lid = ep->dev->lid;
-	hs->kvb_path_mtu = (uint32_t)mtu_bytes(ep->dev->mtu);
+	hs->kvb_path_mtu = (uint32_t)hw_rdma_mtu_bytes(ep->dev->mtu);
 }
 
 static bool ep_reply_ok(rdma_ep_t *ep, const kvb_mc_handshake_t *hs, char *why, size_t why_len)
@@ -854,10 +436,10 @@ static bool ep_reply_ok(rdma_ep_t *ep, const kvb_mc_handshake_t *hs, char *why, 
 			   hs->peer_nic_path, ep->peer_path, ep->local_path);
 		return false;
 	}
-	if (hs->kvb_path_mtu && hs->kvb_path_mtu != (uint32_t)mtu_bytes(ep->dev->mtu)) {
+	if (hs->kvb_path_mtu && hs->kvb_path_mtu != (uint32_t)hw_rdma_mtu_bytes(ep->dev->mtu)) {
 		g_snprintf(why, why_len, "path MTU mismatch: the peer's %s uses %u, %s here uses %d (RC "
 			   "needs the same on both sides: set MC_MTU equal)", hs->local_nic_path,
-			   hs->kvb_path_mtu, ep->dev->name, mtu_bytes(ep->dev->mtu));
+			   hs->kvb_path_mtu, ep->dev->name, hw_rdma_mtu_bytes(ep->dev->mtu));
 		return false;
 	}
 	if (hs->n_qp != ep->n_qp) {
@@ -936,12 +518,12 @@ static void ep_handshake_reply(void *obj, int status, const char *why, kvb_mc_ms
 
 /* The endpoint from local device d to the peer NIC path, connecting it
  * (type-0 handshake to the peer's handshake port) if it is new. */
-static rdma_ep_t *ep_get(hw_rdma_t *r, hw_peer_t *p, rdma_dev_t *d, uint32_t peer_dev)
+static rdma_ep_t *ep_get(hw_rdma_t *r, hw_link_t *p, rdma_dev_t *d, uint32_t peer_dev)
 {
 	const char *server = p->seg.rdma_server_name[0] ? p->seg.rdma_server_name : p->seg.name;
 	char peer_path[KVB_MC_NAME_MAX], local_path[KVB_MC_NAME_MAX], key[KVB_MC_NAME_MAX * 2];
 	g_snprintf(peer_path, sizeof(peer_path), "%s@%s", server, p->seg.devices[peer_dev].name);
-	g_snprintf(local_path, sizeof(local_path), "%s@%s", hw_segment(r->hw), d->name);
+	g_snprintf(local_path, sizeof(local_path), "%s@%s", r->hw->segment, d->name);
 	g_snprintf(key, sizeof(key), "%u|%s", d->index, peer_path);
 	rdma_ep_t *ep = g_hash_table_lookup(r->eps, key);
 	if (ep)
@@ -988,9 +570,9 @@ char *hw_rdma_handshake(hw_t *hw, const kvb_mc_handshake_t *req)
 		g_strlcpy(rep.reply_msg, "kvbridge: this endpoint has no RDMA devices (tcp only)",
 			  sizeof(rep.reply_msg));
 	} else if (kvb_mc_nic_path_split(req->peer_nic_path, server, sizeof(server), devname,
-					 sizeof(devname), NULL) != KVB_OK || strcmp(server, hw_segment(hw))) {
+					 sizeof(devname), NULL) != KVB_OK || strcmp(server, hw->segment)) {
 		g_snprintf(rep.reply_msg, sizeof(rep.reply_msg), "peer_nic_path %s is not a NIC of %s",
-			   req->peer_nic_path, hw_segment(hw));
+			   req->peer_nic_path, hw->segment);
 	} else {
 		for (uint32_t i = 0; i < r->n_devs && !d; i++)
 			if (!strcmp(r->devs[i].name, devname))
@@ -1002,10 +584,10 @@ char *hw_rdma_handshake(hw_t *hw, const kvb_mc_handshake_t *req)
 		g_strlcpy(rep.reply_msg, "no local_gid in the request", sizeof(rep.reply_msg));
 	const kvb_hw_params_t *p = hw_params(hw);
 	uint32_t n_qp = p->qp_per_ep ? p->qp_per_ep : 2;
-	if (d && !rep.reply_msg[0] && req->kvb_path_mtu && req->kvb_path_mtu != (uint32_t)mtu_bytes(d->mtu))
+	if (d && !rep.reply_msg[0] && req->kvb_path_mtu && req->kvb_path_mtu != (uint32_t)hw_rdma_mtu_bytes(d->mtu))
 		g_snprintf(rep.reply_msg, sizeof(rep.reply_msg), "path MTU mismatch: %s uses %u, %s here "
 			   "uses %d (RC needs the same on both sides: set MC_MTU equal)", req->local_nic_path,
-			   req->kvb_path_mtu, d->name, mtu_bytes(d->mtu));
+			   req->kvb_path_mtu, d->name, hw_rdma_mtu_bytes(d->mtu));
 	if (d && !rep.reply_msg[0] && req->n_qp != n_qp)
 		g_snprintf(rep.reply_msg, sizeof(rep.reply_msg), "QP count mismatch: %u requested, %u here "
 			   "(MC_NUM_QP_PER_EP must agree)", req->n_qp, n_qp);
@@ -1057,12 +639,21 @@ char *hw_rdma_handshake(hw_t *hw, const kvb_mc_handshake_t *req)
 /* ------------------------------------------------------------------------ */
 /* posting and completions                                                  */
 
-bool hw_rdma_peer_usable(hw_peer_t *p)
+bool hw_rdma_link_usable(hw_link_t *p)
 {
 	return R(p->hw) && p->have_seg && !strcmp(p->seg.protocol, "rdma") && p->seg.n_devices > 0;
 }
 
-int hw_rdma_post(hw_peer_t *p, const kvb_slice_op_t *op, hw_mr_t *m, bool to_mirror)
+bool hw_rdma_remote_mirrored(hw_link_t *p, const kvb_slice_op_t *op)
+{
+	if (!p->seg.n_devices)
+		return false;
+	const kvb_mc_buffer_t *b = kvb_mc_segment_find(&p->seg, op->remote_addr, op->len);
+	uint32_t peer_dev = op->remote_nic % p->seg.n_devices;
+	return b && b->mirror_rkey && b->n_keys == p->seg.n_devices && b->mirror_rkey[peer_dev];
+}
+
+int hw_rdma_post(hw_link_t *p, const kvb_slice_op_t *op, hw_mr_t *m, bool to_mirror)
 {
 	hw_t *hw = p->hw;
 	hw_rdma_t *r = R(hw);
@@ -1099,15 +690,19 @@ int hw_rdma_post(hw_peer_t *p, const kvb_slice_op_t *op, hw_mr_t *m, bool to_mir
 			     p->seg.n_devices);
 		return KVB_ERR_PROTOCOL;
 	}
-	if (!to_mirror && b->mirror_rkey && b->mirror_rkey[peer_dev])
-		return hw_gpu_post_mirrored(p, op, m); /* GPU memory the peer device cannot reach */
+	if (!to_mirror && b->mirror_rkey && b->mirror_rkey[peer_dev]) {
+		/* kvb_hw_staging.c routes these (hw_rdma_remote_mirrored) */
+		hw_set_error(hw, "xfer_post: 0x%" PRIx64 " is GPU memory behind %s's mirror", op->remote_addr,
+			     p->seg.name);
+		return KVB_ERR_INVALID;
+	}
 	rdma_dev_t *d = &r->devs[op->local_nic];
 	if (d->port_down) {
 		/* fail it the way a completion would: the core retries it on another NIC */
 		hw_set_error(hw, "%s: port %u is down", d->name, d->port);
 		p->ops_outstanding++;
 		rdma_op_t *o = g_new0(rdma_op_t, 1);
-		o->peer = p;
+		o->link = p;
 		o->cookie = op->cookie;
 		o->nic = op->local_nic;
 		o->status = KVB_ERR_TRANSPORT;
@@ -1119,7 +714,7 @@ int hw_rdma_post(hw_peer_t *p, const kvb_slice_op_t *op, hw_mr_t *m, bool to_mir
 	if (!ep)
 		return KVB_ERR_TRANSPORT;
 	rdma_op_t *o = g_new0(rdma_op_t, 1);
-	o->peer = p;
+	o->link = p;
 	o->cookie = op->cookie;
 	o->nic = op->local_nic;
 	o->n_slices = op->n_slices;
@@ -1145,10 +740,10 @@ int hw_rdma_post(hw_peer_t *p, const kvb_slice_op_t *op, hw_mr_t *m, bool to_mir
 	return KVB_OK;
 }
 
-void hw_rdma_peer_gone(hw_peer_t *p)
+void hw_rdma_peer_gone(hw_link_t *p)
 {
 	hw_rdma_t *r = R(p->hw);
-	if (!r || p->kind != HW_PEER_KVB || !p->have_seg || !p->seg.name[0])
+	if (!r || !p->have_seg || !p->seg.name[0])
 		return;
 	char prefix[KVB_MC_NAME_MAX + 2];
 	g_snprintf(prefix, sizeof(prefix), "%s@", p->seg.rdma_server_name[0] ? p->seg.rdma_server_name
@@ -1275,7 +870,7 @@ static void prober_fire(void *obj)
 }
 
 /* The core closed p's conn: its ops still in flight complete silently. */
-void hw_rdma_peer_detach(hw_peer_t *p)
+void hw_rdma_link_clear(hw_link_t *p)
 {
 	hw_rdma_t *r = R(p->hw);
 	if (!r)
@@ -1285,8 +880,8 @@ void hw_rdma_peer_detach(hw_peer_t *p)
 	g_hash_table_iter_init(&it, r->ops);
 	while (g_hash_table_iter_next(&it, &k, NULL)) {
 		rdma_op_t *o = k;
-		if (o->peer == p)
-			o->peer = NULL;
+		if (o->link == p)
+			o->link = NULL;
 	}
 }
 
@@ -1307,7 +902,7 @@ static void cq_poll(hw_rdma_t *r, rdma_dev_t *d)
 				/* with the peer's control stream gone, the peer is the
 				 * cause, not this NIC: no retry elsewhere, no NIC blamed */
 				if (o->status == KVB_OK)
-					o->status = o->peer && o->peer->state != HW_PEER_DOWN ? KVB_ERR_TRANSPORT
+					o->status = o->link && !o->link->down ? KVB_ERR_TRANSPORT
 											      : KVB_ERR_PEER;
 				if (wc[i].status != IBV_WC_WR_FLUSH_ERR) {
 					char why[160];

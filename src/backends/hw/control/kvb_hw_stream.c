@@ -1,0 +1,243 @@
+/*
+ * kvbridge's control stream (kvb_hw_stream.h).
+ *
+ * The connecting side sends a KVB_HELLO frame holding its segment
+ * descriptor on the peer's handshake port; the listener answers with its
+ * own descriptor and keeps the connection: from then on both sides send
+ * KVB_FRAME frames, each one kvbridge wire message.  The descriptors tell
+ * each side where the other's TCP transport (or RDMA devices) are.  SYNC
+ * and SYNCED frames travel the same ordered stream for the staging layer
+ * (through the link's sync_send hook).
+ */
+#include "config.h"
+
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <glib.h>
+#include <kvbridge/kvbridge.h>
+
+#include "control/kvb_hw_stream.h"
+#include "events/kvb_hw_net.h"
+#include "transport/kvb_hw_staging.h"
+#include "transport/kvb_hw_transport.h"
+
+#define STREAM_FRAME_MAX ((uint64_t)KVB_MSG_MAX + 1)
+
+static const hw_peer_ops_t stream_ops;
+
+static void stream_queue(hw_peer_t *p, kvb_mc_msg_type_t type, const void *buf, size_t len)
+{
+	kvb_mc_frame_encode(p->tx, type, buf, len);
+	if (p->w)
+		hw_watch_set(p->w, G_IO_IN | G_IO_OUT);
+}
+
+/* The link's sync_send: SYNC/SYNCED frames for the staging layer. */
+static bool stream_sync_send(hw_link_t *l, kvb_mc_msg_type_t type, const void *buf, size_t len)
+{
+	hw_peer_t *p = (hw_peer_t *)((char *)l - offsetof(hw_peer_t, link));
+	if (p->state != HW_PEER_UP)
+		return false;
+	stream_queue(p, type, buf, len);
+	return true;
+}
+
+/* Parse whole frames out of p->rx.  Returns false when the peer went down. */
+static bool stream_frames(hw_peer_t *p)
+{
+	hw_t *hw = p->hw;
+	size_t off = 0;
+	bool ok = true;
+	while (p->rx->len - off >= KVB_MC_FRAME_HEADER_LEN) {
+		uint64_t body;
+		kvb_err_t err;
+		uint64_t cap = p->hello_done ? STREAM_FRAME_MAX : hw->p.handshake_max;
+		if (kvb_mc_frame_header(p->rx->data + off, cap, &body, &err) != KVB_OK) {
+			hw_peer_down(p, KVB_ERR_PROTOCOL, err.msg);
+			return false;
+		}
+		if (p->rx->len - off < KVB_MC_FRAME_HEADER_LEN + body)
+			break;
+		kvb_mc_msg_type_t type;
+		const uint8_t *payload;
+		size_t plen;
+		if (kvb_mc_frame_body(p->rx->data + off + KVB_MC_FRAME_HEADER_LEN, body, &type, &payload,
+				      &plen, &err) != KVB_OK) {
+			hw_peer_down(p, KVB_ERR_PROTOCOL, err.msg);
+			return false;
+		}
+		off += KVB_MC_FRAME_HEADER_LEN + body;
+		if (!p->hello_done) {
+			/* the listener's answer to our hello: its descriptor */
+			kvb_mc_segment_t seg;
+			if (type != KVB_MC_KVB_HELLO) {
+				hw_peer_down(p, KVB_ERR_PROTOCOL,
+					     "peer answered the kvbridge hello with a non-kvbridge frame "
+					     "(is it a Mooncake engine? use its segment through a vLLM or "
+					     "Mooncake client instead)");
+				return false;
+			}
+			if (kvb_mc_segment_from_json((const char *)payload, plen, &seg, &err) != KVB_OK ||
+			    hw_link_set_segment(&p->link, &seg, p->host, &err) != KVB_OK) {
+				hw_peer_down(p, err.code, err.msg);
+				return false;
+			}
+			p->hello_done = true;
+			hw_peer_up(p);
+			continue;
+		}
+		if (type == KVB_MC_KVB_SYNC || type == KVB_MC_KVB_SYNCED) {
+			if (!hw_staging_sync_frame(&p->link, type, payload, plen, &err)) {
+				hw_peer_down(p, KVB_ERR_PROTOCOL, err.msg);
+				return false;
+			}
+			continue;
+		}
+		if (type != KVB_MC_KVB_FRAME) {
+			hw_peer_down(p, KVB_ERR_PROTOCOL, "unexpected frame type on a kvbridge stream");
+			return false;
+		}
+		hw_peer_deliver(p, payload, plen);
+	}
+	if (off)
+		g_byte_array_remove_range(p->rx, 0, (guint)off);
+	return ok;
+}
+
+static bool stream_io(void *obj, GIOCondition cond)
+{
+	hw_peer_t *p = obj;
+	char why[160];
+	if (p->state == HW_PEER_CONNECTING && !p->hello_sent) {
+		int e = hw_tcp_connect_result(p->fd);
+		if (e) {
+			g_snprintf(why, sizeof(why), "connect: %s", g_strerror(e));
+			hw_peer_down(p, KVB_ERR_PEER, why);
+			return false;
+		}
+		p->hello_sent = true;
+	}
+	if (p->tx->len) {
+		int r = hw_flush_tx(p->fd, p->tx, &p->tx_off);
+		if (r < 0) {
+			g_snprintf(why, sizeof(why), "send: %s", g_strerror(-r));
+			hw_peer_down(p, KVB_ERR_PEER, why);
+			return false;
+		}
+		if (r == 1)
+			hw_watch_set(p->w, G_IO_IN);
+	}
+	if (cond & (G_IO_IN | G_IO_HUP | G_IO_ERR)) {
+		ssize_t n = hw_fill_rx(p->fd, p->rx, KVB_MC_FRAME_HEADER_LEN + STREAM_FRAME_MAX);
+		bool alive = stream_frames(p);
+		if (!alive)
+			return false; /* hw_peer_down freed the watch */
+		if (n < 0) {
+			g_snprintf(why, sizeof(why), "%s",
+				   n == -1 ? "connection closed by the peer" : g_strerror((int)-n));
+			hw_peer_down(p, KVB_ERR_PEER, why);
+			return false;
+		}
+	}
+	return true;
+}
+
+static void stream_connect_timeout(void *obj)
+{
+	hw_peer_t *p = obj;
+	if (p->state == HW_PEER_CONNECTING)
+		hw_peer_down(p, KVB_ERR_TIMEOUT, "no hello answer within the connect timeout");
+}
+
+int hw_stream_connect(hw_t *hw, kvb_conn_t *conn, const char *addr, const char *host,
+		      uint16_t port)
+{
+	kvb_err_t err;
+	int fd = hw_tcp_connect(host, port, NULL, &err);
+	if (fd < 0) {
+		hw_set_error(hw, "%s", err.msg);
+		return KVB_ERR_PEER;
+	}
+	hw_peer_t *p = hw_peer_new(hw, HW_PEER_KVB, &stream_ops, addr);
+	hw_peer_bind(p, conn);
+	g_strlcpy(p->host, host, sizeof(p->host));
+	p->port = port;
+	p->fd = fd;
+	p->link.sync_send = stream_sync_send;
+	char *desc = hw_segment_json(hw);
+	stream_queue(p, KVB_MC_KVB_HELLO, desc, strlen(desc));
+	g_free(desc);
+	p->w = hw_watch_new(hw, p->fd, G_IO_OUT | G_IO_IN, stream_io, p);
+	p->connect_deadline = hw_deadline_new(hw, stream_connect_timeout, p);
+	hw_deadline_arm(p->connect_deadline, hw->p.connect_timeout_ns);
+	return KVB_INPROGRESS;
+}
+
+bool hw_stream_accept_hello(hw_t *hw, int fd, const uint8_t *payload, size_t len,
+			    const uint8_t *rest, size_t rest_len)
+{
+	kvb_mc_segment_t seg;
+	kvb_err_t err;
+	if (kvb_mc_segment_from_json((const char *)payload, len, &seg, &err) != KVB_OK) {
+		hw->stats.handshake_errors++;
+		hw_set_error(hw, "kvbridge hello refused: %s", err.msg);
+		close(fd);
+		return false;
+	}
+	hw_peer_t *p = hw_peer_new(hw, HW_PEER_KVB, &stream_ops, seg.name);
+	char host[KVB_MC_NAME_MAX];
+	hw_sock_peer_host(fd, host, sizeof(host));
+	g_strlcpy(p->host, host, sizeof(p->host));
+	if (hw_link_set_segment(&p->link, &seg, host, &err) != KVB_OK) {
+		hw->stats.handshake_errors++;
+		hw_set_error(hw, "kvbridge hello from %s refused: %s", host, err.msg);
+		hw_peer_free(p);
+		close(fd);
+		return false;
+	}
+	p->link.sync_send = stream_sync_send;
+	/* the socket moves to the peer; bytes after the hello stay in rx */
+	p->fd = fd;
+	g_byte_array_append(p->rx, rest, (guint)rest_len);
+	p->hello_sent = p->hello_done = true;
+	p->state = HW_PEER_UP;
+	hw->stats.streams_opened++;
+	hw_peer_announce(p);
+	return true;
+}
+
+/* Once the core accepted an incoming stream: answer the hello and watch it. */
+static void stream_accepted(hw_peer_t *p)
+{
+	hw_t *hw = p->hw;
+	char *desc = hw_segment_json(hw);
+	kvb_mc_frame_encode(p->tx, KVB_MC_KVB_HELLO, desc, strlen(desc));
+	g_free(desc);
+	p->w = hw_watch_new(hw, p->fd, G_IO_IN | G_IO_OUT, stream_io, p);
+	if (p->rx->len)
+		stream_frames(p);
+}
+
+static int stream_msg_send(hw_peer_t *p, const void *buf, size_t len)
+{
+	stream_queue(p, KVB_MC_KVB_FRAME, buf, len);
+	return KVB_OK;
+}
+
+static void stream_closed(hw_peer_t *p)
+{
+	/* orderly: what is queued on the stream is still written (best effort,
+	 * without blocking), then the socket closes and the peer sees EOF */
+	if (p->fd >= 0 && p->tx->len)
+		hw_flush_tx(p->fd, p->tx, &p->tx_off);
+	hw_peer_free(p);
+}
+
+static const hw_peer_ops_t stream_ops = {
+	.protocol = "kvbridge",
+	.accepted = stream_accepted,
+	.msg_send = stream_msg_send,
+	.closed = stream_closed,
+};

@@ -1,0 +1,47 @@
+/*
+ * Registered memory of the hw backend: the table every transport checks a
+ * range against before a byte moves, and the fences of cancelled pulls.
+ * Registration itself (GPU path choice, RDMA keys) is kvb_hw_transport.c's;
+ * this file only keeps the table.
+ */
+#ifndef KVB_HW_MEM_H
+#define KVB_HW_MEM_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <kvbridge/hw.h>
+#include <kvbridge/layout.h>
+
+#include "events/kvb_hw_events.h"
+
+typedef enum hw_gpu_provider {
+	HW_GPU_NONE = 0,         /* host memory */
+	HW_GPU_CUDA = 1,
+	HW_GPU_EMULATED = 2,     /* kvb_hw_emu_gpu_alloc */
+} hw_gpu_provider_t;
+
+typedef struct hw_mr {
+	uint64_t addr, len;
+	uint32_t id;
+	kvb_mem_kind_t kind;
+	int32_t device;
+	uint32_t busy;           /* data-server sessions moving bytes in or out */
+	void *rdma;              /* kvb_hw_rdma.c: one ibv_mr per device */
+	uint8_t gpu_provider;    /* hw_gpu_provider_t */
+	uint8_t path[KVB_HW_MAX_NICS]; /* kvb_hw_gpu_path_t per local NIC */
+	void *mirror;            /* GPU memory some RDMA device cannot reach: a pinned
+				  * host mirror those devices expose instead */
+} hw_mr_t;
+
+/* The registration holding all of [addr, addr + len), or NULL.  Only what
+ * peers may reach: the staging pool is not among them. */
+hw_mr_t *hw_mr_find(hw_t *hw, uint64_t addr, uint64_t len);
+
+/* True when [addr, addr + len) overlaps a fenced range (a cancelled vLLM
+ * Gen 0 pull whose producer cannot be told to stop). */
+bool hw_fenced(hw_t *hw, uint64_t addr, uint64_t len);
+void hw_fence_add(hw_t *hw, uint64_t addr, uint64_t len);
+void hw_fence_clear(hw_t *hw, uint64_t addr, uint64_t len);
+
+#endif /* KVB_HW_MEM_H */
