@@ -36,13 +36,12 @@
 #include "control/kvb_hw_peer.h"
 #include "control/kvb_hw_vllm_gen0.h"
 #include "events/kvb_hw_net.h"
+#include "events/kvb_hw_zmq.h"
 #include "transport/kvb_hw_mem.h"
 #include "transport/kvb_hw_transport.h"
 #include "kvb_vllm_wire.h"
 #include "kvb_wire.h"
 
-#define ZMQ_MAX_FRAMES 4
-#define ZMQ_MAX_MSG (64u << 20)
 
 typedef struct vsess vsess_t;
 
@@ -91,49 +90,7 @@ typedef struct vclient {
 	hw_deadline_t *kick;
 } vclient_t;
 
-static void *zctx_of(hw_t *hw);
 static const hw_peer_ops_t session_ops, client_ops;
-
-/* ------------------------------------------------------------------------ */
-/* ZMQ helpers                                                              */
-
-/* Receive one whole multipart message (non-blocking).  Returns the number
- * of frames (> 0), 0 when nothing is ready, -1 on error; frames beyond
- * ZMQ_MAX_FRAMES are drained and counted in *n_total. */
-static int zrecv(void *sock, zmq_msg_t *frames, size_t *n_total)
-{
-	int n = 0;
-	*n_total = 0;
-	for (;;) {
-		zmq_msg_t m;
-		zmq_msg_init(&m);
-		if (zmq_msg_recv(&m, sock, n == 0 && *n_total == 0 ? ZMQ_DONTWAIT : 0) < 0) {
-			zmq_msg_close(&m);
-			return *n_total ? n : (errno == EAGAIN ? 0 : -1);
-		}
-		(*n_total)++;
-		int more = zmq_msg_more(&m);
-		if (n < ZMQ_MAX_FRAMES)
-			frames[n++] = m;
-		else
-			zmq_msg_close(&m);
-		if (!more)
-			return n;
-	}
-}
-
-static void zframes_close(zmq_msg_t *frames, int n)
-{
-	for (int i = 0; i < n; i++)
-		zmq_msg_close(&frames[i]);
-}
-
-static bool zreadable(void *sock)
-{
-	int ev = 0;
-	size_t sz = sizeof(ev);
-	return zmq_getsockopt(sock, ZMQ_EVENTS, &ev, &sz) == 0 && (ev & ZMQ_POLLIN);
-}
 
 /* ------------------------------------------------------------------------ */
 /* producer side                                                            */
@@ -346,7 +303,7 @@ static void router_message(struct hw_vllm *v, zmq_msg_t *frames, int n, size_t n
 {
 	hw_t *hw = v->hw;
 	hw_stats(hw)->vllm_messages++;
-	size_t sizes[ZMQ_MAX_FRAMES + 1];
+	size_t sizes[HW_ZMQ_MAX_FRAMES + 1];
 	for (int i = 0; i < n; i++)
 		sizes[i] = zmq_msg_size(&frames[i]);
 	kvb_vllm_envelope_t env;
@@ -387,16 +344,16 @@ static void router_message(struct hw_vllm *v, zmq_msg_t *frames, int n, size_t n
 
 static void router_drain(struct hw_vllm *v)
 {
-	for (int i = 0; i < 256 && zreadable(v->router); i++) {
-		zmq_msg_t frames[ZMQ_MAX_FRAMES];
+	for (int i = 0; i < 256 && hw_zmq_readable(v->router); i++) {
+		zmq_msg_t frames[HW_ZMQ_MAX_FRAMES];
 		size_t total;
-		int n = zrecv(v->router, frames, &total);
+		int n = hw_zmq_recv(v->router, frames, &total);
 		if (n <= 0)
 			break;
 		router_message(v, frames, n, total);
-		zframes_close(frames, n);
+		hw_zmq_frames_close(frames, n);
 	}
-	if (zreadable(v->router))
+	if (hw_zmq_readable(v->router))
 		hw_deadline_arm(v->kick, 0);
 }
 
@@ -414,12 +371,12 @@ int hw_vllm_start(hw_t *hw, kvb_err_t *err)
 	v->hw = hw;
 	g_queue_init(&v->sessions);
 	hw->vllm = v;
-	v->zctx = zctx_of(hw);
+	v->zctx = hw_zmq_ctx();
 	v->router = zmq_socket(v->zctx, ZMQ_ROUTER);
 	int zero = 0, one = 1;
 	zmq_setsockopt(v->router, ZMQ_LINGER, &zero, sizeof(zero));
 	zmq_setsockopt(v->router, ZMQ_ROUTER_MANDATORY, &one, sizeof(one));
-	int64_t maxmsg = ZMQ_MAX_MSG;
+	int64_t maxmsg = HW_ZMQ_MAX_MSG;
 	zmq_setsockopt(v->router, ZMQ_MAXMSGSIZE, &maxmsg, sizeof(maxmsg));
 	const char *h = prm->side_channel_host;
 	char ep[KVB_MC_NAME_MAX + 32];
@@ -486,10 +443,10 @@ static void vclient_done(vclient_t *vc, const char *transfer_id, const char *req
 static void vpull_check(vpull_t *vp)
 {
 	vclient_t *vc = vp->vc;
-	for (int i = 0; i < 16 && zreadable(vp->sock); i++) {
-		zmq_msg_t frames[ZMQ_MAX_FRAMES];
+	for (int i = 0; i < 16 && hw_zmq_readable(vp->sock); i++) {
+		zmq_msg_t frames[HW_ZMQ_MAX_FRAMES];
 		size_t total;
-		int n = zrecv(vp->sock, frames, &total);
+		int n = hw_zmq_recv(vp->sock, frames, &total);
 		if (n <= 0)
 			return;
 		/* REQ-style: ["", reply] */
@@ -505,7 +462,7 @@ static void vpull_check(vpull_t *vp)
 		else
 			vclient_done(vc, vp->transfer_id, vp->request_id, KVB_ERR_PEER, 0,
 				     "the vLLM producer answered trans_error (see its log)");
-		zframes_close(frames, n);
+		hw_zmq_frames_close(frames, n);
 		vpull_free(vp);
 		return;
 	}
@@ -631,7 +588,7 @@ static int vclient_pull(vclient_t *vc, const void *buf, size_t len)
 			       g_array_index(vp->ranges, uint64_t, i + 1));
 	kvb_wire_pull_clear(&pull);
 	g_queue_push_tail(&vc->pulls, vp);
-	vp->sock = zmq_socket(zctx_of(hw), ZMQ_DEALER);
+	vp->sock = zmq_socket(hw_zmq_ctx(), ZMQ_DEALER);
 	int zero = 0;
 	zmq_setsockopt(vp->sock, ZMQ_LINGER, &zero, sizeof(zero));
 	if (zmq_connect(vp->sock, vc->endpoint) != 0 ||
@@ -774,18 +731,4 @@ void hw_vllm_stop(hw_t *hw)
 		g_free(v);
 		hw->vllm = NULL;
 	}
-}
-
-/* One ZMQ context per process, created on first use (contexts are thread-
- * safe and cheap to share; libzmq's I/O thread is its own, not ours). */
-static void *zctx_of(hw_t *hw)
-{
-	static void *ctx;
-	static GMutex lock;
-	(void)hw;
-	g_mutex_lock(&lock);
-	if (!ctx)
-		ctx = zmq_ctx_new();
-	g_mutex_unlock(&lock);
-	return ctx;
 }
