@@ -1,6 +1,6 @@
 /*
  * The hw test runner: the wire codecs of the hw backend (Mooncake handshake,
- * descriptors and TCP transport, the vLLM side channel, HTTP) and the
+ * descriptors and TCP transport, the vLLM side channel of every generation, HTTP) and the
  * backend itself over loopback sockets.
  */
 #include "config.h"
@@ -13,6 +13,7 @@ int main(void)
 {
 	SRunner *sr = srunner_create(kvb_suite_mc_wire());
 	srunner_add_suite(sr, kvb_suite_vllm_wire());
+	srunner_add_suite(sr, kvb_suite_vllm_xfer_wire());
 	srunner_add_suite(sr, kvb_suite_http());
 	srunner_set_tap(sr, "-");
 	srunner_run_all(sr, CK_ENV);
