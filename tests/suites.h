@@ -33,5 +33,6 @@ Suite *kvb_suite_vllm_xfer_wire(void); /* check_vllm_xfer_wire.c */
 Suite *kvb_suite_vllm_bootstrap_wire(void); /* check_vllm_bootstrap_wire.c */
 Suite *kvb_suite_http(void);       /* check_http.c */
 Suite *kvb_suite_hw_backend(void); /* check_hw_backend.c */
+Suite *kvb_suite_hw_vllm2(void); /* check_hw_vllm2.c */
 
 #endif

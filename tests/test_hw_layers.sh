@@ -12,14 +12,15 @@ hw = sys.argv[1]
 # for its own header).  Lower numbers are lower layers.
 rank = {
     'kvb_mc_wire': 0, 'kvb_vllm_wire': 0, 'kvb_http': 0, 'kvb_vllm_xfer_wire': 0,
-    'kvb_vllm_bootstrap_wire': 0, 'kvb_msgpack': 0,
+    'kvb_vllm_bootstrap_wire': 0, 'kvb_msgpack': 0, 'kvb_vllm_xfer_decode': 0,
     'events/kvb_hw_events': 10, 'events/kvb_hw_net': 11, 'events/kvb_hw_zmq': 11,
     'transport/kvb_hw_mem': 20, 'transport/kvb_hw_link': 20, 'transport/kvb_hw_gpu': 21,
     'transport/kvb_hw_tcp': 22, 'transport/kvb_hw_rdma_dev': 22, 'transport/kvb_hw_rdma_int': 22,
     'transport/kvb_hw_rdma': 23, 'transport/kvb_hw_staging': 24, 'transport/kvb_hw_transport': 25,
     'control/kvb_hw_peer': 30, 'control/kvb_hw_stream': 31, 'control/kvb_hw_handshake': 32,
-    'control/kvb_hw_vllm_gen0': 31, 'control/kvb_hw_vllm_gen2': 31,
-    'control/kvb_hw_vllm_bootstrap': 31,
+    'control/kvb_hw_vllm_gen0': 31, 'control/kvb_hw_vllm_bootstrap': 31,
+    'control/kvb_hw_vllm_gen2_int': 32, 'control/kvb_hw_vllm_gen2_client': 32,
+    'control/kvb_hw_vllm_gen2': 33,
     'kvb_hw_params': 40, 'kvb_hw': 40,
 }
 files = []
@@ -44,7 +45,7 @@ for i, f in enumerate(files, 1):
         if inc not in rank:
             bad.append('%s.h (unranked)' % inc)
         elif rank[inc] > rank[key] or (rank[inc] == rank[key] and inc != key and
-                                       rank[key] not in (0, 20, 22, 40)):
+                                       rank[key] not in (0, 20, 22, 32, 40)):
             bad.append('%s.h (rank %d > %d)' % (inc, rank[inc], rank[key]))
     if bad:
         bad_total += 1

@@ -20,16 +20,28 @@
  *    pairs, striped over the devices by the core's policies.
  *  - GPU memory (KVB_MEM_CUDA): GPUDirect where a NIC reaches it, pinned
  *    staging where it does not (see kvb_hw_mr_paths below).
- *  - With a side-channel port, a ZMQ ROUTER serves vLLM Gen 0 decoders:
- *    MooncakeAgentMetadata in, one-sided writes into the decoder's Mooncake
- *    segment, "trans_done" or "trans_error" out.  Each message becomes a
- *    pull of the connector core, so leases, fencing and NIC policies are the
- *    core's.  A consumer pulls from a vLLM Gen 0 producer through the peer
- *    address "vllm://host:port".
+ *  - vLLM's MooncakeConnector control plane, one generation per instance
+ *    (params.vllm_protocol):
+ *      gen0 (vLLM 0.13.0 - 0.15.1): a ZMQ ROUTER on side_channel_port serves
+ *        decoders' MooncakeAgentMetadata; "trans_done" / "trans_error" out.
+ *      gen2 (vLLM 0.16.0 - 0.32.0, "Gen 1/2"): an HTTP bootstrap
+ *        (POST /register, GET /query) served on vllm_bootstrap_port or
+ *        joined at vllm_bootstrap_server, and a ZMQ ROUTER on a random port
+ *        of params.host registered under the worker's dp/tp/pp ranks; it
+ *        serves MooncakeXferMetadata (requests keyed by transfer_id) with a
+ *        stream of MooncakeXferResponse (CONTINUE, FINISH, ERROR).
+ *    Each request becomes a pull of the connector core, so leases, fencing
+ *    and NIC policies are the core's; the bytes go to the decoder's Mooncake
+ *    segment as one-sided writes.  A peer of the other generation gets an
+ *    error in its own framing.  Consumers pull from vLLM producers through
+ *    the peer addresses below.
  *
  * Peer addresses for kvb_consumer_pull / conn_connect:
  *   "host:port", "kvb://host:port"   a kvbridge peer's handshake port
  *   "vllm://host:port"               a vLLM Gen 0 producer's side channel
+ *   "vllm2://host:port"              a vLLM Gen 1/2 producer worker's ROUTER
+ *                                    (from the bootstrap: kvb_hw_vllm_query)
+ *   "mooncake://host:port"           a Mooncake Transfer Engine (data only)
  *
  * Event loop: every socket and timer is a GSource on one GMainContext (the
  * caller's, or the instance's own).  event_poll dispatches that context
@@ -113,7 +125,40 @@ typedef struct kvb_hw_params {
 	 * bounce chunks.  KVB_STAGING_BYTES, KVB_STAGING_CHUNK. */
 	uint64_t staging_bytes;     /* pool size; default 64 MiB */
 	uint64_t staging_chunk;     /* bytes per chunk (and per staged piece); default 4 MiB */
+	/* vLLM's control plane (appended; see the top of this file) */
+	uint32_t vllm_protocol;     /* kvb_hw_vllm_protocol_t; KVB_HW_VLLM_AUTO: gen0 when
+				     * side_channel_port is set, else none */
+	uint16_t vllm_bootstrap_port; /* gen2: serve the HTTP bootstrap on bind_host:this
+				     * (VLLM_MOONCAKE_BOOTSTRAP_PORT; vLLM's TP 0 / PP 0
+				     * worker does); 0 = do not serve */
+	const char *vllm_bootstrap_server; /* gen2, not serving: "host:port" of the bootstrap
+				     * this worker registers into (vLLM's
+				     * bootstrap_server_address); NULL = 127.0.0.1:
+				     * vllm_bootstrap_default_port */
+	uint16_t vllm_bootstrap_default_port; /* default 8998 */
+	const char *vllm_release;   /* the vLLM release of the peers ("0.32.0"): how a
+				     * consumer encodes its requests; default 0.32.0 */
+	uint64_t vllm_connector_timeout_ns; /* VLLM_MOONCAKE_CONNECTOR_TIMEOUT: bootstrap
+				     * register and query; default 30 s */
+	uint64_t vllm_abort_timeout_ns; /* VLLM_MOONCAKE_ABORT_REQUEST_TIMEOUT: a consumer
+				     * waits this + 60 s for a producer's reply; default
+				     * 480 s */
 } kvb_hw_params_t;
+
+/* Which generation of vLLM's MooncakeConnector side channel an instance
+ * speaks. */
+typedef enum kvb_hw_vllm_protocol {
+	KVB_HW_VLLM_AUTO = 0,       /* gen0 when side_channel_port is set, else none */
+	KVB_HW_VLLM_NONE = 1,
+	KVB_HW_VLLM_GEN0 = 2,       /* vLLM 0.13.0 - 0.15.1 */
+	KVB_HW_VLLM_GEN2 = 3,       /* vLLM 0.16.0 - 0.32.0 (Gen 1/2) */
+} kvb_hw_vllm_protocol_t;
+
+/* "gen0", "gen2", "none"; NULL for values out of range. */
+KVB_API const char *kvb_hw_vllm_protocol_name(kvb_hw_vllm_protocol_t p);
+/* "gen0", "gen1" and "gen2" (the same wire), "none".  KVB_ERR_INVALID
+ * otherwise. */
+KVB_API int kvb_hw_vllm_protocol_parse(const char *name, kvb_hw_vllm_protocol_t *p);
 
 /* Arguments of kvb_backend_open(kvb_hw_backend_ops(), &args, ...). */
 typedef struct kvb_hw_args {
@@ -146,6 +191,56 @@ KVB_API uint16_t kvb_hw_side_channel_port(kvb_backend_t *be);
 KVB_API int kvb_hw_set_vllm_layout(kvb_backend_t *be, const kvb_region_t *regions, uint32_t n,
 				   uint32_t tp_size, uint32_t tp_rank, kvb_err_t *err);
 
+/* The KV layout and identity vLLM peers see (either generation).  Gen 1/2
+ * pairs regions by layer name (and occurrence: two regions of one layer
+ * are its K and V), so each region has one; with gen2, setting the layout
+ * also registers this worker's ROUTER at the bootstrap (engine_id, ranks). */
+typedef struct kvb_hw_vllm_layout {
+	const kvb_region_t *regions;
+	uint32_t n_regions;
+	const char *const *layer_names; /* one per region; NULL = vLLM's
+					 * "model.layers.<layer>.self_attn.attn" */
+	uint32_t tp_size, tp_rank;
+	uint32_t pp_size, pp_rank;      /* 0 = 1, 0 */
+	uint32_t dp_rank;
+	const char *engine_id;          /* gen2; NULL = "kvbridge" */
+} kvb_hw_vllm_layout_t;
+
+/* Copied.  KVB_ERR_STATE when the instance speaks no vLLM protocol. */
+KVB_API int kvb_hw_vllm_set_layout(kvb_backend_t *be, const kvb_hw_vllm_layout_t *layout,
+				   kvb_err_t *err);
+
+/* gen2: "tcp://host:port", where this worker's ROUTER listens ("" before). */
+KVB_API const char *kvb_hw_vllm_worker_addr(kvb_backend_t *be);
+/* gen2: the bootstrap port this instance serves (0: none). */
+KVB_API uint16_t kvb_hw_vllm_bootstrap_port(kvb_backend_t *be);
+
+/* A vLLM engine as a bootstrap's /query describes it (gen2, consumer side). */
+typedef struct kvb_hw_vllm_engine {
+	const char *engine_id;
+	uint32_t dp_rank;
+	uint32_t tp_size;               /* producer TP size (vLLM: len(worker_addr)) */
+	uint32_t pp_size;
+	/* "vllm2://host:port" of worker (tp, pp) at [tp * pp_size + pp], for
+	 * kvb_pull_params_t.producers */
+	const char *const *workers;
+} kvb_hw_vllm_engine_t;
+
+/* Called once, from the context's dispatch, with the engine (borrowed for
+ * the call) or an error and its reason. */
+typedef void (*kvb_hw_vllm_query_fn)(void *user, int status, const char *why,
+				     const kvb_hw_vllm_engine_t *engine);
+
+/* Find engine_id at the bootstrap bootstrap_addr ("http://host:port", as
+ * vLLM's router puts it in remote_bootstrap_addr).  Answers come from a
+ * cache of every engine a /query returned; unlike vLLM, an entry is dropped
+ * (and the next call asks again) when a pull through one of its workers
+ * fails to connect or loses its connection, so a producer that restarted
+ * on new ports is found again.  Concurrent calls for one address share one
+ * query.  Returns KVB_OK (fn will run) or an error at once. */
+KVB_API int kvb_hw_vllm_query(kvb_backend_t *be, const char *bootstrap_addr, const char *engine_id,
+			      kvb_hw_vllm_query_fn fn, void *user, kvb_err_t *err);
+
 /* Called (from inside the context's dispatch) whenever an event becomes
  * ready for event_poll; the callee typically schedules
  * kvb_connector_progress.  NULL clears it. */
@@ -174,12 +269,16 @@ typedef struct kvb_hw_stats {
 	uint64_t rdma_endpoints;        /* live RDMA endpoints (queue pair sets), both directions */
 	uint64_t nic_bytes[KVB_HW_MAX_NICS]; /* our posts per local NIC */
 	uint64_t vllm_messages;         /* side-channel messages received */
-	uint64_t vllm_errors;           /* answered trans_error */
+	uint64_t vllm_errors;           /* answered trans_error (gen0) or ERROR / err_reqs (gen2) */
 	uint64_t fenced_writes;         /* writes refused into fenced (cancelled) ranges */
 	uint64_t gpu_copies;            /* host <-> device copies of the staging path */
 	uint64_t gpu_staged_bytes;      /* bytes those copies moved */
 	uint64_t gpu_syncs_requested;   /* SYNCs we sent for a peer's mirrored GPU memory */
 	uint64_t gpu_syncs_served;      /* SYNCs peers sent us (mirror <-> GPU copies) */
+	uint64_t vllm_replies;          /* gen2 MooncakeXferResponse frames sent */
+	uint64_t vllm_wrong_generation; /* peers of the other generation, answered in theirs */
+	uint64_t vllm_bootstrap_requests; /* HTTP requests the bootstrap served */
+	uint64_t vllm_queries;          /* /query requests this consumer made */
 } kvb_hw_stats_t;
 
 KVB_API void kvb_hw_stats_get(kvb_backend_t *be, kvb_hw_stats_t *out);

@@ -35,7 +35,9 @@
 #include "control/kvb_hw_handshake.h"
 #include "control/kvb_hw_peer.h"
 #include "control/kvb_hw_stream.h"
+#include "control/kvb_hw_vllm_bootstrap.h"
 #include "control/kvb_hw_vllm_gen0.h"
+#include "control/kvb_hw_vllm_gen2.h"
 #include "events/kvb_hw_events.h"
 #include "events/kvb_hw_net.h"
 #include "transport/kvb_hw_rdma.h"
@@ -120,12 +122,15 @@ static int op_conn_connect(kvb_backend_t *be, kvb_conn_t *conn, const char *peer
 	} else if (g_str_has_prefix(a, "vllm://")) {
 		a += 7;
 		connect = hw_vllm_client_connect;
+	} else if (g_str_has_prefix(a, "vllm2://")) {
+		a += 8;
+		connect = hw_vllm2_client_connect;
 	} else if (g_str_has_prefix(a, "mooncake://")) {
 		a += 11;
 		connect = hw_mooncake_connect;
 	} else if (strstr(a, "://")) {
-		hw_set_error(hw, "peer address %s: unknown scheme (kvb://, vllm:// or mooncake://)",
-			     peer_address);
+		hw_set_error(hw, "peer address %s: unknown scheme (kvb://, vllm://, vllm2:// or "
+			     "mooncake://)", peer_address);
 		return KVB_ERR_INVALID;
 	}
 	char host[KVB_MC_NAME_MAX];
@@ -221,6 +226,7 @@ static int op_ext_get(kvb_backend_t *be, const char *name, const void **ext)
 static void hw_free_all(hw_t *hw)
 {
 	hw_vllm_stop(hw);
+	hw_vllm2_stop(hw);
 	hw_handshake_stop(hw);
 	hw_peers_free_all(hw);
 	hw_transport_close(hw);
@@ -275,10 +281,27 @@ static int op_instance_open(kvb_backend_t *be, const void *args, kvb_err_t *err)
 			g_strlcpy(hw->nic_addrs[i], p->nic_addrs[i], sizeof(hw->nic_addrs[i]));
 		p->nic_addrs[i] = hw->nic_addrs[i];
 	}
+	if (p->vllm_bootstrap_server) {
+		g_strlcpy(hw->vllm_bootstrap_server, p->vllm_bootstrap_server,
+			  sizeof(hw->vllm_bootstrap_server));
+		p->vllm_bootstrap_server = hw->vllm_bootstrap_server;
+	}
+	g_strlcpy(hw->vllm_release, p->vllm_release ? p->vllm_release : "0.32.0",
+		  sizeof(hw->vllm_release));
+	p->vllm_release = hw->vllm_release;
+	if (p->vllm_protocol == KVB_HW_VLLM_AUTO)
+		p->vllm_protocol = p->side_channel_port ? KVB_HW_VLLM_GEN0 : KVB_HW_VLLM_NONE;
+	if (!kvb_hw_vllm_protocol_name(p->vllm_protocol))
+		return kvb_err_set(err, KVB_ERR_CONFIG, "vllm_protocol %u unknown", p->vllm_protocol);
+	if (p->vllm_protocol == KVB_HW_VLLM_GEN0 && !p->side_channel_port)
+		return kvb_err_set(err, KVB_ERR_CONFIG, "vLLM gen0 needs a side-channel port "
+				   "(VLLM_MOONCAKE_BOOTSTRAP_PORT + dp_rank * tp_size + tp_rank)");
 	hw_events_init(hw);
 	if (hw_handshake_start(hw, err) != KVB_OK || hw_transport_open(hw, err) != KVB_OK)
 		goto fail;
-	if (p->side_channel_port && hw_vllm_start(hw, err) != KVB_OK)
+	if (p->vllm_protocol == KVB_HW_VLLM_GEN0 && hw_vllm_start(hw, err) != KVB_OK)
+		goto fail;
+	if (p->vllm_protocol == KVB_HW_VLLM_GEN2 && hw_vllm2_start(hw, err) != KVB_OK)
 		goto fail;
 	hw_log(hw, "up: handshake port %u, data port %u", hw->rpc_port, hw_transport_data_port(hw));
 	return KVB_OK;
@@ -361,7 +384,39 @@ uint16_t kvb_hw_data_port(kvb_backend_t *be)
 int kvb_hw_set_vllm_layout(kvb_backend_t *be, const kvb_region_t *regions, uint32_t n,
 			   uint32_t tp_size, uint32_t tp_rank, kvb_err_t *err)
 {
-	return hw_vllm_set_layout(hw_of(be), regions, n, tp_size, tp_rank, err);
+	kvb_hw_vllm_layout_t l = {.regions = regions, .n_regions = n, .tp_size = tp_size,
+				  .tp_rank = tp_rank};
+	return kvb_hw_vllm_set_layout(be, &l, err);
+}
+
+int kvb_hw_vllm_set_layout(kvb_backend_t *be, const kvb_hw_vllm_layout_t *layout, kvb_err_t *err)
+{
+	hw_t *hw = hw_of(be);
+	if (!layout)
+		return kvb_err_set(err, KVB_ERR_INVALID, "vLLM layout: NULL");
+	if (hw->vllm)
+		return hw_vllm_set_layout(hw, layout->regions, layout->n_regions, layout->tp_size,
+					  layout->tp_rank, err);
+	if (hw->vllm2)
+		return hw_vllm2_set_layout(hw, layout, err);
+	return kvb_err_set(err, KVB_ERR_STATE, "this instance speaks no vLLM protocol "
+			   "(vllm_protocol gen0 with a side-channel port, or gen2)");
+}
+
+const char *kvb_hw_vllm_worker_addr(kvb_backend_t *be)
+{
+	return hw_vllm2_worker_addr(hw_of(be));
+}
+
+uint16_t kvb_hw_vllm_bootstrap_port(kvb_backend_t *be)
+{
+	return hw_vllm_bootstrap_port(hw_of(be));
+}
+
+int kvb_hw_vllm_query(kvb_backend_t *be, const char *bootstrap_addr, const char *engine_id,
+		      kvb_hw_vllm_query_fn fn, void *user, kvb_err_t *err)
+{
+	return hw_vllm2_query(hw_of(be), bootstrap_addr, engine_id, fn, user, err);
 }
 
 void kvb_hw_set_notify(kvb_backend_t *be, void (*fn)(void *user), void *user)

@@ -37,6 +37,37 @@ void kvb_hw_params_default(kvb_hw_params_t *p)
 	p->rdma_peer_probe_ns = 30 * G_GUINT64_CONSTANT(1000000000);
 	p->staging_bytes = 64u << 20;
 	p->staging_chunk = 4u << 20;
+	p->vllm_protocol = KVB_HW_VLLM_AUTO;
+	p->vllm_bootstrap_default_port = 8998;
+	p->vllm_release = "0.32.0";
+	p->vllm_connector_timeout_ns = 30 * G_GUINT64_CONSTANT(1000000000);
+	p->vllm_abort_timeout_ns = 480 * G_GUINT64_CONSTANT(1000000000);
+}
+
+static const char *const vllm_protocol_names[] = {
+	[KVB_HW_VLLM_AUTO] = "auto", [KVB_HW_VLLM_NONE] = "none",
+	[KVB_HW_VLLM_GEN0] = "gen0", [KVB_HW_VLLM_GEN2] = "gen2",
+};
+
+const char *kvb_hw_vllm_protocol_name(kvb_hw_vllm_protocol_t p)
+{
+	return (unsigned)p < G_N_ELEMENTS(vllm_protocol_names) ? vllm_protocol_names[p] : NULL;
+}
+
+int kvb_hw_vllm_protocol_parse(const char *name, kvb_hw_vllm_protocol_t *p)
+{
+	if (!name)
+		return KVB_ERR_INVALID;
+	if (!g_ascii_strcasecmp(name, "gen1") || !g_ascii_strcasecmp(name, "gen2")) {
+		*p = KVB_HW_VLLM_GEN2; /* one wire from vLLM 0.16 on: Gen 1 and Gen 2 */
+		return KVB_OK;
+	}
+	for (unsigned i = 0; i < G_N_ELEMENTS(vllm_protocol_names); i++)
+		if (!g_ascii_strcasecmp(name, vllm_protocol_names[i])) {
+			*p = (kvb_hw_vllm_protocol_t)i;
+			return KVB_OK;
+		}
+	return KVB_ERR_INVALID;
 }
 
 static bool env_u64(char **envp, const char *name, uint64_t min, uint64_t max, uint64_t *out,
@@ -99,6 +130,21 @@ int kvb_hw_params_apply_env(kvb_hw_params_t *p, char **envp, kvb_err_t *err)
 		p->rdma_stall_timeout_ns = v * G_GUINT64_CONSTANT(1000000000);
 	if (env_u64(envp, "KVB_RDMA_PEER_PROBE", 0, 86400, &v, err, &rc))
 		p->rdma_peer_probe_ns = v * G_GUINT64_CONSTANT(1000000000);
+	if (env_u64(envp, "VLLM_MOONCAKE_ABORT_REQUEST_TIMEOUT", 1, 86400 * 30, &v, err, &rc))
+		p->vllm_abort_timeout_ns = v * G_GUINT64_CONSTANT(1000000000);
+	if (env_u64(envp, "VLLM_MOONCAKE_BOOTSTRAP_PORT", 1, 65535, &v, err, &rc))
+		p->vllm_bootstrap_default_port = (uint16_t)v;
+	const char *ct = envp ? g_environ_getenv(envp, "VLLM_MOONCAKE_CONNECTOR_TIMEOUT")
+			      : g_getenv("VLLM_MOONCAKE_CONNECTOR_TIMEOUT");
+	if (ct) {
+		char *end = NULL;
+		double sec = g_ascii_strtod(ct, &end);
+		if (!*ct || *end || !(sec > 0 && sec <= 3600))
+			rc = kvb_err_set(err, KVB_ERR_CONFIG, "VLLM_MOONCAKE_CONNECTOR_TIMEOUT=%s: expected "
+					 "seconds in (0, 3600]", ct);
+		else
+			p->vllm_connector_timeout_ns = (uint64_t)(sec * 1e9);
+	}
 	const char *devs = envp ? g_environ_getenv(envp, "KVB_RDMA_DEVICES") : g_getenv("KVB_RDMA_DEVICES");
 	if (devs)
 		p->rdma_devices = devs; /* borrowed, copied at open */

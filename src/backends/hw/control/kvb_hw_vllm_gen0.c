@@ -40,6 +40,7 @@
 #include "transport/kvb_hw_mem.h"
 #include "transport/kvb_hw_transport.h"
 #include "kvb_vllm_wire.h"
+#include "kvb_vllm_xfer_wire.h"
 #include "kvb_wire.h"
 
 
@@ -299,6 +300,33 @@ static void vsess_accepted(hw_peer_t *p)
 	g_byte_array_set_size(p->rx, 0);
 }
 
+/* A Gen 1/2 decoder (MooncakeXferMetadata from a DEALER, vLLM 0.16+) on this
+ * Gen 0 port: an ERROR MooncakeXferResponse, which it can decode and report,
+ * instead of "trans_error", which it cannot. */
+static void router_wrong_generation(struct hw_vllm *v, GBytes *identity)
+{
+	hw_t *hw = v->hw;
+	static const char why[] =
+		"this kvbridge port speaks vLLM's Gen 0 side channel (vLLM 0.13-0.15) and the "
+		"decoder speaks Gen 1/2 (vLLM 0.16+): run the producer with --vllm-protocol gen2";
+	hw_stats(hw)->vllm_wrong_generation++;
+	hw_stats(hw)->vllm_errors++;
+	hw_warn(hw, "vLLM side channel: a Gen 1/2 decoder reached this Gen 0 port; answered ERROR");
+	kvb_vllm_xfer_resp_t resp;
+	kvb_vllm_xfer_resp_init(&resp, KVB_VLLM_XFER_ERROR);
+	kvb_vllm_xfer_resp_set_err_msg(&resp, why, NULL);
+	GByteArray *out = g_byte_array_new();
+	if (kvb_vllm_xfer_resp_encode(out, &resp, NULL) == KVB_OK) {
+		size_t idlen;
+		const void *id = g_bytes_get_data(identity, &idlen);
+		if (zmq_send(v->router, id, idlen, ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0)
+			zmq_send(v->router, out->data, out->len, ZMQ_DONTWAIT);
+	}
+	g_byte_array_unref(out);
+	kvb_vllm_xfer_resp_clear(&resp);
+	hw_deadline_arm(v->kick, 0);
+}
+
 static void router_message(struct hw_vllm *v, zmq_msg_t *frames, int n, size_t n_total)
 {
 	hw_t *hw = v->hw;
@@ -319,6 +347,12 @@ static void router_message(struct hw_vllm *v, zmq_msg_t *frames, int n, size_t n
 			n_total > (size_t)n ? "too many frames" : err.msg);
 		router_reply(v, identity, n == 3 ? KVB_VLLM_ENV_REQ : KVB_VLLM_ENV_DEALER,
 			     KVB_VLLM_REPLY_ERROR);
+		g_bytes_unref(identity);
+		return;
+	}
+	if (env == KVB_VLLM_ENV_DEALER &&
+	    kvb_vllm_payload_classify(zmq_msg_data(&frames[pi]), sizes[pi]) == KVB_VLLM_PAYLOAD_XFER_META) {
+		router_wrong_generation(v, identity);
 		g_bytes_unref(identity);
 		return;
 	}

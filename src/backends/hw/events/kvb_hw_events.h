@@ -33,6 +33,8 @@ struct hw_gpu;          /* transport/kvb_hw_gpu.c */
 struct hw_staging;      /* transport/kvb_hw_staging.c */
 struct hw_handshake;    /* control/kvb_hw_handshake.c */
 struct hw_vllm;         /* control/kvb_hw_vllm_gen0.c */
+struct hw_vllm2;        /* control/kvb_hw_vllm_gen2.c */
+struct hw_vllm_boot;    /* control/kvb_hw_vllm_bootstrap.c */
 
 /* A transport completion about to become KVB_EV_XFER_DONE: a layer that
  * posted the op for itself (a staged piece) claims it by returning true. */
@@ -46,6 +48,8 @@ struct hw {
 	char side_host[KVB_MC_NAME_MAX];
 	char nic_addrs[KVB_HW_MAX_NICS][KVB_MC_NAME_MAX];
 	char rdma_devices[512];
+	char vllm_bootstrap_server[KVB_MC_NAME_MAX];
+	char vllm_release[32];
 	char segment[KVB_MC_NAME_MAX]; /* host:rpc_port */
 	uint16_t rpc_port;
 	GMainContext *ctx;
@@ -81,6 +85,8 @@ struct hw {
 	uint64_t incoming_seq;
 	struct hw_handshake *handshake;
 	struct hw_vllm *vllm;
+	struct hw_vllm2 *vllm2;
+	struct hw_vllm_boot *vllm_boot;
 };
 
 /* ---- instance ------------------------------------------------------------ */

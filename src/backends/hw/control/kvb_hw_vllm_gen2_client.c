@@ -1,0 +1,688 @@
+/*
+ * vLLM Gen 1/2, the consumer side (kvb_hw_vllm_gen2.h): "vllm2://" peers,
+ * one DEALER per pull, and the bootstrap query cache.  The producer side
+ * and the protocol's description are in kvb_hw_vllm_gen2.c.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <glib.h>
+#include <zmq.h>
+#include <kvbridge/kvbridge.h>
+
+#include "control/kvb_hw_peer.h"
+#include "control/kvb_hw_vllm_bootstrap.h"
+#include "control/kvb_hw_vllm_gen2_client.h"
+#include "control/kvb_hw_vllm_gen2_int.h"
+#include "events/kvb_hw_net.h"
+#include "events/kvb_hw_zmq.h"
+#include "transport/kvb_hw_mem.h"
+#include "kvb_vllm_bootstrap_wire.h"
+#include "kvb_vllm_xfer_wire.h"
+#include "kvb_wire.h"
+
+#define NS_PER_S G_GUINT64_CONSTANT(1000000000)
+#define RCV_EXTRA_NS (60 * NS_PER_S)   /* vLLM's D: RCVTIMEO = abort timeout + 60 s */
+
+static const hw_peer_ops_t client_ops;
+
+/* ------------------------------------------------------------------------ */
+/* bootstrap queries (consumer side)                                        */
+
+typedef struct v2engine {
+	char key[KVB_VLLM_ADDR_MAX + KVB_VLLM_ENGINE_ID_MAX + 2]; /* "host:port|engine" */
+	char engine_id[KVB_VLLM_ENGINE_ID_MAX];
+	uint32_t dp_rank, tp_size, pp_size;
+	char **workers;             /* tp_size * pp_size "vllm2://host:port", NULL-terminated */
+} v2engine_t;
+
+typedef struct v2waiter {
+	char engine_id[KVB_VLLM_ENGINE_ID_MAX];
+	kvb_hw_vllm_query_fn fn;
+	void *user;
+} v2waiter_t;
+
+/* One /query in flight (or a cached answer on its way) for one bootstrap. */
+typedef struct v2query {
+	struct hw_vllm2 *v;
+	char bootstrap[KVB_VLLM_ADDR_MAX]; /* "host:port" */
+	char host[KVB_VLLM_HOST_MAX];
+	uint16_t port;
+	hw_vllm_boot_call_t *call;
+	hw_deadline_t *later;       /* answers from the cache go out from the loop */
+	GQueue waiters;             /* v2waiter_t* */
+	char why[KVB_ERR_MSG_MAX];
+	int status;
+} v2query_t;
+
+static void engine_free(void *p)
+{
+	v2engine_t *e = p;
+	g_strfreev(e->workers);
+	g_free(e);
+}
+
+static void engine_key(char *key, size_t len, const char *bootstrap, const char *engine_id)
+{
+	g_snprintf(key, len, "%s|%s", bootstrap, engine_id);
+}
+
+/* Answer every waiter of q from the cache (or with q's error), then free q. */
+static void query_deliver(v2query_t *q)
+{
+	struct hw_vllm2 *v = q->v;
+	g_queue_remove(&v->queries, q);
+	v2waiter_t *w;
+	while ((w = g_queue_pop_head(&q->waiters))) {
+		char key[sizeof(((v2engine_t *)0)->key)];
+		engine_key(key, sizeof(key), q->bootstrap, w->engine_id);
+		v2engine_t *e = q->status == KVB_OK ? g_hash_table_lookup(v->engines, key) : NULL;
+		if (e) {
+			kvb_hw_vllm_engine_t out = {
+				.engine_id = e->engine_id, .dp_rank = e->dp_rank, .tp_size = e->tp_size,
+				.pp_size = e->pp_size, .workers = (const char *const *)e->workers,
+			};
+			w->fn(w->user, KVB_OK, NULL, &out);
+		} else if (q->status == KVB_OK) {
+			char why[KVB_ERR_MSG_MAX];
+			g_snprintf(why, sizeof(why), "engine %s is not registered at the bootstrap http://%s",
+				   w->engine_id, q->bootstrap);
+			w->fn(w->user, KVB_ERR_NOT_FOUND, why, NULL);
+		} else {
+			w->fn(w->user, q->status, q->why, NULL);
+		}
+		g_free(w);
+	}
+	hw_vllm_boot_call_cancel(q->call);
+	hw_deadline_free(q->later);
+	g_free(q);
+}
+
+static void query_later(void *obj)
+{
+	query_deliver(obj);
+}
+
+static void query_answered(void *obj, int status, const char *why, const kvb_vllm_boot_query_t *r)
+{
+	v2query_t *q = obj;
+	struct hw_vllm2 *v = q->v;
+	q->call = NULL;
+	q->status = status;
+	if (status != KVB_OK) {
+		g_strlcpy(q->why, why ? why : kvb_strerror(status), sizeof(q->why));
+		query_deliver(q);
+		return;
+	}
+	/* cache every engine of the reply (vLLM's D does too) */
+	for (uint32_t i = 0; i < r->n_engines; i++) {
+		const kvb_vllm_boot_engine_t *be = &r->engines[i];
+		v2engine_t *e = g_new0(v2engine_t, 1);
+		engine_key(e->key, sizeof(e->key), q->bootstrap, be->engine_id);
+		g_strlcpy(e->engine_id, be->engine_id, sizeof(e->engine_id));
+		e->dp_rank = be->dp_rank;
+		e->tp_size = be->tp_size;
+		e->pp_size = 0;
+		for (uint32_t k = 0; k < be->n_workers; k++)
+			e->pp_size = MAX(e->pp_size, r->workers[be->first_worker + k].pp_rank + 1);
+		e->workers = g_new0(char *, (size_t)e->tp_size * e->pp_size + 1);
+		bool complete = true;
+		for (uint32_t t = 0; t < e->tp_size; t++)
+			for (uint32_t pp = 0; pp < e->pp_size; pp++) {
+				const kvb_vllm_boot_worker_t *wk = kvb_vllm_query_worker(r, be, t, pp);
+				if (!wk) {
+					complete = false;
+					e->workers[t * e->pp_size + pp] = g_strdup("");
+					continue;
+				}
+				e->workers[t * e->pp_size + pp] =
+					g_strdup_printf(wk->where.ipv6 ? "vllm2://[%s]:%u" : "vllm2://%s:%u",
+							wk->where.host, wk->where.port);
+			}
+		if (!complete) {
+			hw_warn(v->hw, "vLLM bootstrap http://%s: engine %s is missing workers (not every "
+				"tp/pp rank registered yet)", q->bootstrap, e->engine_id);
+			engine_free(e);
+			continue;
+		}
+		g_hash_table_replace(v->engines, e->key, e);
+	}
+	query_deliver(q);
+}
+
+int hw_vllm2_query(hw_t *hw, const char *bootstrap_addr, const char *engine_id,
+		   kvb_hw_vllm_query_fn fn, void *user, kvb_err_t *err)
+{
+	struct hw_vllm2 *v = hw->vllm2;
+	if (!v)
+		return kvb_err_set(err, KVB_ERR_STATE, "this instance does not speak vLLM Gen 1/2");
+	if (!bootstrap_addr || !engine_id || !*engine_id || !fn ||
+	    strlen(engine_id) >= KVB_VLLM_ENGINE_ID_MAX)
+		return kvb_err_set(err, KVB_ERR_INVALID, "vLLM query: bootstrap address, engine id (1..%u "
+				   "bytes) and a callback are needed", KVB_VLLM_ENGINE_ID_MAX - 1);
+	const char *a = bootstrap_addr;
+	if (g_str_has_prefix(a, "http://"))
+		a += 7;
+	char hostport[KVB_VLLM_ADDR_MAX];
+	g_strlcpy(hostport, a, sizeof(hostport));
+	char *slash = strchr(hostport, '/');
+	if (slash)
+		*slash = 0;
+	char host[KVB_VLLM_HOST_MAX];
+	uint16_t port;
+	if (strstr(bootstrap_addr, "://") && !g_str_has_prefix(bootstrap_addr, "http://"))
+		return kvb_err_set(err, KVB_ERR_INVALID, "bootstrap address %s: only http:// is served "
+				   "by vLLM's bootstrap", bootstrap_addr);
+	if (kvb_mc_parse_host_port(hostport, host, sizeof(host), &port, err) != KVB_OK)
+		return kvb_err_set(err, KVB_ERR_INVALID, "bootstrap address %s: %s", bootstrap_addr,
+				   err->msg);
+	v2waiter_t *w = g_new0(v2waiter_t, 1);
+	g_strlcpy(w->engine_id, engine_id, sizeof(w->engine_id));
+	w->fn = fn;
+	w->user = user;
+	/* join a query in flight for this bootstrap */
+	for (GList *l = v->queries.head; l; l = l->next) {
+		v2query_t *q = l->data;
+		if (!strcmp(q->bootstrap, hostport)) {
+			g_queue_push_tail(&q->waiters, w);
+			return KVB_OK;
+		}
+	}
+	v2query_t *q = g_new0(v2query_t, 1);
+	q->v = v;
+	g_strlcpy(q->bootstrap, hostport, sizeof(q->bootstrap));
+	g_strlcpy(q->host, host, sizeof(q->host));
+	q->port = port;
+	g_queue_init(&q->waiters);
+	g_queue_push_tail(&q->waiters, w);
+	g_queue_push_tail(&v->queries, q);
+	char key[sizeof(((v2engine_t *)0)->key)];
+	engine_key(key, sizeof(key), hostport, engine_id);
+	if (g_hash_table_lookup(v->engines, key)) {
+		q->later = hw_deadline_new(hw, query_later, q);
+		hw_deadline_arm(q->later, 0);
+		return KVB_OK;
+	}
+	hw->stats.vllm_queries++;
+	q->call = hw_vllm_bootstrap_query(hw, host, port, query_answered, q);
+	return KVB_OK;
+}
+
+/* A pull through worker endpoint "host:port" could not connect or lost its
+ * connection: forget the engines that list it, so the next query asks the
+ * bootstrap again (the producer may have restarted on new ports). */
+static void engines_forget(struct hw_vllm2 *v, const char *addr)
+{
+	GHashTableIter it;
+	gpointer val;
+	g_hash_table_iter_init(&it, v->engines);
+	while (g_hash_table_iter_next(&it, NULL, &val)) {
+		v2engine_t *e = val;
+		for (char **wk = e->workers; *wk; wk++)
+			if (!strcmp(*wk, addr)) {
+				hw_log(v->hw, "vLLM engine %s forgotten: its worker %s failed", e->engine_id, addr);
+				g_hash_table_iter_remove(&it);
+				break;
+			}
+	}
+}
+
+/* ------------------------------------------------------------------------ */
+/* consumer side                                                            */
+
+typedef struct v2client {
+	struct hw_vllm2 *v;
+	hw_peer_t *peer;
+	char endpoint[KVB_VLLM_ADDR_MAX]; /* tcp://host:port */
+	GQueue pulls;               /* v2pull_t* */
+	hw_deadline_t *kick;
+} v2client_t;
+
+/* One pull in flight to a producer worker: one DEALER, monitored. */
+typedef struct v2pull {
+	v2client_t *vc;
+	char transfer_id[KVB_ID_MAX];
+	char request_id[KVB_ID_MAX];
+	uint64_t bytes;
+	void *sock;
+	hw_watch_t *w;
+	void *mon;                  /* PAIR end of the DEALER's socket monitor */
+	hw_watch_t *mon_w;
+	bool connected;
+	hw_deadline_t *timer;       /* the connect timeout, then the reply timeout */
+	GArray *ranges;             /* uint64_t pairs: destination ranges (for fences) */
+} v2pull_t;
+
+static void pull_free(v2pull_t *vp)
+{
+	g_queue_remove(&vp->vc->pulls, vp);
+	hw_watch_free(vp->w);
+	hw_watch_free(vp->mon_w);
+	hw_deadline_free(vp->timer);
+	if (vp->sock) {
+		zmq_socket_monitor(vp->sock, NULL, 0);
+		zmq_close(vp->sock);
+	}
+	if (vp->mon)
+		zmq_close(vp->mon);
+	if (vp->ranges)
+		g_array_free(vp->ranges, TRUE);
+	g_free(vp);
+}
+
+static void client_done(v2client_t *vc, const char *transfer_id, const char *request_id, int status,
+			uint64_t bytes, const char *reason)
+{
+	kvb_wire_notice_t n;
+	kvb_wire_notice_fill(&n, KVB_WIRE_DONE, transfer_id, request_id, status, bytes, reason);
+	GByteArray *out = g_byte_array_new();
+	if (kvb_wire_encode_notice(out, &n, NULL) == KVB_OK)
+		hw_peer_deliver(vc->peer, out->data, out->len);
+	g_byte_array_unref(out);
+}
+
+/* End a pull with a failure; forget engines when the worker is unreachable. */
+static void pull_fail(v2pull_t *vp, int status, const char *why, bool forget)
+{
+	v2client_t *vc = vp->vc;
+	if (forget)
+		engines_forget(vc->v, vc->peer->addr);
+	hw_set_error(vc->v->hw, "vLLM producer %s: %s", vc->endpoint, why);
+	client_done(vc, vp->transfer_id, vp->request_id, status, 0, why);
+	pull_free(vp);
+}
+
+/* The replies that came: true when the pull ended (vp freed). */
+static bool pull_replies(v2pull_t *vp)
+{
+	v2client_t *vc = vp->vc;
+	for (int i = 0; i < 64 && hw_zmq_readable(vp->sock); i++) {
+		zmq_msg_t frames[HW_ZMQ_MAX_FRAMES];
+		size_t total;
+		int n = hw_zmq_recv(vp->sock, frames, &total);
+		if (n <= 0)
+			return false;
+		zmq_msg_t *last = &frames[n - 1];
+		kvb_vllm_xfer_resp_t resp;
+		kvb_err_t err;
+		char why[KVB_ERR_MSG_MAX + 64];
+		int rc = kvb_vllm_xfer_resp_decode(zmq_msg_data(last), zmq_msg_size(last), &resp, &err);
+		hw_zmq_frames_close(frames, n);
+		if (rc != KVB_OK) {
+			g_snprintf(why, sizeof(why), "unreadable reply: %s", err.msg);
+			pull_fail(vp, KVB_ERR_PROTOCOL, why, false);
+			return true;
+		}
+		bool ok = false, bad = false;
+		for (uint32_t k = 0; k < resp.n_ok_reqs; k++)
+			ok |= !strcmp(resp.ok_reqs[k], vp->request_id);
+		for (uint32_t k = 0; k < resp.n_err_reqs; k++)
+			bad |= !strcmp(resp.err_reqs[k], vp->request_id);
+		const char *msg = resp.err_msg ? resp.err_msg : "no reason given";
+		int end = 0; /* 1 done, -1 failed */
+		int status = KVB_ERR_PEER;
+		if (resp.status == KVB_VLLM_XFER_ERROR) {
+			g_snprintf(why, sizeof(why), "the vLLM producer refused the request: %s", msg);
+			end = -1;
+		} else if (bad) {
+			if (!strcmp(msg, TIMEOUT_TEXT))
+				status = KVB_ERR_TIMEOUT;
+			g_snprintf(why, sizeof(why), "the vLLM producer failed it: %s", msg);
+			end = -1;
+		} else if (ok) {
+			end = 1;
+		} else if (resp.status == KVB_VLLM_XFER_FINISH) {
+			g_snprintf(why, sizeof(why), "the vLLM producer finished without naming request %s",
+				   vp->request_id);
+			end = -1;
+		}
+		kvb_vllm_xfer_resp_clear(&resp);
+		if (end > 0) {
+			client_done(vc, vp->transfer_id, vp->request_id, KVB_OK, vp->bytes, NULL);
+			pull_free(vp);
+			return true;
+		}
+		if (end < 0) {
+			pull_fail(vp, status, why, false);
+			return true;
+		}
+	}
+	return false;
+}
+
+static bool pull_io(void *obj, GIOCondition cond)
+{
+	(void)cond;
+	v2pull_t *vp = obj;
+	hw_watch_t *w = vp->w;
+	hw_watch_ref(w);
+	pull_replies(vp);
+	bool alive = !hw_watch_gone(w);
+	hw_watch_unref(w);
+	return alive;
+}
+
+/* Monitor events: 6 bytes (u16 event, u32 value), then the endpoint. */
+static bool pull_monitor(v2pull_t *vp)
+{
+	v2client_t *vc = vp->vc;
+	while (hw_zmq_readable(vp->mon)) {
+		zmq_msg_t frames[HW_ZMQ_MAX_FRAMES];
+		size_t total;
+		int n = hw_zmq_recv(vp->mon, frames, &total);
+		if (n <= 0)
+			return false;
+		uint16_t ev = 0;
+		if (zmq_msg_size(&frames[0]) >= 2)
+			memcpy(&ev, zmq_msg_data(&frames[0]), 2);
+		hw_zmq_frames_close(frames, n);
+		if (ev == ZMQ_EVENT_CONNECTED) {
+			vp->connected = true;
+			uint64_t rcv = vc->v->hw->p.vllm_abort_timeout_ns + RCV_EXTRA_NS;
+			hw_deadline_arm(vp->timer, rcv);
+		} else if (ev == ZMQ_EVENT_DISCONNECTED && vp->connected) {
+			/* replies may still be queued: read them first */
+			if (pull_replies(vp))
+				return true;
+			pull_fail(vp, KVB_ERR_PEER,
+				  "the producer worker closed the connection before its final reply", true);
+			return true;
+		}
+	}
+	return false;
+}
+
+static bool pull_mon_io(void *obj, GIOCondition cond)
+{
+	(void)cond;
+	v2pull_t *vp = obj;
+	hw_watch_t *w = vp->mon_w;
+	hw_watch_ref(w);
+	pull_monitor(vp);
+	bool alive = !hw_watch_gone(w);
+	hw_watch_unref(w);
+	return alive;
+}
+
+static void pull_timeout(void *obj)
+{
+	v2pull_t *vp = obj;
+	char why[160];
+	if (!vp->connected) {
+		g_snprintf(why, sizeof(why), "no connection to the producer worker within %.1f s",
+			   (double)vp->vc->v->hw->p.connect_timeout_ns / 1e9);
+		pull_fail(vp, KVB_ERR_PEER, why, true);
+		return;
+	}
+	g_snprintf(why, sizeof(why), "no final reply from the producer worker within %.0f s",
+		   (double)(vp->vc->v->hw->p.vllm_abort_timeout_ns + RCV_EXTRA_NS) / 1e9);
+	pull_fail(vp, KVB_ERR_TIMEOUT, why, false);
+}
+
+static void client_kick(void *obj)
+{
+	v2client_t *vc = obj;
+	GList *l = vc->pulls.head;
+	while (l) {
+		GList *next = l->next;
+		v2pull_t *vp = l->data;
+		if (!pull_monitor(vp))
+			pull_replies(vp);
+		l = next;
+	}
+}
+
+/* Destination byte ranges of a pull, block runs merged. */
+static GArray *pull_ranges(const kvb_wire_pull_t *pull)
+{
+	GArray *a = g_array_new(FALSE, FALSE, sizeof(uint64_t));
+	for (uint32_t r = 0; r < pull->n_regions; r++) {
+		const kvb_region_t *rg = &pull->regions[r];
+		const kvb_block_list_t *gl = rg->group < (int32_t)pull->n_groups ? &pull->groups[rg->group]
+										  : NULL;
+		for (uint32_t i = 0; gl && i < gl->count; i++) {
+			uint64_t lo = rg->base + (uint64_t)gl->ids[i] * rg->block_stride;
+			uint64_t len = rg->block_bytes;
+			if (a->len >= 2) {
+				uint64_t *last = &g_array_index(a, uint64_t, a->len - 2);
+				if (last[0] + last[1] == lo) {
+					last[1] += len;
+					continue;
+				}
+			}
+			uint64_t pair[2] = {lo, len};
+			g_array_append_vals(a, pair, 2);
+		}
+	}
+	return a;
+}
+
+/* Our name for a region the core sent: the layout's, found by base. */
+static void region_name(struct hw_vllm2 *v, const kvb_region_t *r, char *name, size_t len)
+{
+	for (uint32_t i = 0; i < v->n_regions; i++)
+		if (v->regions[i].r.base == r->base && v->regions[i].r.block_stride == r->block_stride) {
+			g_strlcpy(name, v->regions[i].name, len);
+			return;
+		}
+	g_snprintf(name, len, "model.layers.%d.self_attn.attn", r->layer);
+}
+
+/* The MooncakeXferMetadata a vLLM D of our release sends for this pull. */
+static int pull_encode(struct hw_vllm2 *v, const kvb_wire_pull_t *pull, GByteArray *out,
+		       uint64_t *bytes, kvb_err_t *err)
+{
+	hw_t *hw = v->hw;
+	kvb_vllm_xfer_meta_t m;
+	int rc = kvb_vllm_xfer_meta_init(&m, hw->host, hw->rpc_port, pull->tp_size, pull->tp_rank, err);
+	uint32_t *counts = g_new0(uint32_t, pull->n_groups ? pull->n_groups : 1);
+	uint32_t n_ids = 0;
+	for (uint32_t g = 0; g < pull->n_groups; g++)
+		n_ids += counts[g] = pull->groups[g].count;
+	uint32_t *ids = g_new0(uint32_t, n_ids ? n_ids : 1);
+	for (uint32_t g = 0, k = 0; g < pull->n_groups; g++)
+		for (uint32_t i = 0; i < pull->groups[g].count; i++)
+			ids[k++] = pull->groups[g].ids[i];
+	bool empty = n_ids == 0;
+	if (rc == KVB_OK)
+		rc = kvb_vllm_xfer_meta_add_request(&m, pull->request_id, pull->transfer_id, ids, counts,
+						    empty ? 0 : pull->n_groups, err);
+	uint32_t fields = kvb_vllm_xfer_profile_fields(v->profile) & KVB_VLLM_XF_REGION_MASK;
+	fields &= ~(KVB_VLLM_XF_BIT(KVB_VLLM_XF_SHARED_GROUP_IDS) | KVB_VLLM_XF_BIT(KVB_VLLM_XF_ROW_OFFSETS));
+	*bytes = 0;
+	for (uint32_t i = 0; i < pull->n_regions && rc == KVB_OK; i++) {
+		const kvb_region_t *r = &pull->regions[i];
+		char name[KVB_VLLM_NAME_MAX];
+		region_name(v, r, name, sizeof(name));
+		const uint32_t shared = (uint32_t)r->group;
+		kvb_vllm_xfer_region_t x = {
+			.fields = fields | (kvb_vllm_xfer_profile_fields(v->profile) &
+					    (KVB_VLLM_XF_BIT(KVB_VLLM_XF_SHARED_GROUP_IDS) |
+					     KVB_VLLM_XF_BIT(KVB_VLLM_XF_ROW_OFFSETS))),
+			.base_addr = r->base,
+			.block_len = r->block_stride,
+			.kv_block_len = r->block_bytes,
+			.layer_name = name,
+			.layer_index = (uint32_t)r->layer,
+			.group_index = r->group,
+			.shared_group_ids = &shared,
+			.n_shared_group_ids = 1,
+			.row_offset = -1,
+		};
+		rc = kvb_vllm_xfer_meta_add_region(&m, &x, err);
+		if (r->group >= 0 && (uint32_t)r->group < pull->n_groups)
+			*bytes += (uint64_t)pull->groups[r->group].count * r->block_bytes;
+	}
+	if (rc == KVB_OK)
+		rc = kvb_vllm_xfer_meta_encode(v->profile, out, &m, err);
+	kvb_vllm_xfer_meta_clear(&m);
+	g_free(counts);
+	g_free(ids);
+	return rc;
+}
+
+static int client_pull(v2client_t *vc, const void *buf, size_t len)
+{
+	struct hw_vllm2 *v = vc->v;
+	hw_t *hw = v->hw;
+	kvb_wire_pull_t pull;
+	kvb_err_t err;
+	if (kvb_wire_decode_pull(buf, len, &pull, &err) != KVB_OK) {
+		hw_set_error(hw, "vllm2 client: %s", err.msg);
+		return KVB_ERR_INVALID;
+	}
+	GByteArray *payload = g_byte_array_new();
+	uint64_t bytes = 0;
+	int rc = pull_encode(v, &pull, payload, &bytes, &err);
+	if (rc != KVB_OK) {
+		hw_set_error(hw, "vllm2 client: request %s: %s", pull.request_id, err.msg);
+		g_byte_array_unref(payload);
+		kvb_wire_pull_clear(&pull);
+		return rc;
+	}
+	v2pull_t *vp = g_new0(v2pull_t, 1);
+	vp->vc = vc;
+	g_strlcpy(vp->transfer_id, pull.transfer_id, sizeof(vp->transfer_id));
+	g_strlcpy(vp->request_id, pull.request_id, sizeof(vp->request_id));
+	vp->bytes = bytes;
+	vp->ranges = pull_ranges(&pull);
+	/* the blocks are ours for this pull again: lift old fences on them */
+	for (guint i = 0; i + 1 < vp->ranges->len; i += 2)
+		hw_fence_clear(hw, g_array_index(vp->ranges, uint64_t, i),
+			       g_array_index(vp->ranges, uint64_t, i + 1));
+	kvb_wire_pull_clear(&pull);
+	g_queue_push_tail(&vc->pulls, vp);
+	vp->timer = hw_deadline_new(hw, pull_timeout, vp);
+	vp->sock = zmq_socket(hw_zmq_ctx(), ZMQ_DEALER);
+	int zero = 0;
+	zmq_setsockopt(vp->sock, ZMQ_LINGER, &zero, sizeof(zero));
+	/* a monitor tells connected / disconnected at once, where ZMQ itself
+	 * would reconnect silently for ever */
+	char mon_ep[64];
+	static uint64_t mon_seq;
+	g_snprintf(mon_ep, sizeof(mon_ep), "inproc://kvb-vllm2-mon-%p-%" PRIu64, (void *)vp, ++mon_seq);
+	int mrc = zmq_socket_monitor(vp->sock, mon_ep, ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED);
+	vp->mon = mrc == 0 ? zmq_socket(hw_zmq_ctx(), ZMQ_PAIR) : NULL;
+	if (!vp->mon || zmq_connect(vp->mon, mon_ep) != 0 || zmq_connect(vp->sock, vc->endpoint) != 0 ||
+	    zmq_send(vp->sock, payload->data, payload->len, ZMQ_DONTWAIT) < 0) {
+		hw_set_error(hw, "vllm2 client: %s: %s", vc->endpoint, zmq_strerror(errno));
+		g_byte_array_unref(payload);
+		pull_free(vp);
+		return KVB_ERR_PEER;
+	}
+	g_byte_array_unref(payload);
+	vp->w = hw_watch_new(hw, hw_zmq_fd(vp->sock), G_IO_IN, pull_io, vp);
+	vp->mon_w = hw_watch_new(hw, hw_zmq_fd(vp->mon), G_IO_IN, pull_mon_io, vp);
+	hw_deadline_arm(vp->timer, hw->p.connect_timeout_ns);
+	hw_deadline_arm(vc->kick, 0);
+	return KVB_OK;
+}
+
+static void client_cancel(v2client_t *vc, const kvb_wire_notice_t *n)
+{
+	hw_t *hw = vc->v->hw;
+	for (GList *l = vc->pulls.head; l; l = l->next) {
+		v2pull_t *vp = l->data;
+		if (strcmp(vp->transfer_id, n->transfer_id) || strcmp(vp->request_id, n->request_id))
+			continue;
+		for (guint i = 0; i + 1 < vp->ranges->len; i += 2)
+			hw_fence_add(hw, g_array_index(vp->ranges, uint64_t, i),
+				     g_array_index(vp->ranges, uint64_t, i + 1));
+		client_done(vc, vp->transfer_id, vp->request_id, KVB_ERR_ABORTED, 0,
+			    "cancelled; a vLLM producer cannot be told to stop, so its late writes into "
+			    "these blocks are refused");
+		pull_free(vp);
+		return;
+	}
+}
+
+static int client_msg_send(hw_peer_t *p, const void *buf, size_t len)
+{
+	v2client_t *vc = p->proto;
+	kvb_wire_type_t type;
+	kvb_err_t err;
+	if (kvb_wire_peek(buf, len, &type, &err) != KVB_OK) {
+		hw_set_error(p->hw, "msg_send: %s", err.msg);
+		return KVB_ERR_INVALID;
+	}
+	if (type == KVB_WIRE_PULL)
+		return client_pull(vc, buf, len);
+	if (type == KVB_WIRE_CANCEL) {
+		kvb_wire_notice_t n;
+		if (kvb_wire_decode_notice(buf, len, &n, NULL) == KVB_OK)
+			client_cancel(vc, &n);
+	}
+	return KVB_OK; /* HEARTBEAT: vLLM has none */
+}
+
+static void client_detach(hw_peer_t *p)
+{
+	v2client_t *vc = p->proto;
+	if (vc) {
+		while (vc->pulls.head)
+			pull_free(vc->pulls.head->data);
+		hw_deadline_free(vc->kick);
+		g_free(vc);
+	}
+	p->proto = NULL;
+}
+
+static void client_accepted(hw_peer_t *p)
+{
+	(void)p; /* never announced: clients are only dialled */
+}
+
+static const hw_peer_ops_t client_ops = {
+	.protocol = "vllm gen2 (consumer)",
+	.accepted = client_accepted,
+	.msg_send = client_msg_send,
+	.closed = hw_peer_free,
+	.detach = client_detach,
+};
+
+int hw_vllm2_client_connect(hw_t *hw, kvb_conn_t *conn, const char *addr, const char *host,
+			    uint16_t port)
+{
+	struct hw_vllm2 *v = hw->vllm2;
+	if (!v) {
+		hw_set_error(hw, "peer %s: this instance does not speak vLLM Gen 1/2 "
+				 "(vllm_protocol gen2)", addr);
+		return KVB_ERR_UNSUPPORTED;
+	}
+	hw_peer_t *p = hw_peer_new(hw, HW_PEER_VLLM_CLIENT, &client_ops, addr);
+	hw_peer_bind(p, conn);
+	v2client_t *vc = g_new0(v2client_t, 1);
+	vc->v = v;
+	vc->peer = p;
+	g_queue_init(&vc->pulls);
+	g_snprintf(vc->endpoint, sizeof(vc->endpoint), strchr(host, ':') ? "tcp://[%s]:%u" : "tcp://%s:%u",
+		   host, port);
+	vc->kick = hw_deadline_new(hw, client_kick, vc);
+	p->proto = vc;
+	g_strlcpy(p->host, host, sizeof(p->host));
+	p->port = port;
+	/* ZMQ connects lazily; the peer is up at once (errors show per pull) */
+	p->link.have_seg = true;
+	hw_peer_up(p);
+	return KVB_INPROGRESS;
+}
+
+void hw_vllm2_client_init(struct hw_vllm2 *v)
+{
+	g_queue_init(&v->queries);
+	v->engines = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, engine_free);
+}
+
+void hw_vllm2_client_fini(struct hw_vllm2 *v)
+{
+	while (v->queries.head) {
+		v2query_t *q = v->queries.head->data;
+		g_queue_clear_full(&q->waiters, g_free); /* no callbacks after close */
+		query_deliver(q);
+	}
+	g_hash_table_destroy(v->engines);
+}
