@@ -775,6 +775,33 @@ START_TEST(test_envelopes)
 }
 END_TEST
 
+/* Gen 0 transfer ids: 0.14+ internal ids lose their random suffix, others
+ * are kept whole. */
+START_TEST(test_gen0_transfer_ids)
+{
+	static const char *const cases[][2] = {
+		{"cmpl-r1-0-1a2b3c4d", "cmpl-r1-0"},            /* 0.14 / 0.15 decoder */
+		{"cmpl-r1-0", "cmpl-r1-0"},                     /* 0.13: no suffix */
+		{"cmpl-5f0c8d0e-aaaa-4bbb-8ccc-0123456789ab-12-00ff00ff",
+		 "cmpl-5f0c8d0e-aaaa-4bbb-8ccc-0123456789ab-12"},
+		{"cmpl-r1-0-1A2B3C4D", "cmpl-r1-0-1A2B3C4D"},   /* not lowercase hex */
+		{"cmpl-r1-0-1a2b3c4", "cmpl-r1-0-1a2b3c4"},     /* seven digits */
+		{"cmpl-r1-x-1a2b3c4d", "cmpl-r1-x-1a2b3c4d"},   /* no index before it */
+		{"-0-1a2b3c4d", "-0-1a2b3c4d"},                 /* nothing before the index */
+		{"req-1", "req-1"},
+		{"", ""},
+	};
+	for (size_t i = 0; i < G_N_ELEMENTS(cases); i++) {
+		char out[KVB_VLLM_ID_MAX];
+		kvb_vllm_gen0_transfer_id(cases[i][0], out, sizeof(out));
+		ck_assert_msg(!strcmp(out, cases[i][1]), "%s -> %s, want %s", cases[i][0], out, cases[i][1]);
+	}
+	char small[6];
+	kvb_vllm_gen0_transfer_id("cmpl-r1-0-1a2b3c4d", small, sizeof(small));
+	ck_assert_str_eq(small, "cmpl-");
+}
+END_TEST
+
 Suite *kvb_suite_vllm_wire(void)
 {
 	Suite *s = suite_create("vllm_wire");
@@ -813,6 +840,7 @@ Suite *kvb_suite_vllm_wire(void)
 	tc = tcase_create("replies");
 	tcase_add_test(tc, test_replies);
 	tcase_add_test(tc, test_envelopes);
+	tcase_add_test(tc, test_gen0_transfer_ids);
 	suite_add_tcase(s, tc);
 	return s;
 }

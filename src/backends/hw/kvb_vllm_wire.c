@@ -586,3 +586,20 @@ int kvb_vllm_envelope_classify(const size_t *frame_sizes, size_t n_frames,
 	*payload_index = 2;
 	return KVB_OK;
 }
+
+void kvb_vllm_gen0_transfer_id(const char *request_id, char *out, size_t out_len)
+{
+	size_t n = strlen(request_id);
+	/* "...-<digits>-<8 hex>" */
+	bool suffix = n > 11 && request_id[n - 9] == '-';
+	for (size_t i = n - 8; suffix && i < n; i++)
+		suffix = g_ascii_isdigit(request_id[i]) || (request_id[i] >= 'a' && request_id[i] <= 'f');
+	size_t d = n - 9; /* the index digits end before request_id[n - 9] */
+	size_t k = d;
+	while (suffix && k > 0 && g_ascii_isdigit(request_id[k - 1]))
+		k--;
+	suffix = suffix && k < d && k > 0 && request_id[k - 1] == '-';
+	g_strlcpy(out, request_id, out_len);
+	if (suffix && n - 9 < out_len)
+		out[n - 9] = 0;
+}

@@ -81,6 +81,17 @@ int kvb_vllm_meta_add_request(kvb_vllm_meta_t *meta, const char *request_id,
 /* Release what a meta owns (safe on a zeroed or cleared struct). */
 void kvb_vllm_meta_clear(kvb_vllm_meta_t *meta);
 
+/*
+ * The transfer a Gen 0 decoder's request id names.  Gen 0 keys transfers by
+ * vLLM's internal request id, "cmpl-<X-Request-Id>-<i>" in 0.13.0; from
+ * 0.14.0 each engine appends its own "-<8 hex>" (vllm#27987), so a 0.14 or
+ * 0.15 decoder's "cmpl-R-0-1a2b3c4d" names what its producer knows as
+ * "cmpl-R-0" (a proxy never sees either suffix).  The suffix, when there is
+ * one (eight lowercase hex digits after "-<digits>-"), is dropped; any other
+ * id is its own transfer id.  out gets at most out_len - 1 bytes.
+ */
+void kvb_vllm_gen0_transfer_id(const char *request_id, char *out, size_t out_len);
+
 /* ---- replies (Gen 0: raw bytes) ----------------------------------------- */
 
 #define KVB_VLLM_TRANS_DONE "trans_done"

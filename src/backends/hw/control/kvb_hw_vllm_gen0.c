@@ -207,7 +207,7 @@ static int vsess_pulls(vsess_t *s, GPtrArray *frames, char *why, size_t why_len)
 	for (uint32_t r = 0; r < m->n_requests && rc == KVB_OK; r++) {
 		kvb_wire_pull_t pull;
 		memset(&pull, 0, sizeof(pull));
-		g_strlcpy(pull.transfer_id, m->request_ids[r], sizeof(pull.transfer_id));
+		kvb_vllm_gen0_transfer_id(m->request_ids[r], pull.transfer_id, sizeof(pull.transfer_id));
 		g_strlcpy(pull.request_id, m->request_ids[r], sizeof(pull.request_id));
 		pull.tp_size = v->tp_size;
 		pull.tp_rank = v->tp_rank;
