@@ -292,6 +292,47 @@ START_TEST(test_e2e_unequal_tp)
 }
 END_TEST
 
+/* Separate K and V regions: two per layer, half a packed block each, the
+ * same layer index (they pair by occurrence); a valid layout whose bytes
+ * per token equal the packed one's. */
+START_TEST(test_layout_split)
+{
+	kvb_err_t err;
+	const kvb_model_t *m = kvb_model_find("qwen2.5-0.5b");
+	kvb_region_t packed[24], r[48];
+	uint32_t n = 0, n_groups = 0;
+	uint64_t total = kvb_model_layout_kv(m, KVB_KV_SPLIT, 1, 16, 10, 0x100000, r, &n, &err);
+	ck_assert_uint_eq(n, 48);
+	ck_assert_uint_eq(total, kvb_model_layout(m, 1, 16, 10, 0x100000, packed, &err));
+	for (uint32_t i = 0; i < 48; i++) {
+		ck_assert_uint_eq(r[i].base, 0x100000 + (uint64_t)i * 10 * 4096);
+		ck_assert_uint_eq(r[i].block_stride, 4096);
+		ck_assert_uint_eq(r[i].block_bytes, 4096);
+		ck_assert_int_eq(r[i].layer, (int32_t)(i / 2));
+	}
+	ck_assert_int_eq(kvb_layout_check(r, 48, &n_groups, &err), KVB_OK);
+	uint64_t sum = 0;
+	for (uint32_t i = 0; i < 48; i++)
+		sum += r[i].block_bytes;
+	ck_assert_uint_eq(sum / 16, kvb_model_kv_bytes_per_token(m));
+	/* K pairs with K and V with V between two split layouts */
+	kvb_region_t r2[48];
+	ck_assert_uint_gt(kvb_model_layout_kv(m, KVB_KV_SPLIT, 1, 16, 10, 0x900000000ull, r2, &n, &err), 0);
+	uint32_t pair[48];
+	ck_assert_int_eq(kvb_regions_pair(r, 48, r2, 48, pair, &err), KVB_OK);
+	for (uint32_t i = 0; i < 48; i++)
+		ck_assert_uint_eq(pair[i], i);
+	/* packed is kvb_model_layout */
+	ck_assert_uint_eq(kvb_model_layout_kv(m, KVB_KV_PACKED, 1, 16, 10, 0, r, &n, &err), total);
+	ck_assert_uint_eq(n, 24);
+	kvb_kv_layout_t kv;
+	ck_assert_int_eq(kvb_kv_layout_parse("split", &kv), KVB_OK);
+	ck_assert_int_eq(kv, KVB_KV_SPLIT);
+	ck_assert_int_eq(kvb_kv_layout_parse("interleaved", &kv), KVB_ERR_INVALID);
+	ck_assert_str_eq(kvb_kv_layout_name(KVB_KV_PACKED), "packed");
+}
+END_TEST
+
 Suite *kvb_suite_model(void)
 {
 	Suite *s = suite_create("model");
@@ -304,6 +345,7 @@ Suite *kvb_suite_model(void)
 	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, test_layout);
 	tcase_add_test(tc, test_layout_errors);
+	tcase_add_test(tc, test_layout_split);
 	tcase_add_test(tc, test_e2e_unequal_tp);
 	suite_add_tcase(s, tc);
 	return s;

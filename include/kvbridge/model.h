@@ -43,6 +43,27 @@ KVB_API uint64_t kvb_model_layout(const kvb_model_t *model, uint32_t tp_size,
 				  uint32_t block_tokens, uint32_t num_blocks, uint64_t base,
 				  kvb_region_t *regions, kvb_err_t *err);
 
+/* How a layer's K and V sit in registered memory. */
+typedef enum kvb_kv_layout {
+	KVB_KV_PACKED = 0, /* one region per layer; per block heads x tokens x (K|V) x head_dim
+			    * (vLLM 0.16+ "LBHNC"; what kvb_model_layout builds) */
+	KVB_KV_SPLIT = 1,  /* two regions per layer, K then V, each heads x tokens x head_dim
+			    * per block (vLLM 0.13 - 0.19 on CPU: K and V are separate
+			    * tensors, registered one region each) */
+} kvb_kv_layout_t;
+
+KVB_API const char *kvb_kv_layout_name(kvb_kv_layout_t kv);
+/* "packed" or "split"; KVB_ERR_INVALID otherwise. */
+KVB_API int kvb_kv_layout_parse(const char *name, kvb_kv_layout_t *kv);
+
+/* kvb_model_layout for either layout: regions must hold model->layers
+ * (packed) or 2 * model->layers (split) entries; *n_regions receives the
+ * count.  Split regions are K0, V0, K1, V1, ... with the same layer index
+ * for the K and V of one layer (they pair by occurrence). */
+KVB_API uint64_t kvb_model_layout_kv(const kvb_model_t *model, kvb_kv_layout_t kv, uint32_t tp_size,
+				     uint32_t block_tokens, uint32_t num_blocks, uint64_t base,
+				     kvb_region_t *regions, uint32_t *n_regions, kvb_err_t *err);
+
 #ifdef __cplusplus
 }
 #endif

@@ -124,3 +124,65 @@ uint64_t kvb_model_layout(const kvb_model_t *model, uint32_t tp_size, uint32_t b
 	}
 	return total;
 }
+
+const char *kvb_kv_layout_name(kvb_kv_layout_t kv)
+{
+	return kv == KVB_KV_SPLIT ? "split" : "packed";
+}
+
+int kvb_kv_layout_parse(const char *name, kvb_kv_layout_t *kv)
+{
+	if (name && !g_ascii_strcasecmp(name, "packed")) {
+		*kv = KVB_KV_PACKED;
+		return KVB_OK;
+	}
+	if (name && !g_ascii_strcasecmp(name, "split")) {
+		*kv = KVB_KV_SPLIT;
+		return KVB_OK;
+	}
+	return KVB_ERR_INVALID;
+}
+
+/* The split layout halves each packed block into a K and a V region of the
+ * same number of blocks, laid out K0, V0, K1, V1, ... back to back. */
+uint64_t kvb_model_layout_kv(const kvb_model_t *model, kvb_kv_layout_t kv, uint32_t tp_size,
+			     uint32_t block_tokens, uint32_t num_blocks, uint64_t base,
+			     kvb_region_t *regions, uint32_t *n_regions, kvb_err_t *err)
+{
+	if (kv != KVB_KV_PACKED && kv != KVB_KV_SPLIT) {
+		kvb_err_set(err, KVB_ERR_INVALID, "KV layout %d unknown", (int)kv);
+		return 0;
+	}
+	if (kv == KVB_KV_PACKED || !model || !regions) {
+		uint64_t total = kvb_model_layout(model, tp_size, block_tokens, num_blocks, base, regions, err);
+		if (total && n_regions)
+			*n_regions = model->layers;
+		return total;
+	}
+	if (model->layers > KVB_MAX_REGIONS / 2) {
+		kvb_err_set(err, KVB_ERR_INVALID, "model has %u layers, the region limit is %u (two a layer)",
+			    model->layers, KVB_MAX_REGIONS);
+		return 0;
+	}
+	/* the packed layout of the same model gives sizes and checks */
+	kvb_region_t *packed = g_new(kvb_region_t, model->layers);
+	uint64_t total = kvb_model_layout(model, tp_size, block_tokens, num_blocks, base, packed, err);
+	if (!total) {
+		g_free(packed);
+		return 0;
+	}
+	uint64_t half = packed[0].block_bytes / 2;
+	uint64_t region_bytes = half * num_blocks;
+	for (uint32_t i = 0; i < model->layers; i++)
+		for (uint32_t h = 0; h < 2; h++) {
+			kvb_region_t *r = &regions[2 * i + h];
+			*r = packed[i];
+			r->base = base + (2 * (uint64_t)i + h) * region_bytes;
+			r->block_stride = half;
+			r->block_bytes = half;
+		}
+	g_free(packed);
+	if (n_regions)
+		*n_regions = 2 * model->layers;
+	return total;
+}
