@@ -14,6 +14,7 @@ int main(void)
 	SRunner *sr = srunner_create(kvb_suite_mc_wire());
 	srunner_add_suite(sr, kvb_suite_vllm_wire());
 	srunner_add_suite(sr, kvb_suite_vllm_xfer_wire());
+	srunner_add_suite(sr, kvb_suite_vllm_xfer_resp());
 	srunner_add_suite(sr, kvb_suite_vllm_bootstrap_wire());
 	srunner_add_suite(sr, kvb_suite_http());
 	srunner_set_tap(sr, "-");

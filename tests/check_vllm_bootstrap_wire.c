@@ -198,6 +198,7 @@ START_TEST(test_register_codec)
 		{"{\"a\":\"\x01\"}", "control character"},
 		{"nul\x00l", "at byte 3: Text that is not UTF-8"},
 		{" ", "Expecting value"},
+		{"{\"tp_r\":[1e1616,-0.0]}", "beyond the range of a double"},
 	};
 	for (size_t i = 0; i < G_N_ELEMENTS(bad); i++) {
 		GString *reply = g_string_new(NULL);
@@ -357,6 +358,7 @@ START_TEST(test_query_decode)
 		{"{\"0\":{\"worker_addr\":{}}}", "engine_id missing"},
 		{"{\"0\":{\"engine_id\":\"\",\"worker_addr\":{}}}", "engine_id of 0 bytes"},
 		{"{\"0\":{\"engine_id\":\"e\"}}", "worker_addr missing"},
+		{"{\"0\":{\"engine_id\":\"e\",\"worker_addr\":{}}}", "worker_addr is empty"},
 		{"{\"0\":{\"engine_id\":\"e\",\"worker_addr\":{\"1\":{\"0\":\"tcp://h:1\"}}}}",
 		 "tp key \"1\" is not one of 0..0"},
 		{"{\"0\":{\"engine_id\":\"e\",\"worker_addr\":{\"0\":{}}}}", "not a non-empty object"},

@@ -30,6 +30,7 @@ Suite *kvb_suite_sim(void);        /* check_sim.c */
 Suite *kvb_suite_mc_wire(void);    /* check_mc_wire.c */
 Suite *kvb_suite_vllm_wire(void);  /* check_vllm_wire.c */
 Suite *kvb_suite_vllm_xfer_wire(void); /* check_vllm_xfer_wire.c */
+Suite *kvb_suite_vllm_xfer_resp(void); /* check_vllm_xfer_resp.c */
 Suite *kvb_suite_vllm_bootstrap_wire(void); /* check_vllm_bootstrap_wire.c */
 Suite *kvb_suite_http(void);       /* check_http.c */
 Suite *kvb_suite_hw_backend(void); /* check_hw_backend.c */

@@ -14,6 +14,7 @@
 
 #include <arpa/inet.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -130,6 +131,14 @@ static const char *check_number(const char *s, size_t len, size_t *i)
 			return "Expecting a digit in the exponent";
 		while (j < len && is_digit(s[j]))
 			j++;
+	}
+	/* Python would read inf; JSON and the echo in a 422 cannot hold it */
+	if (!integer) {
+		char *tok = g_strndup(s + *i, j - *i);
+		bool finite = isfinite(g_ascii_strtod(tok, NULL));
+		g_free(tok);
+		if (!finite)
+			return "A number beyond the range of a double";
 	}
 	/* json-glib would not read it exactly */
 	if (integer && (ndig > 19 ||
@@ -905,8 +914,12 @@ static int query_engine(JsonObject *root, const char *dpkey, kvb_vllm_boot_query
 		return kvb_err_set(err, KVB_ERR_PROTOCOL, "/query: dp %u: worker_addr missing or not an "
 				   "object", e->dp_rank);
 	JsonObject *wo = json_node_get_object(wn);
-	GList *tps = json_object_get_members(wo);
 	uint32_t ntp = json_object_get_size(wo);
+	/* vLLM never serves one; a D would take TP size 0 and divide by it */
+	if (ntp == 0)
+		return kvb_err_set(err, KVB_ERR_PROTOCOL, "/query: dp %u: worker_addr is empty",
+				   e->dp_rank);
+	GList *tps = json_object_get_members(wo);
 	int rc = KVB_OK;
 	e->first_worker = workers->len;
 	e->tp_size = ntp;

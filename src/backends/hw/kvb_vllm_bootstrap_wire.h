@@ -147,8 +147,8 @@ typedef struct kvb_vllm_boot_query {
 /*
  * Parse a /query reply strictly: an object of dp entries keyed by canonical
  * decimal ranks ("0", not "00" or "+0"), each an object with a str
- * engine_id (1..127 bytes, no NUL, unique across entries) and a worker_addr
- * object whose tp keys are exactly 0..n-1 (a vLLM D indexes them so), each
+ * engine_id (1..127 bytes, no NUL, unique across entries) and a non-empty
+ * worker_addr object whose tp keys are exactly 0..n-1 (a vLLM D indexes them so), each
  * a non-empty object of pp ranks to addresses kvb_vllm_worker_addr_parse
  * accepts.  Other members of a dp entry are ignored (a later release may
  * add some); duplicate keys, more than KVB_VLLM_BOOT_MAX_WORKERS workers

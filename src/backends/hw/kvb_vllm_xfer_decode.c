@@ -612,7 +612,16 @@ static int req_blocks_fields(kvb_vllm_xfer_profile_t p, const msgpack_object *o,
 					   form ? "per-group lists" : "flat block ids");
 			}
 		}
-		if (form == KVB_VLLM_BLOCKS_FLAT) {
+	}
+	/* no block entry anywhere: [] reads the same in either form */
+	m->form = form < 0 ? KVB_VLLM_BLOCKS_GROUPED : (kvb_vllm_xfer_form_t)form;
+	for (uint32_t i = 0; i < n; i++) {
+		const msgpack_object_kv *kv = &o->via.map.ptr[i];
+		const msgpack_object *blocks = &kv->val.via.array.ptr[1];
+		char req[KVB_VLLM_ID_MAX];
+		g_snprintf(req, sizeof(req), "%.*s", (int)MIN(kv->key.via.str.size, 64u),
+			   kv->key.via.str.ptr);
+		if (m->form == KVB_VLLM_BLOCKS_FLAT) {
 			nlists++;
 			nids += blocks->via.array.size;
 			continue;
@@ -628,8 +637,6 @@ static int req_blocks_fields(kvb_vllm_xfer_profile_t p, const msgpack_object *o,
 	if (nids > KVB_VLLM_MAX_BLOCKS)
 		return bad(err, P, false, NULL, "%" PRIu64 " block ids in all (at most %u)", nids,
 			   KVB_VLLM_MAX_BLOCKS);
-	/* no block entry anywhere: [] reads the same in either form */
-	m->form = form < 0 ? KVB_VLLM_BLOCKS_GROUPED : (kvb_vllm_xfer_form_t)form;
 
 	m->reqs = g_new0(kvb_vllm_xfer_req_t, n ? n : 1);
 	m->lists = g_new0(kvb_vllm_xfer_list_t, nlists ? nlists : 1);

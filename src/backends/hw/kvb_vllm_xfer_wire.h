@@ -86,7 +86,8 @@
 
 typedef enum kvb_vllm_xfer_profile {
 	KVB_VLLM_XFER_ANY = 0,   /* decode only: every field known, fields 0-5 required,
-				  * either block-list form (one form per message) */
+				  * either block-list form (one per message, taken from
+				  * the first block entry; none at all reads GROUPED) */
 	KVB_VLLM_XFER_V016 = 1,  /* 0.16.0 - 0.18.1: fields 0-5, flat block lists */
 	KVB_VLLM_XFER_V019 = 2,  /* 0.19.0 - 0.19.1: + block_lens, flat */
 	KVB_VLLM_XFER_V020 = 3,  /* 0.20.0 - 0.23.0: block lists per KV group */
