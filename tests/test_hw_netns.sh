@@ -37,8 +37,8 @@ export VLLM_MOONCAKE_BOOTSTRAP_PORT=8998
 inP() { ip netns exec $nsP "$@"; }
 inD() { ip netns exec $nsD "$@"; }
 
-start prod ip netns exec $nsP "$serve" --role producer --host $net.1 --http-port 8100 --blocks 8192 --lease 3 -v || exit 1
-start cons ip netns exec $nsD "$serve" --role consumer --host $net.2 --http-port 8200 --blocks 8192 --pull-protocol vllm -v || exit 1
+start prod ip netns exec $nsP "$serve" --vllm-protocol gen0 --role producer --host $net.1 --http-port 8100 --blocks 8192 --lease 3 -v || exit 1
+start cons ip netns exec $nsD "$serve" --vllm-protocol gen0 --role consumer --host $net.2 --http-port 8200 --blocks 8192 --pull-protocol vllm -v || exit 1
 start proxy ip netns exec $nsD "$proxy" --port 8000 --prefiller-host $net.1 --prefiller-port 8100 --decoder-host 127.0.0.1 --decoder-port 8200 -v || exit 1
 
 good=0
@@ -52,7 +52,7 @@ inP curl -s --max-time 5 http://127.0.0.1:8100/stats > "$tmp/s"
 check "the bytes crossed the link from the producer's namespace" "[ \$(json_num '$tmp/s' tcp_bytes_posted) -gt 50000000 ] && grep -q '\"blocks_held\":0' '$tmp/s'"
 
 # a consumer killed halfway: 12,000 tokens = 147 MB = about 3 s on this link
-start victim ip netns exec $nsD "$serve" --role consumer --host $net.2 --http-port 8300 --blocks 8192 --pull-protocol vllm || exit 1
+start victim ip netns exec $nsD "$serve" --vllm-protocol gen0 --role consumer --host $net.2 --http-port 8300 --blocks 8192 --pull-protocol vllm || exit 1
 vpid=$last_pid
 st=$(inP curl -s -o "$tmp/resp" -w '%{http_code}' --max-time 10 -H 'Content-Type: application/json' -H 'X-Request-Id: big-1' \
 	-d '{"prompt":"x","kv_transfer_params":{"do_remote_decode":true,"kvbridge_tokens":12000}}' http://127.0.0.1:8100/v1/completions)

@@ -14,11 +14,11 @@ echo "1..9"
 base=$((20000 + $$ % 20000))
 export VLLM_MOONCAKE_BOOTSTRAP_PORT=$base
 
-start prod "$serve" --role producer --http-port 0 --blocks 8192 --lease 3 -v || exit 1
+start prod "$serve" --vllm-protocol gen0 --role producer --http-port 0 --blocks 8192 --lease 3 -v || exit 1
 P=$(field prod http)
-start cons "$serve" --role consumer --http-port 0 --blocks 8192 --pull-protocol vllm -v || exit 1
+start cons "$serve" --vllm-protocol gen0 --role consumer --http-port 0 --blocks 8192 --pull-protocol vllm -v || exit 1
 C=$(field cons http)
-start cons2 "$serve" --role consumer --http-port 0 --blocks 8192 -v || exit 1
+start cons2 "$serve" --vllm-protocol gen0 --role consumer --http-port 0 --blocks 8192 -v || exit 1
 C2=$(field cons2 http)
 start proxy "$proxy" --port 0 --prefiller-port "$P" --decoder-port "$C" -v || exit 1
 X=$(sed -n 's/.*ready on [^:]*:\([0-9]*\).*/\1/p' "$tmp/proxy.out")

@@ -133,8 +133,9 @@ typedef struct kvb_hw_params {
 				     * worker does); 0 = do not serve */
 	const char *vllm_bootstrap_server; /* gen2, not serving: "host:port" of the bootstrap
 				     * this worker registers into (vLLM's
-				     * bootstrap_server_address); NULL = 127.0.0.1:
-				     * vllm_bootstrap_default_port */
+				     * bootstrap_server_address).  A worker that neither
+				     * serves a bootstrap nor names one registers nowhere
+				     * (a consumer) */
 	uint16_t vllm_bootstrap_default_port; /* default 8998 */
 	const char *vllm_release;   /* the vLLM release of the peers ("0.32.0"): how a
 				     * consumer encodes its requests; default 0.32.0 */
@@ -194,7 +195,8 @@ KVB_API int kvb_hw_set_vllm_layout(kvb_backend_t *be, const kvb_region_t *region
 /* The KV layout and identity vLLM peers see (either generation).  Gen 1/2
  * pairs regions by layer name (and occurrence: two regions of one layer
  * are its K and V), so each region has one; with gen2, setting the layout
- * also registers this worker's ROUTER at the bootstrap (engine_id, ranks). */
+ * also registers this worker's ROUTER at the bootstrap it serves or names
+ * (engine_id, ranks). */
 typedef struct kvb_hw_vllm_layout {
 	const kvb_region_t *regions;
 	uint32_t n_regions;

@@ -45,11 +45,11 @@ KVB_API uint64_t kvb_model_layout(const kvb_model_t *model, uint32_t tp_size,
 
 /* How a layer's K and V sit in registered memory. */
 typedef enum kvb_kv_layout {
-	KVB_KV_PACKED = 0, /* one region per layer; per block heads x tokens x (K|V) x head_dim
-			    * (vLLM 0.16+ "LBHNC"; what kvb_model_layout builds) */
-	KVB_KV_SPLIT = 1,  /* two regions per layer, K then V, each heads x tokens x head_dim
-			    * per block (vLLM 0.13 - 0.19 on CPU: K and V are separate
-			    * tensors, registered one region each) */
+	KVB_KV_PACKED = 0, /* one region per layer, each head's K and V together in a block
+			    * (vLLM 0.16+; what kvb_model_layout builds) */
+	KVB_KV_SPLIT = 1,  /* two regions per layer, K then V, each head's bytes together in a
+			    * block (vLLM 0.13 - 0.19 on CPU: K and V are separate tensors,
+			    * registered one region each) */
 } kvb_kv_layout_t;
 
 KVB_API const char *kvb_kv_layout_name(kvb_kv_layout_t kv);

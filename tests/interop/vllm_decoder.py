@@ -46,7 +46,7 @@ def check(cond, what):
 print("1..8", flush=True)
 base = 21000 + os.getpid() % 20000
 env = dict(os.environ, VLLM_MOONCAKE_BOOTSTRAP_PORT=str(base))
-prod = subprocess.Popen([serve, "--role", "producer", "--http-port", "0", "--blocks", "512",
+prod = subprocess.Popen([serve, "--vllm-protocol", "gen0", "--role", "producer", "--http-port", "0", "--blocks", "512",
                          "--lease", "3", "-v"], stdout=subprocess.PIPE, stderr=None,
                         text=True, env=env)  # its log goes to ours
 ready = prod.stdout.readline()
@@ -98,8 +98,13 @@ def ask(payload, dealer=False, timeout_ms=15000):
         s.close()
 
 
+def internal(rid, suffix=""):
+    """vLLM's internal request id for X-Request-Id rid (0.13; 0.14+ add -<8 hex>)."""
+    return "cmpl-%s-0%s" % (rid, suffix)
+
+
 def verify(rid, dblocks):
-    seed = patterns.request_seed(rid)
+    seed = patterns.request_seed(internal(rid))
     bad = 0
     for r in range(len(regions)):
         for k, b in enumerate(dblocks):
@@ -117,7 +122,7 @@ kp = prefill("req-a", 100)
 check(kp["remote_port"] == base and kp["do_remote_prefill"] is True,
       "the producer answers vLLM's kv_transfer_params (remote_host, remote_port %d)" % kp["remote_port"])
 blocks_a = list(range(10, 17))  # 100 tokens = 7 blocks of 16
-reply = ask(metadata(["req-a"], [blocks_a]))
+reply = ask(metadata([internal("req-a")], [blocks_a]))
 check(reply == b"trans_done" and verify("req-a", blocks_a) == 0,
       "REQ client (3 frames): trans_done, %d blocks x %d layers verified (reply %r)" % (
           len(blocks_a), len(regions), reply))
@@ -125,23 +130,26 @@ check(reply == b"trans_done" and verify("req-a", blocks_a) == 0,
 prefill("req-b", 40)
 prefill("req-c", 17)
 blocks_b, blocks_c = [30, 31, 32], [40, 41]
-reply = ask(metadata(["req-b", "req-c"], [blocks_b, blocks_c]), dealer=True)
+# req-c as a 0.14/0.15 decoder names it: with its engine's random suffix
+reply = ask(metadata([internal("req-b"), internal("req-c", "-0a1b2c3d")], [blocks_b, blocks_c]),
+            dealer=True)
 check(reply == b"trans_done" and verify("req-b", blocks_b) == 0 and verify("req-c", blocks_c) == 0,
-      "DEALER client (2 frames), two requests in one message: trans_done, bytes verified (reply %r)" % reply)
+      "DEALER client (2 frames), two requests in one message, one with a 0.14+ id suffix: "
+      "trans_done, bytes verified (reply %r)" % reply)
 
 check(ask(b"\xc1\x00garbage") == b"trans_error", "malformed msgpack: trans_error")
 check(ask(msgpack.packb({"remote_hostname": "127.0.0.1"})) == b"trans_error",
       "metadata missing required fields: trans_error")
 prefill("req-d", 16)
-check(ask(metadata(["req-d"], [[50]], [4096] * len(regions))) == b"trans_error",
+check(ask(metadata([internal("req-d")], [[50]], [4096] * len(regions))) == b"trans_error",
       "base addresses outside the decoder's registered memory: trans_error, nothing written")
 t0 = time.time()
-check(ask(metadata(["never-prefilled"], [[60]])) == b"trans_error",
+check(ask(metadata([internal("never-prefilled")], [[60]])) == b"trans_error",
       "unknown request: trans_error once the producer stops waiting (%.1f s)" % (time.time() - t0))
 
 prefill("req-e", 64)
 blocks_e = [1, 2, 3, 4]
-reply = ask(metadata(["req-e"], [blocks_e]))
+reply = ask(metadata([internal("req-e")], [blocks_e]))
 check(reply == b"trans_done" and verify("req-e", blocks_e) == 0,
       "the producer kept serving after bad messages: trans_done, bytes verified (reply %r)" % reply)
 prod.terminate()

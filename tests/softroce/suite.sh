@@ -26,9 +26,9 @@ ulimit -l unlimited 2>/dev/null
 echo "1..13"
 export VLLM_MOONCAKE_BOOTSTRAP_PORT=8998
 
-start prod "$serve" --role producer --host "$P_IP" --http-port 8100 --blocks 512 --lease 8 \
+start prod "$serve" --vllm-protocol gen0 --role producer --host "$P_IP" --http-port 8100 --blocks 512 --lease 8 \
 	--rdma-devices "$P_DEVS" -v || exit 1
-start cons "$serve" --role consumer --host "$D_IP" --http-port 8200 --blocks 512 \
+start cons "$serve" --vllm-protocol gen0 --role consumer --host "$D_IP" --http-port 8200 --blocks 512 \
 	--rdma-devices "$D_DEVS" -v || exit 1
 start proxy "$proxy" --port 8000 --prefiller-host "$P_IP" --prefiller-port 8100 \
 	--decoder-host "$D_IP" --decoder-port 8200 -v || exit 1
@@ -68,7 +68,7 @@ check "a pull after the lease is refused with the reason (HTTP $st)" "[ '$st' = 
 # 4. a consumer killed mid-transfer
 get http://127.0.0.1:8100/stats > "$tmp/s1"
 eps_before=$(json_num "$tmp/s1" rdma_endpoints)
-start victim "$serve" --role consumer --host "$D_IP" --http-port 8300 --blocks 512 --rdma-devices "$D_DEVS" || exit 1
+start victim "$serve" --vllm-protocol gen0 --role consumer --host "$D_IP" --http-port 8300 --blocks 512 --rdma-devices "$D_DEVS" || exit 1
 vpid=$last_pid
 st=$(post "http://127.0.0.1:8100/v1/completions" '{"prompt":"x","kv_transfer_params":{"do_remote_decode":true,"kvbridge_tokens":2000}}' big-1)
 params=$(sed -n 's/.*"kv_transfer_params":\({[^}]*}\).*/\1/p' "$tmp/resp")
@@ -90,7 +90,7 @@ check "the producer keeps serving (HTTP $st)" "[ '$st' = 200 ] && grep -q '\"mis
 
 # 5. a peer whose path MTU differs (RC needs the same on both sides): refused
 # at the handshake with the reason, instead of a QP that silently stalls
-MC_MTU=512 start mtu "$serve" --role consumer --host "$D_IP" --http-port 8400 --blocks 64 \
+MC_MTU=512 start mtu "$serve" --vllm-protocol gen0 --role consumer --host "$D_IP" --http-port 8400 --blocks 64 \
 	--rdma-devices "$D_DEVS" || exit 1
 st=$(post "http://127.0.0.1:8100/v1/completions" '{"prompt":"m t u","kv_transfer_params":{"do_remote_decode":true}}' mtu-1)
 params=$(sed -n 's/.*"kv_transfer_params":\({[^}]*}\).*/\1/p' "$tmp/resp")
@@ -101,9 +101,9 @@ check "a consumer at MTU 512 against a producer at 1024: refused with the reason
 # SoftRoCE cannot reach real GPU memory) on both sides: the producer stages
 # device -> pinned chunk -> rxe, the consumer exposes a pinned mirror and
 # copies it to the device when the producer's SYNC says the bytes are there
-VLLM_MOONCAKE_BOOTSTRAP_PORT=8997 start gprod "$serve" --role producer --host "$P_IP" --http-port 8500 --blocks 256 --memory emulated \
+VLLM_MOONCAKE_BOOTSTRAP_PORT=8997 start gprod "$serve" --vllm-protocol gen0 --role producer --host "$P_IP" --http-port 8500 --blocks 256 --memory emulated \
 	--rdma-devices "$P_DEVS" -v || exit 1
-start gcons "$serve" --role consumer --host "$D_IP" --http-port 8600 --blocks 256 --memory emulated \
+start gcons "$serve" --vllm-protocol gen0 --role consumer --host "$D_IP" --http-port 8600 --blocks 256 --memory emulated \
 	--rdma-devices "$D_DEVS" -v || exit 1
 good=0
 for len in 20 700 2500; do

@@ -717,8 +717,10 @@ int hw_vllm2_set_layout(hw_t *hw, const kvb_hw_vllm_layout_t *l, kvb_err_t *err)
 	v->dp_rank = l->dp_rank;
 	g_strlcpy(v->engine_id, engine, sizeof(v->engine_id));
 	v->have_layout = true;
-	if (v->router) {
-		/* vLLM registers in register_kv_caches, right after binding */
+	if (v->router && (hw_vllm_bootstrap_port(hw) || hw->p.vllm_bootstrap_server)) {
+		/* vLLM registers in register_kv_caches, right after binding (a
+		 * worker that neither serves nor names a bootstrap is a consumer,
+		 * which vLLM never registers) */
 		kvb_vllm_register_t w;
 		memset(&w, 0, sizeof(w));
 		g_strlcpy(w.engine_id, v->engine_id, sizeof(w.engine_id));
