@@ -100,7 +100,7 @@ static GArray *targets;               /* ptarget_t; gen2, set once before ready 
 static gint ready;                    /* gen2: targets discovered */
 static gint discovery_failed;
 static int listen_fd = -1;
-static GThreadPool *pleg_pool;
+static GThreadPool *client_pool, *pleg_pool;
 static gint rr_p, rr_d;
 static gint64 n_requests, n_errors, n_prefill_legs, n_prefill_failed, n_decode_failed;
 
@@ -873,7 +873,7 @@ int main(int argc, char **argv)
 	getsockname(lfd, (struct sockaddr *)&ss, &sl);
 	int bound = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
 						    : ((struct sockaddr_in *)&ss)->sin_port);
-	GThreadPool *pool = g_thread_pool_new(serve_client, NULL, o.max_clients, FALSE, NULL);
+	client_pool = g_thread_pool_new(serve_client, NULL, o.max_clients, FALSE, NULL);
 	if (proto == KVB_PROXY_GEN0) {
 		printf("kvbridge-proxy: ready on %s:%d, %u prefiller(s), %u decoder(s)\n", h, bound,
 		       prefillers->len, decoders->len);
@@ -896,11 +896,11 @@ int main(int argc, char **argv)
 			fprintf(stderr, "kvbridge-proxy: accept: %s\n", g_strerror(errno));
 			break;
 		}
-		g_thread_pool_push(pool, GINT_TO_POINTER(cfd), NULL);
+		g_thread_pool_push(client_pool, GINT_TO_POINTER(cfd), NULL);
 	}
 	close(lfd);
 	if (g_atomic_int_get(&discovery_failed))
 		return 1; /* nothing worth waiting for: every request so far got 503 */
-	g_thread_pool_free(pool, FALSE, TRUE);
+	g_thread_pool_free(client_pool, FALSE, TRUE);
 	return 1;
 }
