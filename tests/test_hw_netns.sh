@@ -39,7 +39,7 @@ inD() { ip netns exec $nsD "$@"; }
 
 start prod ip netns exec $nsP "$serve" --vllm-protocol gen0 --role producer --host $net.1 --http-port 8100 --blocks 8192 --lease 3 -v || exit 1
 start cons ip netns exec $nsD "$serve" --vllm-protocol gen0 --role consumer --host $net.2 --http-port 8200 --blocks 8192 --pull-protocol vllm -v || exit 1
-start proxy ip netns exec $nsD "$proxy" --port 8000 --prefiller-host $net.1 --prefiller-port 8100 --decoder-host 127.0.0.1 --decoder-port 8200 -v || exit 1
+start proxy ip netns exec $nsD "$proxy" --vllm-protocol gen0 --port 8000 --prefiller-host $net.1 --prefiller-port 8100 --decoder-host 127.0.0.1 --decoder-port 8200 -v || exit 1
 
 good=0
 for len in 16 1000 4000; do

@@ -20,9 +20,9 @@ start cons "$serve" --vllm-protocol gen0 --role consumer --http-port 0 --blocks 
 C=$(field cons http)
 start cons2 "$serve" --vllm-protocol gen0 --role consumer --http-port 0 --blocks 8192 -v || exit 1
 C2=$(field cons2 http)
-start proxy "$proxy" --port 0 --prefiller-port "$P" --decoder-port "$C" -v || exit 1
+start proxy "$proxy" --vllm-protocol gen0 --port 0 --prefiller-port "$P" --decoder-port "$C" -v || exit 1
 X=$(sed -n 's/.*ready on [^:]*:\([0-9]*\).*/\1/p' "$tmp/proxy.out")
-start proxy2 "$proxy" --port 0 --prefiller-port "$P" --decoder-port "$C2" || exit 1
+start proxy2 "$proxy" --vllm-protocol gen0 --port 0 --prefiller-port "$P" --decoder-port "$C2" || exit 1
 X2=$(sed -n 's/.*ready on [^:]*:\([0-9]*\).*/\1/p' "$tmp/proxy2.out")
 
 good=0

@@ -1,8 +1,9 @@
 /*
- * kvbridge-proxy: the disaggregated-serving router of vLLM's toy proxy
- * (tests/v1/kv_connector/nixl_integration/toy_proxy_server.py), the one the
- * Gen 0 MooncakeConnector was documented with:
+ * kvbridge-proxy: the disaggregated-serving router in front of vLLM
+ * MooncakeConnector prefillers (P) and decoders (D), speaking either router
+ * contract (kvb_proxy_vllm.h has the bodies, field by field):
  *
+ * --vllm-protocol gen0 (vLLM 0.13.0 - 0.15.1; vLLM's toy_proxy_server.py):
  *   1. the client's completion request goes to a prefiller with
  *      kv_transfer_params {do_remote_decode: true, ...}, max_tokens 1,
  *      stream false, X-Request-Id set;
@@ -10,9 +11,28 @@
  *      remote_port, ...) are copied into the request for a decoder;
  *   3. the decoder's response goes back to the client byte for byte
  *      (streamed responses included).
- * Prefillers and decoders are picked round robin.  One thread per client
- * connection; a request the proxy cannot parse gets 400 and a closed
- * connection, a failed prefill 502 with the prefiller's words.
+ *   A failed prefill is answered 502 with the prefiller's words.
+ *
+ * --vllm-protocol gen2 (vLLM 0.16.0 and later; "gen1" is a synonym; vLLM's
+ * mooncake_connector_proxy.py): at start, every prefiller's /health is
+ * polled until 200, then its bootstrap server's GET /query names its dp
+ * ranks and their engine ids (requests get 503 until then).  Per request a
+ * fresh uuid4 rid and transfer_id "xfer-<rid>"; the P leg (max_tokens 1,
+ * kv_transfer_params with the transfer_id, X-data-parallel-rank) and the D
+ * leg (remote_bootstrap_addr, remote_engine_id, the same transfer_id) go
+ * out at once, and D's answer is relayed to the client byte for byte.
+ * Unlike vLLM's example, which never looks at the P leg's result, the P
+ * answer is awaited on a worker thread: a failure is logged with P's words
+ * and counted (/stats), never blocking the client.  D then learns of it
+ * only when its wait for the KV cache times out (P's abort timeout,
+ * VLLM_MOONCAKE_ABORT_REQUEST_TIMEOUT, 480 s by default) and fails the
+ * request (or recomputes it, per kv_load_failure_policy).  The D leg is
+ * connected before the P leg is sent, so a decoder that is down costs a 502
+ * and no orphaned prefill.
+ *
+ * Prefill targets (gen2: prefiller x dp rank) and decoders are picked round
+ * robin.  One thread per client connection, a pool of threads for the gen2
+ * P legs; a request the proxy cannot parse gets 400 and a closed connection.
  */
 #include "config.h"
 
@@ -32,25 +52,57 @@
 #include <kvbridge/error.h>
 
 #include "kvb_http.h"
+#include "kvb_proxy_vllm.h"
 #include "kvb_tool_http.h"
 
 typedef struct endpoint {
 	char host[256];
 	uint16_t port;
+	uint16_t bootstrap_port; /* prefillers under gen2 */
 } endpoint_t;
+
+/* gen2: one prefill target, a dp rank of a prefiller */
+typedef struct ptarget {
+	guint prefiller; /* index into prefillers */
+	uint32_t dp_rank;
+	char engine_id[128];
+	char *bootstrap_addr; /* "http://host:port", remote_bootstrap_addr */
+} ptarget_t;
+
+/* gen2: a P leg in flight on the pool */
+typedef struct pleg {
+	guint prefiller;
+	uint32_t dp_rank;
+	char rid[64];
+	char target[KVB_HTTP_TARGET_MAX];
+	char *body;
+} pleg_t;
 
 static struct {
 	gchar *host;
 	gint port;
-	gchar **p_hosts, **p_ports, **d_hosts, **d_ports;
+	gchar **p_hosts, **p_ports, **p_boots, **d_hosts, **d_ports;
+	gchar *protocol;
 	gint timeout_s;
+	gint startup_timeout_s;
 	gint max_clients;
 	gboolean verbose;
-} o = {.port = 8000, .timeout_s = 600, .max_clients = 256};
+} o = {.port = 8000, .timeout_s = 600, .startup_timeout_s = G_MININT, .max_clients = 256};
 
+#define STARTUP_TIMEOUT_DEFAULT_S 600
+#define BOOTSTRAP_PORT_DEFAULT "8998"
+#define DISCOVERY_POLL_MS 5000 /* one /health or /query attempt, at most */
+
+static kvb_proxy_protocol_t proto = KVB_PROXY_GEN2;
+static char *auth_field; /* "Authorization: Bearer $OPENAI_API_KEY", or NULL */
 static GArray *prefillers, *decoders; /* endpoint_t */
+static GArray *targets;               /* ptarget_t; gen2, set once before ready */
+static gint ready;                    /* gen2: targets discovered */
+static gint discovery_failed;
+static int listen_fd = -1;
+static GThreadPool *client_pool, *pleg_pool;
 static gint rr_p, rr_d;
-static gint64 n_requests, n_errors;
+static gint64 n_requests, n_errors, n_prefill_legs, n_prefill_failed, n_decode_failed;
 
 static void logv(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
 static void logv(const char *fmt, ...)
@@ -62,6 +114,18 @@ static void logv(const char *fmt, ...)
 	fprintf(stderr, "kvbridge-proxy: ");
 	vfprintf(stderr, fmt, ap);
 	fputc('\n', stderr);
+	va_end(ap);
+}
+
+static void note(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
+static void note(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	printf("kvbridge-proxy: ");
+	vprintf(fmt, ap);
+	putchar('\n');
+	fflush(stdout);
 	va_end(ap);
 }
 
@@ -80,6 +144,14 @@ static bool send_all(int fd, const void *buf, size_t len)
 	return true;
 }
 
+static void reply_body(int fd, int status, const char *body, size_t len)
+{
+	GString *out = g_string_new(NULL);
+	kvb_http_write_response(out, status, "application/json", body, len, false);
+	send_all(fd, out->str, out->len);
+	g_string_free(out, TRUE);
+}
+
 static void reply(int fd, int status, const char *type, const char *msg)
 {
 	GString *b = g_string_new("{\"error\":{\"message\":\"");
@@ -90,45 +162,53 @@ static void reply(int fd, int status, const char *type, const char *msg)
 			g_string_append_c(b, *p);
 	}
 	g_string_append_printf(b, "\",\"type\":\"%s\",\"code\":%d}}\n", type, status);
-	GString *out = g_string_new(NULL);
-	kvb_http_write_response(out, status, "application/json", b->str, b->len, false);
-	send_all(fd, out->str, out->len);
-	g_string_free(out, TRUE);
+	reply_body(fd, status, b->str, b->len);
 	g_string_free(b, TRUE);
 	if (status >= 400)
 		g_atomic_pointer_add(&n_errors, 1);
 }
 
-static char *node_to_json(JsonNode *n)
+/* A peer's answer as one log line: controls become spaces, at most max bytes. */
+static char *one_line(const guint8 *p, size_t len, size_t max)
 {
-	JsonGenerator *g = json_generator_new();
-	json_generator_set_root(g, n);
-	char *s = json_generator_to_data(g, NULL);
-	g_object_unref(g);
-	return s;
+	GString *s = g_string_new(NULL);
+	for (size_t i = 0; i < len && i < max; i++)
+		g_string_append_c(s, p[i] < 0x20 || p[i] == 0x7f ? ' ' : (char)p[i]);
+	if (len > max)
+		g_string_append(s, "...");
+	return g_string_free(s, FALSE);
 }
 
-/* The decoder's response, relayed as it arrives. */
-static void relay_decoder(int cfd, const endpoint_t *d, const char *target, const char *rid,
-			  const char *body)
+/* Connect to the decoder; -1 after answering the client 502. */
+static int decoder_connect(int cfd, const endpoint_t *d, const char *why_extra)
 {
 	GError *gerr = NULL;
 	int dfd = kvb_http_connect(d->host, d->port, o.timeout_s * 1000, &gerr);
 	if (dfd < 0) {
-		reply(cfd, 502, "DecoderUnavailable", gerr->message);
+		char m[1200];
+		g_snprintf(m, sizeof(m), "decoder %s:%u: %s%s", d->host, d->port, gerr->message,
+			   why_extra ? why_extra : "");
+		reply(cfd, 502, "DecoderUnavailable", m);
+		g_atomic_pointer_add(&n_decode_failed, 1);
 		g_error_free(gerr);
-		return;
 	}
-	char idf[KVB_HTTP_TARGET_MAX], hostf[300];
-	g_snprintf(idf, sizeof(idf), "X-Request-Id: %s", rid);
+	return dfd;
+}
+
+/* Send the request on dfd (closed here) and relay the decoder's response
+ * as it arrives. */
+static void decoder_relay(int cfd, int dfd, const endpoint_t *d, const char *target,
+			  const char *const *fields, const char *body)
+{
+	char hostf[300];
 	g_snprintf(hostf, sizeof(hostf), "%s:%u", d->host, d->port);
-	const char *fields[] = {idf, "Connection: close", NULL};
 	GString *req = g_string_new(NULL);
 	kvb_http_write_request(req, "POST", target, hostf, fields, "application/json", body, strlen(body));
 	bool ok = send_all(dfd, req->str, req->len);
 	g_string_free(req, TRUE);
 	if (!ok) {
 		reply(cfd, 502, "DecoderUnavailable", "could not send the request to the decoder");
+		g_atomic_pointer_add(&n_decode_failed, 1);
 		close(dfd);
 		return;
 	}
@@ -144,9 +224,197 @@ static void relay_decoder(int cfd, const endpoint_t *d, const char *target, cons
 			break; /* the client left */
 		relayed += (uint64_t)n;
 	}
-	if (!relayed)
+	if (!relayed) {
 		reply(cfd, 502, "DecoderUnavailable", "the decoder closed without a response");
+		g_atomic_pointer_add(&n_decode_failed, 1);
+	}
 	close(dfd);
+}
+
+/* gen0: prefill, wait, then decode with P's kv_transfer_params. */
+static void route_gen0(int cfd, const kvb_http_msg_t *msg, JsonNode *root)
+{
+	char rid[128];
+	const char *hid = kvb_http_field_get(msg, "X-Request-Id");
+	if (hid && *hid && strlen(hid) < sizeof(rid))
+		g_strlcpy(rid, hid, sizeof(rid));
+	else {
+		char *u = g_uuid_string_random();
+		g_strlcpy(rid, u, sizeof(rid));
+		g_free(u);
+	}
+	char *pbody = kvb_proxy_prefill_body(KVB_PROXY_GEN0, root, NULL);
+	guint pi = (guint)g_atomic_int_add(&rr_p, 1) % prefillers->len;
+	guint di = (guint)g_atomic_int_add(&rr_d, 1) % decoders->len;
+	endpoint_t *pe = &g_array_index(prefillers, endpoint_t, pi);
+	endpoint_t *de = &g_array_index(decoders, endpoint_t, di);
+	char idf[160];
+	g_snprintf(idf, sizeof(idf), "X-Request-Id: %s", rid);
+	const char *fields[] = {idf, NULL};
+	int status = 0;
+	GError *gerr = NULL;
+	GByteArray *presp = g_byte_array_new();
+	logv("%s: prefill on %s:%u, decode on %s:%u", rid, pe->host, pe->port, de->host, de->port);
+	g_atomic_pointer_add(&n_prefill_legs, 1);
+	bool ok = kvb_http_request(pe->host, pe->port, "POST", msg->target, fields, "application/json",
+				   pbody, strlen(pbody), o.timeout_s * 1000, &status, presp, &gerr);
+	g_free(pbody);
+	if (!ok || status / 100 != 2) {
+		char m[1200];
+		if (!ok)
+			g_snprintf(m, sizeof(m), "prefiller %s:%u: %s", pe->host, pe->port, gerr->message);
+		else
+			g_snprintf(m, sizeof(m), "prefiller %s:%u answered %d: %.*s", pe->host, pe->port, status,
+				   (int)MIN(presp->len, 1000u), (const char *)presp->data);
+		reply(cfd, 502, "PrefillError", m);
+		g_atomic_pointer_add(&n_prefill_failed, 1);
+		g_clear_error(&gerr);
+		g_byte_array_unref(presp);
+		return;
+	}
+	kvb_err_t err;
+	char *dbody = kvb_proxy_gen0_decode_body(root, (const char *)presp->data, presp->len, &err);
+	g_byte_array_unref(presp);
+	if (!dbody) {
+		reply(cfd, 502, "PrefillError", err.msg);
+		g_atomic_pointer_add(&n_prefill_failed, 1);
+		return;
+	}
+	const char *dfields[] = {idf, "Connection: close", NULL};
+	int dfd = decoder_connect(cfd, de, NULL);
+	if (dfd >= 0)
+		decoder_relay(cfd, dfd, de, msg->target, dfields, dbody);
+	g_free(dbody);
+}
+
+/* gen2, on the pool: the P leg, awaited only to log and count a failure. */
+static void prefill_leg(gpointer data, gpointer user)
+{
+	(void)user;
+	pleg_t *j = data;
+	const endpoint_t *pe = &g_array_index(prefillers, endpoint_t, j->prefiller);
+	char idf[96], dpf[64];
+	g_snprintf(idf, sizeof(idf), "X-Request-Id: %s", j->rid);
+	g_snprintf(dpf, sizeof(dpf), "X-data-parallel-rank: %u", j->dp_rank);
+	const char *fields[] = {idf, dpf, auth_field, NULL};
+	int status = 0;
+	GError *gerr = NULL;
+	GByteArray *resp = g_byte_array_new();
+	bool ok = kvb_http_request(pe->host, pe->port, "POST", j->target, fields, "application/json",
+				   j->body, strlen(j->body), o.timeout_s * 1000, &status, resp, &gerr);
+	if (!ok || status / 100 != 2) {
+		g_atomic_pointer_add(&n_prefill_failed, 1);
+		char *words = ok ? one_line(resp->data, resp->len, 1000) : g_strdup(gerr->message);
+		if (ok)
+			fprintf(stderr, "kvbridge-proxy: %s: prefill leg on %s:%u (dp %u) answered %d: %s "
+				"(the decoder fails this request when its wait for the KV cache times out)\n",
+				j->rid, pe->host, pe->port, j->dp_rank, status, words);
+		else
+			fprintf(stderr, "kvbridge-proxy: %s: prefill leg on %s:%u (dp %u) failed: %s "
+				"(the decoder fails this request when its wait for the KV cache times out)\n",
+				j->rid, pe->host, pe->port, j->dp_rank, words);
+		g_free(words);
+		g_clear_error(&gerr);
+	} else {
+		logv("%s: prefill leg on %s:%u (dp %u) answered %d", j->rid, pe->host, pe->port, j->dp_rank,
+		     status);
+	}
+	g_byte_array_unref(resp);
+	g_free(j->body);
+	g_free(j);
+}
+
+/* gen2: P and D legs at once; D's answer to the client. */
+static void route_gen2(int cfd, const kvb_http_msg_t *msg, JsonNode *root)
+{
+	if (!g_atomic_int_get(&ready)) {
+		reply(cfd, 503, "ServiceUnavailable",
+		      "the proxy is still waiting for its prefillers (/health, then the bootstrap /query)");
+		return;
+	}
+	guint ti = (guint)g_atomic_int_add(&rr_p, 1) % targets->len;
+	guint di = (guint)g_atomic_int_add(&rr_d, 1) % decoders->len;
+	const ptarget_t *t = &g_array_index(targets, ptarget_t, ti);
+	const endpoint_t *pe = &g_array_index(prefillers, endpoint_t, t->prefiller);
+	const endpoint_t *de = &g_array_index(decoders, endpoint_t, di);
+	pleg_t *j = g_new0(pleg_t, 1);
+	char *u = g_uuid_string_random();
+	g_strlcpy(j->rid, u, sizeof(j->rid));
+	g_free(u);
+	char *xfer = g_strconcat("xfer-", j->rid, NULL);
+	j->prefiller = t->prefiller;
+	j->dp_rank = t->dp_rank;
+	g_strlcpy(j->target, msg->target, sizeof(j->target));
+	j->body = kvb_proxy_prefill_body(KVB_PROXY_GEN2, root, xfer);
+	char *dbody = kvb_proxy_gen2_decode_body(root, t->bootstrap_addr, t->engine_id, xfer);
+	logv("%s: prefill on %s:%u dp %u (engine %s), decode on %s:%u", j->rid, pe->host, pe->port,
+	     t->dp_rank, t->engine_id, de->host, de->port);
+	int dfd = decoder_connect(cfd, de, "; nothing was sent to the prefiller");
+	if (dfd < 0) {
+		g_free(j->body);
+		g_free(j);
+	} else {
+		char idf[96];
+		g_snprintf(idf, sizeof(idf), "X-Request-Id: %s", j->rid);
+		const char *dfields[] = {idf, "Connection: close", auth_field, NULL};
+		g_atomic_pointer_add(&n_prefill_legs, 1);
+		g_thread_pool_push(pleg_pool, j, NULL); /* j is the pool's now */
+		decoder_relay(cfd, dfd, de, msg->target, dfields, dbody);
+	}
+	g_free(dbody);
+	g_free(xfer);
+}
+
+static void reply_stats(int cfd)
+{
+	bool up = proto == KVB_PROXY_GEN0 || g_atomic_int_get(&ready);
+	JsonBuilder *b = json_builder_new();
+	json_builder_begin_object(b);
+	json_builder_set_member_name(b, "protocol");
+	json_builder_add_string_value(b, kvb_proxy_protocol_name(proto));
+	json_builder_set_member_name(b, "ready");
+	json_builder_add_boolean_value(b, up);
+	const struct {
+		const char *name;
+		gint64 *v;
+	} c[] = {
+		{"requests", &n_requests}, {"errors", &n_errors}, {"prefill_legs", &n_prefill_legs},
+		{"prefill_failed", &n_prefill_failed}, {"decode_failed", &n_decode_failed},
+	};
+	for (size_t i = 0; i < G_N_ELEMENTS(c); i++) {
+		json_builder_set_member_name(b, c[i].name);
+		json_builder_add_int_value(b, (gint64)g_atomic_pointer_get(c[i].v));
+	}
+	json_builder_set_member_name(b, "prefill_targets");
+	json_builder_begin_array(b);
+	for (guint i = 0; proto == KVB_PROXY_GEN2 && up && i < targets->len; i++) {
+		const ptarget_t *t = &g_array_index(targets, ptarget_t, i);
+		const endpoint_t *pe = &g_array_index(prefillers, endpoint_t, t->prefiller);
+		char hp[300];
+		g_snprintf(hp, sizeof(hp), "%s:%u", pe->host, pe->port);
+		json_builder_begin_object(b);
+		json_builder_set_member_name(b, "prefiller");
+		json_builder_add_string_value(b, hp);
+		json_builder_set_member_name(b, "dp_rank");
+		json_builder_add_int_value(b, t->dp_rank);
+		json_builder_set_member_name(b, "engine_id");
+		json_builder_add_string_value(b, t->engine_id);
+		json_builder_set_member_name(b, "bootstrap");
+		json_builder_add_string_value(b, t->bootstrap_addr);
+		json_builder_end_object(b);
+	}
+	json_builder_end_array(b);
+	json_builder_end_object(b);
+	JsonGenerator *g = json_generator_new();
+	JsonNode *root = json_builder_get_root(b);
+	json_generator_set_root(g, root);
+	gsize len;
+	char *s = json_generator_to_data(g, &len);
+	reply_body(cfd, 200, s, len);
+	g_free(s);
+	json_node_unref(root);
+	g_object_unref(g);
+	g_object_unref(b);
 }
 
 static void serve_client(gpointer data, gpointer user)
@@ -190,11 +458,16 @@ static void serve_client(gpointer data, gpointer user)
 	}
 	g_atomic_pointer_add(&n_requests, 1);
 	if (!strcmp(msg.method, "GET") && (!strcmp(msg.target, "/healthcheck") || !strcmp(msg.target, "/health"))) {
-		const char *b = "{\"status\":\"ok\"}\n";
-		GString *out = g_string_new(NULL);
-		kvb_http_write_response(out, 200, "application/json", b, strlen(b), false);
-		send_all(cfd, out->str, out->len);
-		g_string_free(out, TRUE);
+		if (proto == KVB_PROXY_GEN2 && !g_atomic_int_get(&ready)) {
+			reply(cfd, 503, "ServiceUnavailable", "the proxy is still waiting for its prefillers");
+		} else {
+			const char *b = "{\"status\":\"ok\"}\n";
+			reply_body(cfd, 200, b, strlen(b));
+		}
+		goto out;
+	}
+	if (!strcmp(msg.method, "GET") && !strcmp(msg.target, "/stats")) {
+		reply_stats(cfd);
 		goto out;
 	}
 	if (strcmp(msg.method, "POST") ||
@@ -213,89 +486,11 @@ static void serve_client(gpointer data, gpointer user)
 		g_object_unref(jp);
 		goto out;
 	}
-	char rid[128];
-	const char *hid = kvb_http_field_get(&msg, "X-Request-Id");
-	if (hid && *hid && strlen(hid) < sizeof(rid))
-		g_strlcpy(rid, hid, sizeof(rid));
-	else {
-		char *u = g_uuid_string_random();
-		g_strlcpy(rid, u, sizeof(rid));
-		g_free(u);
-	}
-	/* 1. prefill leg */
-	JsonNode *pnode = json_node_copy(json_parser_get_root(jp));
-	JsonObject *po = json_node_get_object(pnode);
-	JsonObject *kp = json_object_new();
-	json_object_set_boolean_member(kp, "do_remote_decode", TRUE);
-	json_object_set_boolean_member(kp, "do_remote_prefill", FALSE);
-	json_object_set_null_member(kp, "remote_engine_id");
-	json_object_set_null_member(kp, "remote_block_ids");
-	json_object_set_null_member(kp, "remote_host");
-	json_object_set_null_member(kp, "remote_port");
-	json_object_set_object_member(po, "kv_transfer_params", kp);
-	json_object_set_boolean_member(po, "stream", FALSE);
-	json_object_set_int_member(po, "max_tokens", 1);
-	if (json_object_has_member(po, "max_completion_tokens"))
-		json_object_set_int_member(po, "max_completion_tokens", 1);
-	json_object_remove_member(po, "min_tokens");
-	json_object_remove_member(po, "min_completion_tokens");
-	json_object_remove_member(po, "stream_options");
-	char *pbody = node_to_json(pnode);
-	json_node_unref(pnode);
-	guint pi = (guint)g_atomic_int_add(&rr_p, 1) % prefillers->len;
-	guint di = (guint)g_atomic_int_add(&rr_d, 1) % decoders->len;
-	endpoint_t *pe = &g_array_index(prefillers, endpoint_t, pi);
-	endpoint_t *de = &g_array_index(decoders, endpoint_t, di);
-	char idf[160];
-	g_snprintf(idf, sizeof(idf), "X-Request-Id: %s", rid);
-	const char *fields[] = {idf, NULL};
-	int status = 0;
-	GByteArray *presp = g_byte_array_new();
-	logv("%s: prefill on %s:%u, decode on %s:%u", rid, pe->host, pe->port, de->host, de->port);
-	bool ok = kvb_http_request(pe->host, pe->port, "POST", msg.target, fields, "application/json",
-				   pbody, strlen(pbody), o.timeout_s * 1000, &status, presp, &gerr);
-	g_free(pbody);
-	if (!ok || status / 100 != 2) {
-		char m[1200];
-		if (!ok)
-			g_snprintf(m, sizeof(m), "prefiller %s:%u: %s", pe->host, pe->port, gerr->message);
-		else
-			g_snprintf(m, sizeof(m), "prefiller %s:%u answered %d: %.*s", pe->host, pe->port, status,
-				   (int)MIN(presp->len, 1000u), (const char *)presp->data);
-		reply(cfd, 502, "PrefillError", m);
-		g_clear_error(&gerr);
-		g_byte_array_unref(presp);
-		g_object_unref(jp);
-		goto out;
-	}
-	/* 2. the prefiller's kv_transfer_params go to the decoder */
-	JsonParser *rp = json_parser_new();
-	JsonObject *params = NULL;
-	if (json_parser_load_from_data(rp, (const char *)presp->data, (gssize)presp->len, NULL) &&
-	    JSON_NODE_HOLDS_OBJECT(json_parser_get_root(rp))) {
-		JsonObject *ro = json_node_get_object(json_parser_get_root(rp));
-		if (json_object_has_member(ro, "kv_transfer_params") &&
-		    JSON_NODE_HOLDS_OBJECT(json_object_get_member(ro, "kv_transfer_params")))
-			params = json_object_get_object_member(ro, "kv_transfer_params");
-	}
-	g_byte_array_unref(presp);
-	if (!params) {
-		reply(cfd, 502, "PrefillError",
-		      "the prefiller's answer carries no kv_transfer_params (is it a KV producer?)");
-		g_object_unref(rp);
-		g_object_unref(jp);
-		goto out;
-	}
-	JsonNode *dnode = json_node_copy(json_parser_get_root(jp));
-	JsonObject *dobj = json_node_get_object(dnode);
-	json_object_set_object_member(dobj, "kv_transfer_params", json_object_ref(params));
-	char *dbody = node_to_json(dnode);
-	json_node_unref(dnode);
-	g_object_unref(rp);
+	if (proto == KVB_PROXY_GEN0)
+		route_gen0(cfd, &msg, json_parser_get_root(jp));
+	else
+		route_gen2(cfd, &msg, json_parser_get_root(jp));
 	g_object_unref(jp);
-	/* 3. the decoder's answer, as it comes */
-	relay_decoder(cfd, de, msg.target, rid, dbody);
-	g_free(dbody);
 out:
 	if (have)
 		kvb_http_msg_clear(&msg);
@@ -303,25 +498,188 @@ out:
 	close(cfd);
 }
 
-static bool parse_endpoints(gchar **hosts, gchar **ports, const char *def_port, GArray *out,
-			    const char *what)
+/* ------------------------------------------------------------------------ */
+/* gen2 discovery                                                            */
+
+static gint64 ms_left(gint64 deadline)
 {
-	GPtrArray *hs = g_ptr_array_new_with_free_func(g_free);
-	GPtrArray *ps = g_ptr_array_new_with_free_func(g_free);
-	for (gchar **h = hosts; h && *h; h++) {
+	return (deadline - g_get_monotonic_time()) / 1000;
+}
+
+/* Poll the prefiller's /health every second until it answers 200. */
+static bool wait_health(const endpoint_t *pe, gint64 start, gint64 deadline)
+{
+	gint64 last_note = 0;
+	char why[600] = "no attempt made";
+	for (;;) {
+		gint64 left = ms_left(deadline);
+		if (left > 0) {
+			int status = 0;
+			GError *gerr = NULL;
+			GByteArray *b = g_byte_array_new();
+			bool ok = kvb_http_request(pe->host, pe->port, "GET", "/health", NULL, NULL, NULL, 0,
+						   (int)MIN(left, DISCOVERY_POLL_MS), &status, b, &gerr);
+			g_byte_array_unref(b);
+			if (ok && status == 200)
+				return true;
+			if (ok)
+				g_snprintf(why, sizeof(why), "HTTP %d", status);
+			else
+				g_strlcpy(why, gerr->message, sizeof(why));
+			g_clear_error(&gerr);
+		}
+		gint64 now = g_get_monotonic_time();
+		if (ms_left(deadline) <= 0) {
+			fprintf(stderr,
+				"kvbridge-proxy: prefiller %s:%u: GET /health did not answer 200 within "
+				"--startup-timeout %d s (last: %s)\n",
+				pe->host, pe->port, o.startup_timeout_s, why);
+			return false;
+		}
+		if (!last_note || now - last_note >= 10 * G_USEC_PER_SEC) {
+			note("waiting for prefiller %s:%u: GET /health: %s (%" G_GINT64_FORMAT " s of %d)",
+			     pe->host, pe->port, why, (now - start) / G_USEC_PER_SEC, o.startup_timeout_s);
+			last_note = now;
+		}
+		g_usleep((gulong)MIN(ms_left(deadline), 1000) * 1000);
+	}
+}
+
+/* GET /query on the prefiller's bootstrap server; connection failures are
+ * retried every second until the deadline, a wrong answer is final. */
+static GArray *query_dps(const endpoint_t *pe, gint64 start, gint64 deadline)
+{
+	gint64 last_note = 0;
+	char why[600] = "no attempt made";
+	for (;;) {
+		gint64 left = ms_left(deadline);
+		if (left > 0) {
+			int status = 0;
+			GError *gerr = NULL;
+			GByteArray *b = g_byte_array_new();
+			bool ok = kvb_http_request(pe->host, pe->bootstrap_port, "GET", "/query", NULL, NULL,
+						   NULL, 0, (int)MIN(left, DISCOVERY_POLL_MS), &status, b, &gerr);
+			if (ok) {
+				GArray *dps = NULL;
+				kvb_err_t err;
+				if (status != 200) {
+					char *w = one_line(b->data, b->len, 300);
+					fprintf(stderr,
+						"kvbridge-proxy: prefiller %s:%u: GET http://%s:%u/query answered "
+						"%d: %s (is %u its VLLM_MOONCAKE_BOOTSTRAP_PORT? see "
+						"--prefiller-bootstrap-port)\n",
+						pe->host, pe->port, pe->host, pe->bootstrap_port, status, w,
+						pe->bootstrap_port);
+					g_free(w);
+				} else if (!(dps = kvb_proxy_query_dps((const char *)b->data, b->len, &err))) {
+					char *w = one_line(b->data, b->len, 300);
+					fprintf(stderr,
+						"kvbridge-proxy: prefiller %s:%u: refusing the answer of GET "
+						"http://%s:%u/query: %s (it was: %s)\n",
+						pe->host, pe->port, pe->host, pe->bootstrap_port, err.msg, w);
+					g_free(w);
+				}
+				g_byte_array_unref(b);
+				return dps;
+			}
+			g_strlcpy(why, gerr->message, sizeof(why));
+			g_clear_error(&gerr);
+			g_byte_array_unref(b);
+		}
+		gint64 now = g_get_monotonic_time();
+		if (ms_left(deadline) <= 0) {
+			fprintf(stderr,
+				"kvbridge-proxy: prefiller %s:%u: GET http://%s:%u/query did not answer within "
+				"--startup-timeout %d s (last: %s)\n",
+				pe->host, pe->port, pe->host, pe->bootstrap_port, o.startup_timeout_s, why);
+			return NULL;
+		}
+		if (!last_note || now - last_note >= 10 * G_USEC_PER_SEC) {
+			note("waiting for prefiller %s:%u: GET http://%s:%u/query: %s (%" G_GINT64_FORMAT " s of %d)",
+			     pe->host, pe->port, pe->host, pe->bootstrap_port, why,
+			     (now - start) / G_USEC_PER_SEC, o.startup_timeout_s);
+			last_note = now;
+		}
+		g_usleep((gulong)MIN(ms_left(deadline), 1000) * 1000);
+	}
+}
+
+/* The discovery thread: every prefiller's dp ranks, then ready.  On
+ * failure the listening socket is shut down, which ends main's accept. */
+static gpointer discover(gpointer data)
+{
+	int bound = GPOINTER_TO_INT(data);
+	gint64 start = g_get_monotonic_time();
+	gint64 deadline = start + (gint64)o.startup_timeout_s * G_USEC_PER_SEC;
+	GArray *ts = g_array_new(FALSE, TRUE, sizeof(ptarget_t));
+	for (guint i = 0; i < prefillers->len; i++) {
+		const endpoint_t *pe = &g_array_index(prefillers, endpoint_t, i);
+		if (!wait_health(pe, start, deadline))
+			goto fail;
+		GArray *dps = query_dps(pe, start, deadline);
+		if (!dps)
+			goto fail;
+		GString *l = g_string_new(NULL);
+		for (guint k = 0; k < dps->len; k++) {
+			const kvb_proxy_dp_t *d = &g_array_index(dps, kvb_proxy_dp_t, k);
+			ptarget_t t = {.prefiller = i, .dp_rank = d->dp_rank};
+			g_strlcpy(t.engine_id, d->engine_id, sizeof(t.engine_id));
+			t.bootstrap_addr = kvb_proxy_bootstrap_addr(pe->host, pe->bootstrap_port);
+			g_array_append_val(ts, t);
+			g_string_append_printf(l, "%sdp %u engine %s", k ? ", " : "", d->dp_rank, d->engine_id);
+		}
+		note("prefiller %s:%u: bootstrap http://%s:%u, dp_size %u: %s", pe->host, pe->port, pe->host,
+		     pe->bootstrap_port, dps->len, l->str);
+		g_string_free(l, TRUE);
+		g_array_unref(dps);
+	}
+	targets = ts;
+	g_atomic_int_set(&ready, 1);
+	note("ready on %s:%d, vllm protocol gen2, %u prefill target(s) on %u prefiller(s), %u decoder(s)",
+	     o.host, bound, targets->len, prefillers->len, decoders->len);
+	return NULL;
+fail:
+	for (guint i = 0; i < ts->len; i++)
+		g_free(g_array_index(ts, ptarget_t, i).bootstrap_addr);
+	g_array_unref(ts);
+	g_atomic_int_set(&discovery_failed, 1);
+	shutdown(listen_fd, SHUT_RDWR);
+	return NULL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* options                                                                   */
+
+static GPtrArray *split_list(gchar **items)
+{
+	GPtrArray *out = g_ptr_array_new_with_free_func(g_free);
+	for (gchar **h = items; h && *h; h++) {
 		gchar **parts = g_strsplit(*h, ",", -1);
 		for (gchar **q = parts; *q; q++)
 			if (**q)
-				g_ptr_array_add(hs, g_strdup(g_strstrip(*q)));
+				g_ptr_array_add(out, g_strdup(g_strstrip(*q)));
 		g_strfreev(parts);
 	}
-	for (gchar **p = ports; p && *p; p++) {
-		gchar **parts = g_strsplit(*p, ",", -1);
-		for (gchar **q = parts; *q; q++)
-			if (**q)
-				g_ptr_array_add(ps, g_strdup(g_strstrip(*q)));
-		g_strfreev(parts);
+	return out;
+}
+
+static bool parse_port(const char *s, const char *what, uint16_t *out)
+{
+	char *end;
+	long v = strtol(s, &end, 10);
+	if (!*s || *end || v < 1 || v > 65535) {
+		fprintf(stderr, "kvbridge-proxy: %s port %s: expected 1..65535\n", what, s);
+		return false;
 	}
+	*out = (uint16_t)v;
+	return true;
+}
+
+static bool parse_endpoints(gchar **hosts, gchar **ports, const char *def_port, GArray *out,
+			    const char *what)
+{
+	GPtrArray *hs = split_list(hosts);
+	GPtrArray *ps = split_list(ports);
 	if (!hs->len)
 		g_ptr_array_add(hs, g_strdup("localhost"));
 	if (!ps->len)
@@ -333,17 +691,12 @@ static bool parse_endpoints(gchar **hosts, gchar **ports, const char *def_port, 
 		ok = false;
 	}
 	for (guint i = 0; ok && i < n; i++) {
-		endpoint_t e;
+		endpoint_t e = {0};
 		g_strlcpy(e.host, hs->pdata[hs->len == 1 ? 0 : i], sizeof(e.host));
-		char *end;
-		long v = strtol(ps->pdata[ps->len == 1 ? 0 : i], &end, 10);
-		if (*end || v < 1 || v > 65535) {
-			fprintf(stderr, "kvbridge-proxy: %s port %s: expected 1..65535\n", what,
-				(char *)ps->pdata[ps->len == 1 ? 0 : i]);
+		if (!parse_port(ps->pdata[ps->len == 1 ? 0 : i], what, &e.port)) {
 			ok = false;
 			break;
 		}
-		e.port = (uint16_t)v;
 		g_array_append_val(out, e);
 	}
 	g_ptr_array_free(hs, TRUE);
@@ -351,38 +704,101 @@ static bool parse_endpoints(gchar **hosts, gchar **ports, const char *def_port, 
 	return ok;
 }
 
+/* --prefiller-bootstrap-port: none (8998 for all), one for all, or one per prefiller. */
+static bool parse_bootstrap_ports(gchar **items, GArray *ps)
+{
+	GPtrArray *bs = split_list(items);
+	if (!bs->len)
+		g_ptr_array_add(bs, g_strdup(BOOTSTRAP_PORT_DEFAULT));
+	bool ok = true;
+	if (bs->len != 1 && bs->len != ps->len) {
+		fprintf(stderr,
+			"kvbridge-proxy: %u --prefiller-bootstrap-port values for %u prefillers (give one for "
+			"all or one per prefiller)\n",
+			bs->len, ps->len);
+		ok = false;
+	}
+	for (guint i = 0; ok && i < ps->len; i++)
+		ok = parse_port(bs->pdata[bs->len == 1 ? 0 : i], "--prefiller-bootstrap-port",
+				&g_array_index(ps, endpoint_t, i).bootstrap_port);
+	g_ptr_array_free(bs, TRUE);
+	return ok;
+}
+
 static GOptionEntry entries[] = {
+	{"vllm-protocol", 0, 0, G_OPTION_ARG_STRING, &o.protocol, "router contract: gen2 (vLLM 0.16.0 and later; gen1 is the same; default) or gen0 (vLLM 0.13.0 - 0.15.1)", "gen0|gen2"},
 	{"host", 0, 0, G_OPTION_ARG_STRING, &o.host, "listen address (default 127.0.0.1)", "IP"},
 	{"port", 0, 0, G_OPTION_ARG_INT, &o.port, "listen port (default 8000; 0 = any free port)", "PORT"},
 	{"prefiller-host", 0, 0, G_OPTION_ARG_STRING_ARRAY, &o.p_hosts, "prefiller host (repeat or comma list; default localhost)", "HOST"},
 	{"prefiller-hosts", 0, G_OPTION_FLAG_HIDDEN, G_OPTION_ARG_STRING_ARRAY, &o.p_hosts, NULL, NULL},
 	{"prefiller-port", 0, 0, G_OPTION_ARG_STRING_ARRAY, &o.p_ports, "prefiller HTTP port (repeat or comma list; default 8100)", "PORT"},
 	{"prefiller-ports", 0, G_OPTION_FLAG_HIDDEN, G_OPTION_ARG_STRING_ARRAY, &o.p_ports, NULL, NULL},
+	{"prefiller-bootstrap-port", 0, 0, G_OPTION_ARG_STRING_ARRAY, &o.p_boots, "gen2: the prefiller's bootstrap port, VLLM_MOONCAKE_BOOTSTRAP_PORT (repeat or comma list: one for all or one per prefiller; default 8998)", "PORT"},
+	{"prefiller-bootstrap-ports", 0, G_OPTION_FLAG_HIDDEN, G_OPTION_ARG_STRING_ARRAY, &o.p_boots, NULL, NULL},
 	{"decoder-host", 0, 0, G_OPTION_ARG_STRING_ARRAY, &o.d_hosts, "decoder host (repeat or comma list; default localhost)", "HOST"},
 	{"decoder-hosts", 0, G_OPTION_FLAG_HIDDEN, G_OPTION_ARG_STRING_ARRAY, &o.d_hosts, NULL, NULL},
 	{"decoder-port", 0, 0, G_OPTION_ARG_STRING_ARRAY, &o.d_ports, "decoder HTTP port (repeat or comma list; default 8200)", "PORT"},
 	{"decoder-ports", 0, G_OPTION_FLAG_HIDDEN, G_OPTION_ARG_STRING_ARRAY, &o.d_ports, NULL, NULL},
+	{"startup-timeout", 0, 0, G_OPTION_ARG_INT, &o.startup_timeout_s, "gen2: seconds to wait for every prefiller's /health and /query before giving up (default 600)", "S"},
 	{"timeout", 0, 0, G_OPTION_ARG_INT, &o.timeout_s, "seconds to wait for a prefiller or decoder (default 600)", "S"},
 	{"max-clients", 0, 0, G_OPTION_ARG_INT, &o.max_clients, "concurrent client connections (default 256)", "N"},
 	{"verbose", 'v', 0, G_OPTION_ARG_NONE, &o.verbose, "log every request", NULL},
 	{NULL},
 };
 
+static const char help_text[] =
+	"Routes OpenAI completions (POST /v1/completions, /v1/chat/completions) through a\n"
+	"prefiller (P) and a decoder (D) running vLLM's MooncakeConnector (or kvbridge-serve),\n"
+	"picked round robin; D's answer, streamed or not, goes back to the client byte for byte.\n"
+	"GET /health, GET /stats (counters, prefill targets).\n"
+	"\n"
+	"Two router contracts (--vllm-protocol), which do not mix: a vLLM 0.16+ P answers no\n"
+	"kv_transfer_params, so gen0 against it fails every request with 502 here (vLLM's toy\n"
+	"proxy silently lets D prefill on its own, with no KV transfer), and a 0.13 - 0.15 D\n"
+	"does not know gen2's parameters.\n"
+	"\n"
+	"  gen2 (default; vLLM 0.16.0 and later, Gen 1 0.16-0.18 and Gen 2 0.19+ alike;\n"
+	"  \"gen1\" is accepted as a synonym), as vLLM's mooncake_connector_proxy.py:\n"
+	"    at start, each prefiller's /health is polled every second until 200, then\n"
+	"    GET http://<prefiller host>:<bootstrap port>/query gives its dp ranks and their\n"
+	"    engine ids; requests get 503 until every prefiller has answered (at most\n"
+	"    --startup-timeout s, then the proxy exits).  Per request: a fresh uuid4 rid and\n"
+	"    transfer_id \"xfer-<rid>\"; a prefill target (prefiller, dp rank) and a decoder,\n"
+	"    round robin; at the same time\n"
+	"      to P: max_tokens 1 (max_completion_tokens 1 if present), stream false,\n"
+	"            stream_options and min_tokens dropped, kv_transfer_params\n"
+	"            {do_remote_decode: true, do_remote_prefill: false, transfer_id},\n"
+	"            headers X-Request-Id: rid, X-data-parallel-rank: <dp>;\n"
+	"      to D: the request with kv_transfer_params {do_remote_decode: false,\n"
+	"            do_remote_prefill: true, remote_bootstrap_addr: http://<P host>:<bootstrap\n"
+	"            port>, remote_engine_id, transfer_id}, header X-Request-Id: rid.\n"
+	"    Both legs carry Authorization: Bearer $OPENAI_API_KEY when that is set.  P's\n"
+	"    answer is awaited in the background: a failure is logged with P's words and\n"
+	"    counted (prefill_failed in /stats) but does not hold up D's answer; D fails the\n"
+	"    request when its wait for the KV cache times out (P's abort timeout,\n"
+	"    VLLM_MOONCAKE_ABORT_REQUEST_TIMEOUT, 480 s).  A decoder that cannot be reached:\n"
+	"    502, and nothing is sent to P.\n"
+	"\n"
+	"  gen0 (vLLM 0.13.0 - 0.15.1), as vLLM's toy_proxy_server.py: sequential.  P gets\n"
+	"    max_tokens 1, stream false, kv_transfer_params {do_remote_decode: true,\n"
+	"    do_remote_prefill: false, remote_*: null} and the client's X-Request-Id (or a\n"
+	"    uuid); then D gets the request with the kv_transfer_params of P's answer\n"
+	"    (remote_host, remote_port).  A failed prefill is answered 502 with P's words.\n"
+	"\n"
+	"Examples:\n"
+	"  kvbridge-proxy --prefiller-host 10.0.0.1 --prefiller-port 8100 \\\n"
+	"                 --prefiller-bootstrap-port 8998 \\\n"
+	"                 --decoder-host 10.0.0.2 --decoder-port 8200\n"
+	"  kvbridge-proxy --vllm-protocol gen0 --prefiller-port 8100 --decoder-port 8200\n"
+	"  curl -s localhost:8000/v1/completions -H 'Content-Type: application/json' \\\n"
+	"       -d '{\"model\":\"m\",\"prompt\":\"hello world\",\"max_tokens\":8}'\n";
+
 int main(int argc, char **argv)
 {
 	GError *gerr = NULL;
-	GOptionContext *oc = g_option_context_new("- route completions through a prefiller, then a decoder");
+	GOptionContext *oc = g_option_context_new("- route completions through a prefiller and a decoder");
 	g_option_context_add_main_entries(oc, entries, NULL);
-	g_option_context_set_description(oc,
-		"vLLM's toy disaggregated proxy, in C: each request is prefilled on a prefiller\n"
-		"(max_tokens 1, kv_transfer_params.do_remote_decode) and the decoder receives the\n"
-		"prefiller's kv_transfer_params; its answer is relayed to the client as is.\n"
-		"\n"
-		"Example:\n"
-		"  kvbridge-proxy --prefiller-host 10.0.0.1 --prefiller-port 8100 \\\n"
-		"                 --decoder-host 10.0.0.2 --decoder-port 8200\n"
-		"  curl -s localhost:8000/v1/completions -H 'Content-Type: application/json' \\\n"
-		"       -d '{\"model\":\"m\",\"prompt\":\"hello world\",\"max_tokens\":8}'\n");
+	g_option_context_set_description(oc, help_text);
 	if (!g_option_context_parse(oc, &argc, &argv, &gerr)) {
 		fprintf(stderr, "kvbridge-proxy: %s (try --help)\n", gerr->message);
 		return 2;
@@ -392,17 +808,52 @@ int main(int argc, char **argv)
 		fprintf(stderr, "kvbridge-proxy: bad arguments (--port 0..65535, --timeout >= 1; try --help)\n");
 		return 2;
 	}
+	if (o.protocol && !kvb_proxy_protocol_parse(o.protocol, &proto)) {
+		fprintf(stderr, "kvbridge-proxy: --vllm-protocol %s: expected gen0 (vLLM 0.13.0 - 0.15.1) or "
+			"gen2 (vLLM 0.16.0 and later; gen1 is the same)\n", o.protocol);
+		return 2;
+	}
+	if (proto == KVB_PROXY_GEN0 && (o.p_boots || o.startup_timeout_s != G_MININT)) {
+		fprintf(stderr, "kvbridge-proxy: --%s applies to --vllm-protocol gen2 only (a gen0 prefiller "
+			"names its side channel in its answer)\n",
+			o.p_boots ? "prefiller-bootstrap-port" : "startup-timeout");
+		return 2;
+	}
+	if (o.startup_timeout_s == G_MININT)
+		o.startup_timeout_s = STARTUP_TIMEOUT_DEFAULT_S;
+	if (o.startup_timeout_s < 1) {
+		fprintf(stderr, "kvbridge-proxy: --startup-timeout %d: expected >= 1 s\n", o.startup_timeout_s);
+		return 2;
+	}
+	const char *key = g_getenv("OPENAI_API_KEY");
+	if (key && *key) {
+		for (const char *p = key; *p; p++)
+			if ((unsigned char)*p < 0x20 || *p == 0x7f) {
+				fprintf(stderr, "kvbridge-proxy: OPENAI_API_KEY holds a control character\n");
+				return 2;
+			}
+		auth_field = g_strdup_printf("Authorization: Bearer %s", key);
+	}
 	prefillers = g_array_new(FALSE, FALSE, sizeof(endpoint_t));
 	decoders = g_array_new(FALSE, FALSE, sizeof(endpoint_t));
 	if (!parse_endpoints(o.p_hosts, o.p_ports, "8100", prefillers, "prefiller") ||
-	    !parse_endpoints(o.d_hosts, o.d_ports, "8200", decoders, "decoder"))
+	    !parse_endpoints(o.d_hosts, o.d_ports, "8200", decoders, "decoder") ||
+	    (proto == KVB_PROXY_GEN2 && !parse_bootstrap_ports(o.p_boots, prefillers)))
 		return 2;
+	if (proto == KVB_PROXY_GEN0)
+		note("vllm protocol gen0 (vLLM 0.13.0 - 0.15.1): sequential, the prefiller's kv_transfer_params "
+		     "go to the decoder");
+	else
+		note("vllm protocol gen2 (vLLM 0.16.0 and later): prefill and decode legs at once, "
+		     "transfer_id, engine ids from the prefillers' bootstrap /query");
 	signal(SIGPIPE, SIG_IGN);
 	struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE};
 	struct addrinfo *res = NULL;
 	char ps[8];
 	g_snprintf(ps, sizeof(ps), "%d", o.port);
-	const char *h = o.host ? o.host : "127.0.0.1";
+	if (!o.host)
+		o.host = g_strdup("127.0.0.1");
+	const char *h = o.host;
 	int rc = getaddrinfo(h, ps, &hints, &res);
 	if (rc) {
 		fprintf(stderr, "kvbridge-proxy: --host %s: %s\n", h, gai_strerror(rc));
@@ -416,26 +867,40 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	freeaddrinfo(res);
+	listen_fd = lfd;
 	struct sockaddr_storage ss;
 	socklen_t sl = sizeof(ss);
 	getsockname(lfd, (struct sockaddr *)&ss, &sl);
 	int bound = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
 						    : ((struct sockaddr_in *)&ss)->sin_port);
-	GThreadPool *pool = g_thread_pool_new(serve_client, NULL, o.max_clients, FALSE, NULL);
-	printf("kvbridge-proxy: ready on %s:%d, %u prefiller(s), %u decoder(s)\n", h, bound, prefillers->len,
-	       decoders->len);
-	fflush(stdout);
+	client_pool = g_thread_pool_new(serve_client, NULL, o.max_clients, FALSE, NULL);
+	if (proto == KVB_PROXY_GEN0) {
+		printf("kvbridge-proxy: ready on %s:%d, %u prefiller(s), %u decoder(s)\n", h, bound,
+		       prefillers->len, decoders->len);
+		fflush(stdout);
+	} else {
+		pleg_pool = g_thread_pool_new(prefill_leg, NULL, o.max_clients, FALSE, NULL);
+		note("listening on %s:%d; asking %u prefiller(s) for their dp ranks (503 until then), "
+		     "%u decoder(s)", h, bound, prefillers->len, decoders->len);
+		g_thread_unref(g_thread_new("discover", discover, GINT_TO_POINTER(bound)));
+	}
 	for (;;) {
 		int cfd = accept(lfd, NULL, NULL);
 		if (cfd < 0) {
+			if (g_atomic_int_get(&discovery_failed)) {
+				fprintf(stderr, "kvbridge-proxy: giving up: the prefillers' dp ranks are unknown\n");
+				break;
+			}
 			if (errno == EINTR || errno == ECONNABORTED)
 				continue;
 			fprintf(stderr, "kvbridge-proxy: accept: %s\n", g_strerror(errno));
 			break;
 		}
-		g_thread_pool_push(pool, GINT_TO_POINTER(cfd), NULL);
+		g_thread_pool_push(client_pool, GINT_TO_POINTER(cfd), NULL);
 	}
-	g_thread_pool_free(pool, FALSE, TRUE);
 	close(lfd);
+	if (g_atomic_int_get(&discovery_failed))
+		return 1; /* nothing worth waiting for: every request so far got 503 */
+	g_thread_pool_free(client_pool, FALSE, TRUE);
 	return 1;
 }

@@ -30,7 +30,7 @@ start prod "$serve" --vllm-protocol gen0 --role producer --host "$P_IP" --http-p
 	--rdma-devices "$P_DEVS" -v || exit 1
 start cons "$serve" --vllm-protocol gen0 --role consumer --host "$D_IP" --http-port 8200 --blocks 512 \
 	--rdma-devices "$D_DEVS" -v || exit 1
-start proxy "$proxy" --port 8000 --prefiller-host "$P_IP" --prefiller-port 8100 \
+start proxy "$proxy" --vllm-protocol gen0 --port 8000 --prefiller-host "$P_IP" --prefiller-port 8100 \
 	--decoder-host "$D_IP" --decoder-port 8200 -v || exit 1
 
 # 1. byte-exact KV transfer, striped over both rails
