@@ -20,7 +20,7 @@ srcdir=${top_srcdir:-.}
 command -v curl >/dev/null || skip_all "curl not installed"
 command -v python3 >/dev/null || skip_all "python3 not installed"
 [ -x "$serve" ] || skip_all "kvbridge-serve not built (hw backend disabled)"
-echo "1..11"
+echo "1..12"
 base=$((22000 + $$ % 20000))
 B=$base          # the producer's bootstrap
 RB=$((base + 1)) # the relays' bootstraps
@@ -66,6 +66,16 @@ for len in 1 31 32 33 500 4000; do
 		grep -q '"mismatched_bytes":0' "$tmp/d-xfer-$req" && grep -q '"kv_transfer_params":null' "$tmp/p-xfer-$req" && good=$((good+1))
 done
 check "6 requests (1 to 4000 tokens), legs at once in either order: every byte verified" "[ $good -eq 6 ]"
+
+# kvbridge-proxy in today's contract in front of them: legs at once, transfer_id, /query
+start proxy "$proxy" --port 0 --prefiller-port "$P" --prefiller-bootstrap-port $B --decoder-port "$C" -v || exit 1
+X0=$(sed -n 's/.*ready on [^:]*:\([0-9]*\).*/\1/p' "$tmp/proxy.out")
+good=0
+for len in 3 100 1500; do
+	st=$(post "http://127.0.0.1:$X0/v1/completions" "{\"model\":\"q\",\"prompt\":\"$(words $len)\",\"max_tokens\":4}")
+	[ "$st" = 200 ] && grep -q '"mismatched_bytes":0' "$tmp/resp" && grep -q '"transfer_id":"xfer-' "$tmp/resp" && good=$((good+1))
+done
+check "kvbridge-proxy (gen2) -> producer and consumer: 3 prompts, every byte verified" "[ $good -eq 3 ]"
 
 st=$(curl -s -o "$tmp/resp" -w '%{http_code}' -H 'Content-Type: application/json' --max-time 10 \
 	-d '{"prompt":"x","kv_transfer_params":{"do_remote_decode":true}}' "http://127.0.0.1:$P/v1/completions")
