@@ -56,6 +56,13 @@ def venv_python(release):
     return py
 
 
+def make_checkpoint(release, path, seed):
+    """tests/vllm/make_checkpoint.py with the release venv's numpy; returns path."""
+    subprocess.run([venv_python(release), os.path.join(HERE, "make_checkpoint.py"), path,
+                    "--seed", str(seed)], check=True)
+    return path
+
+
 def version(release):
     return tuple(int(x) for x in release.split(".")[:3])
 
@@ -158,7 +165,7 @@ class Server:
             args += ["--kv-transfer-config", json.dumps(cfg)]
         self.args = args + list(extra_args)
         e = dict(os.environ)
-        for k in ("PYTHONHOME", "VIRTUAL_ENV"):
+        for k in ("PYTHONHOME", "VIRTUAL_ENV", "PYTHONDONTWRITEBYTECODE"):
             e.pop(k, None)
         d = self.dir
         e.update({
@@ -267,16 +274,21 @@ class Server:
                 out.append(int(p))
         return out
 
+    def terminate(self):
+        """SIGTERM the process group (stop() finishes the job)."""
+        if self.proc and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
     def stop(self, grace=15):
         """SIGTERM the process group, SIGKILL what is left after grace s; remove IPC files."""
         _live.discard(self)
         if not self.proc:
             return
         pgid = self.proc.pid
-        try:
-            os.killpg(pgid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+        self.terminate()
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
             if self.proc.poll() is not None and not self.pids():
@@ -309,6 +321,20 @@ class Server:
     def metrics(self):
         with urllib.request.urlopen(self.url + "/metrics", timeout=10) as r:
             return r.read().decode()
+
+
+def stop_all(servers, grace=15):
+    """Stop servers together: SIGTERM to all first, then stop() each."""
+    for s in servers:
+        s.terminate()
+    errors = []
+    for s in servers:
+        try:
+            s.stop(grace)
+        except RuntimeError as e:
+            errors.append(str(e))
+    if errors:
+        raise RuntimeError("; ".join(errors))
 
 
 def start_all(servers, timeout=300):
