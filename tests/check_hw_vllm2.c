@@ -421,7 +421,7 @@ START_TEST(test_gen2_tp_pairing)
 	ck_assert(kvb_vllm_xfer_meta_encode(KVB_VLLM_XFER_V020, b, &m, NULL) == KVB_OK);
 	kvb_vllm_xfer_meta_clear(&m);
 	expect_error(both, 2, kvb_hw_vllm_worker_addr(P.be), b->data, b->len,
-		     "decoder TP rank 1 of 2 does not pair with this producer's TP rank 0 of 2");
+		     "This D tp_rank 1 is not paired with P tp_rank 0; expected one of [0].");
 	g_byte_array_unref(b);
 	side_close(&D);
 	side_close(&P);

@@ -217,10 +217,12 @@ static void on_engine(void *user, int status, const char *why, const kvb_hw_vllm
 	}
 	uint32_t ranks[64], n = 0;
 	kvb_err_t err;
-	if (e->tp_size > 4096 ||
+	/* the core pulls from at most 64 producer ranks */
+	if (e->tp_size / S.cfg.tp_size > 64 ||
 	    kvb_tp_targets(S.cfg.tp_size, S.cfg.tp_rank, e->tp_size, ranks, &n, &err) != KVB_OK) {
 		g_snprintf(msg, sizeof(msg), "KV transfer failed: producer TP %u, ours %u: %s", e->tp_size,
-			   S.cfg.tp_size, e->tp_size > 4096 ? "too many ranks" : err.msg);
+			   S.cfg.tp_size, e->tp_size / S.cfg.tp_size > 64 ? "more than 64 producer ranks "
+			   "per consumer rank" : err.msg);
 		cons_fail(r, 502, "KVTransferError", msg);
 		return;
 	}

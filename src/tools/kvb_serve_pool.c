@@ -227,6 +227,26 @@ bool pool_dump(serve_pool_t *p, const char *dir, const char *id, const uint32_t 
 		fprintf(stderr, "kvbridge-serve: dump %s: %s\n", path, g_strerror(errno));
 		ok = false;
 	}
+	/* what the dump holds, for a reader that has only addresses: the
+	 * regions and the request's block ids */
+	GString *j = g_string_new("{\"regions\":[");
+	for (uint32_t reg = 0; reg < p->n_regions; reg++)
+		g_string_append_printf(j, "%s{\"base\":%" PRIu64 ",\"block_stride\":%" PRIu64
+				       ",\"block_bytes\":%" PRIu64 "}", reg ? "," : "", p->regions[reg].base,
+				       p->regions[reg].block_stride, p->regions[reg].block_bytes);
+	g_string_append(j, "],\"blocks\":[");
+	for (uint32_t k = 0; k < n; k++)
+		g_string_append_printf(j, "%s%u", k ? "," : "", b[k]);
+	g_string_append(j, "]}\n");
+	char *jpath = g_strdup_printf("%s/%s.json", dir, safe);
+	GError *e = NULL;
+	if (ok && !g_file_set_contents(jpath, j->str, (gssize)j->len, &e)) {
+		fprintf(stderr, "kvbridge-serve: dump %s: %s\n", jpath, e->message);
+		g_error_free(e);
+		ok = false;
+	}
+	g_free(jpath);
+	g_string_free(j, TRUE);
 	g_free(path);
 	return ok;
 }

@@ -216,6 +216,24 @@ static int vsess_pulls(vsess_t *s, GPtrArray *frames, char *why, size_t why_len)
 		pull.regions = regions;
 		pull.rkeys = rkeys;
 		kvb_block_list_t group = {m->block_ids + m->block_offsets[r], m->block_counts[r]};
+		if (p->hw->debug) {
+			/* where the decoder wants it: for operators, and the tests that
+			 * read a real decoder's memory back */
+			GString *l = g_string_new(NULL);
+			g_string_append_printf(l, "vllm pull: request=%s transfer=%s decoder=%s:%u bases=",
+					       pull.request_id, pull.transfer_id, m->remote_hostname,
+					       m->remote_port);
+			for (uint32_t i = 0; i < v->n_regions; i++)
+				g_string_append_printf(l, "%s%" PRIu64, i ? "," : "", regions[i].base);
+			g_string_append(l, " strides=");
+			for (uint32_t i = 0; i < v->n_regions; i++)
+				g_string_append_printf(l, "%s%" PRIu64, i ? "," : "", regions[i].block_stride);
+			g_string_append(l, " blocks=");
+			for (uint32_t i = 0; i < group.count; i++)
+				g_string_append_printf(l, "%s%u", i ? "," : "", group.ids[i]);
+			hw_log(p->hw, "%s", l->str);
+			g_string_free(l, TRUE);
+		}
 		pull.n_groups = 1;
 		pull.groups = &group;
 		GByteArray *out = g_byte_array_new();

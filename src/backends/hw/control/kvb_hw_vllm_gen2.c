@@ -401,6 +401,36 @@ static int sess_pulls(v2sess_t *s, GPtrArray *frames, char *why, size_t why_len)
 	return rc;
 }
 
+/* KVB_HW_DEBUG=1: where a decoder wants a request (bases in our region
+ * order, strides, block ids), one line, for operators and the tests that
+ * read a real decoder's memory back. */
+static void sess_log_request(v2sess_t *s, uint32_t q)
+{
+	hw_t *hw = s->v->hw;
+	if (!hw->debug)
+		return;
+	const kvb_vllm_xfer_meta_t *m = &s->meta;
+	GString *l = g_string_new(NULL);
+	g_string_append_printf(l, "vllm pull: request=%s transfer=%s decoder=%s:%u bases=",
+			       m->reqs[q].req_id, m->reqs[q].transfer_id, m->remote_hostname, m->remote_port);
+	for (uint32_t i = 0; i < s->v->n_regions; i++)
+		g_string_append_printf(l, "%s%" PRIu64, i ? "," : "", m->kv_caches_base_addr[s->pair[i]]);
+	g_string_append(l, " strides=");
+	for (uint32_t i = 0; i < s->v->n_regions; i++)
+		g_string_append_printf(l, "%s%" PRIu64, i ? "," : "",
+				       (m->region_fields & KVB_VLLM_XF_BIT(KVB_VLLM_XF_BLOCK_LENS))
+					       ? m->block_lens[s->pair[i]] : s->v->regions[i].r.block_stride);
+	g_string_append(l, " blocks=");
+	for (uint32_t g = 0; g < m->reqs[q].n_lists; g++) {
+		uint32_t n = 0;
+		const uint32_t *ids = kvb_vllm_xfer_meta_blocks(m, q, g, &n);
+		for (uint32_t i = 0; i < n; i++)
+			g_string_append_printf(l, "%s%u", g || i ? "," : "", ids[i]);
+	}
+	hw_log(hw, "%s", l->str);
+	g_string_free(l, TRUE);
+}
+
 static void sess_descriptor(void *obj, int status, const char *why, kvb_mc_msg_type_t type,
 			    const uint8_t *payload, size_t len)
 {
@@ -440,8 +470,10 @@ static void sess_descriptor(void *obj, int status, const char *why, kvb_mc_msg_t
 		return;
 	}
 	s->pending = frames->len;
-	for (uint32_t q = 0; q < s->meta.n_reqs; q++)
+	for (uint32_t q = 0; q < s->meta.n_reqs; q++) {
 		g_hash_table_add(s->open, g_strdup(s->meta.reqs[q].req_id));
+		sess_log_request(s, q);
+	}
 	/* the pulls wait in the peer until the core accepts the connection */
 	for (guint i = 0; i < frames->len; i++) {
 		GByteArray *f = frames->pdata[i];
@@ -615,9 +647,17 @@ static void router_message(struct hw_vllm2 *v, zmq_msg_t *frames, int n, size_t 
 		return;
 	}
 	if (!kvb_tp_pairs(v->tp_size, v->tp_rank, s->meta.remote_tp_size, s->meta.remote_tp_rank)) {
-		g_snprintf(why, sizeof(why),
-			   "decoder TP rank %u of %u does not pair with this producer's TP rank %u of %u",
-			   s->meta.remote_tp_rank, s->meta.remote_tp_size, v->tp_rank, v->tp_size);
+		/* vLLM's words, with the D ranks this P rank serves */
+		uint32_t ranks[64], nr = 0;
+		GString *list = g_string_new("[");
+		if (s->meta.remote_tp_size / v->tp_size <= 64 &&
+		    kvb_tp_targets(v->tp_size, v->tp_rank, s->meta.remote_tp_size, ranks, &nr, NULL) == KVB_OK)
+			for (uint32_t i = 0; i < nr && i < 64; i++)
+				g_string_append_printf(list, "%s%u", i ? ", " : "", ranks[i]);
+		g_string_append_c(list, ']');
+		g_snprintf(why, sizeof(why), "This D tp_rank %u is not paired with P tp_rank %u; expected "
+			   "one of %s.", s->meta.remote_tp_rank, v->tp_rank, list->str);
+		g_string_free(list, TRUE);
 		sess_fail(s, why);
 		return;
 	}
