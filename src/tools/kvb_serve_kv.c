@@ -128,7 +128,7 @@ void handle_produce(uint64_t cid, const char *rid, const char *endpoint, uint64_
 	GString *s = g_string_new(NULL);
 	g_string_append_printf(s,
 		"{\"id\":\"cmpl-%s\",\"object\":\"text_completion\",\"model\":\"%s\","
-		"\"choices\":[{\"index\":0,\"text\":\"\",\"finish_reason\":\"length\"}],"
+		"\"choices\":[{\"index\":0,\"text\":\"\",\"token_ids\":[],\"finish_reason\":\"length\"}],"
 		"\"usage\":{\"prompt_tokens\":%" PRIu64 ",\"completion_tokens\":1,\"total_tokens\":%" PRIu64 "},",
 		rid, pool->model.name, tokens, tokens + 1);
 	if (S.vproto == KVB_HW_VLLM_GEN2) {
@@ -372,7 +372,7 @@ static void consumer_answer(cons_req_t *r, const kvb_finished_t *f)
 	g_string_append_printf(s,
 		"{\"id\":\"cmpl-%s\",\"object\":\"text_completion\",\"model\":\"%s\","
 		"\"choices\":[{\"index\":0,\"text\":\"kvbridge: %u blocks x %u regions %s\","
-		"\"finish_reason\":\"length\"}],"
+		"\"token_ids\":[],\"finish_reason\":\"length\"}],"
 		"\"usage\":{\"prompt_tokens\":%" PRIu64 ",\"completion_tokens\":1,\"total_tokens\":%" PRIu64 "},"
 		"\"kvbridge\":{\"state\":\"done\",\"transfer_id\":\"%s\",\"blocks\":%u,\"%s\":%" PRIu64
 		",\"mismatched_bytes\":0,\"transfer_ms\":%.3f}}\n",

@@ -232,8 +232,9 @@ bool pool_dump(serve_pool_t *p, const char *dir, const char *id, const uint32_t 
 	GString *j = g_string_new("{\"regions\":[");
 	for (uint32_t reg = 0; reg < p->n_regions; reg++)
 		g_string_append_printf(j, "%s{\"base\":%" PRIu64 ",\"block_stride\":%" PRIu64
-				       ",\"block_bytes\":%" PRIu64 "}", reg ? "," : "", p->regions[reg].base,
-				       p->regions[reg].block_stride, p->regions[reg].block_bytes);
+				       ",\"block_bytes\":%" PRIu64 ",\"num_blocks\":%u}", reg ? "," : "",
+				       p->regions[reg].base, p->regions[reg].block_stride,
+				       p->regions[reg].block_bytes, p->regions[reg].num_blocks);
 	g_string_append(j, "],\"blocks\":[");
 	for (uint32_t k = 0; k < n; k++)
 		g_string_append_printf(j, "%s%u", k ? "," : "", b[k]);

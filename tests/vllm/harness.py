@@ -86,17 +86,25 @@ def default_block_size(release):
 
 
 def free_ports(n=1, host="127.0.0.1"):
-    """n distinct ports the kernel had free a moment ago."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind((host, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
+    """n distinct ports that were free a moment ago, from 20000-32767: below the kernel's
+    ephemeral range, so a port vLLM's own processes (torch.distributed, ZMQ) or any
+    program binding port 0 take meanwhile cannot be the one handed out here."""
+    import random
+    rng = random.SystemRandom()
+    out = []
+    while len(out) < n:
+        p = rng.randrange(20000, 32768)
+        if p in out:
+            continue
+        s = socket.socket()
+        try:
+            s.bind((host, p))
+            out.append(p)
+        except OSError:
+            continue
+        finally:
             s.close()
+    return out
 
 
 def free_port(host="127.0.0.1"):
