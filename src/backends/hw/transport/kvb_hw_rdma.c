@@ -897,7 +897,9 @@ static void cq_poll(hw_rdma_t *r, rdma_dev_t *d)
 			for (uint32_t q = 0; q < ep->n_qp; q++)
 				if (ep->qp[q]->qp_num == wc[i].qp_num)
 					ep->qp_out[q]--;
-			ep->outstanding--;
+			/* this WR still counts as outstanding while ep_retire runs, so
+			 * that a retire on the endpoint's last WR queues ep instead of
+			 * freeing it under us; it is freed below */
 			if (wc[i].status != IBV_WC_SUCCESS) {
 				/* with the peer's control stream gone, the peer is the
 				 * cause, not this NIC: no retry elsewhere, no NIC blamed */
@@ -911,6 +913,7 @@ static void cq_poll(hw_rdma_t *r, rdma_dev_t *d)
 					ep_retire(r, ep, KVB_ERR_TRANSPORT, why);
 				}
 			}
+			ep->outstanding--;
 			/* a failed op's unposted slices were dropped (n_slices = posted) */
 			if (++o->done == o->n_slices)
 				op_finish(r, o);
