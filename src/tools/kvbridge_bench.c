@@ -5,12 +5,15 @@
  *   kvbridge-bench --mode target                 serve a registered buffer
  *   kvbridge-bench --mode initiator --target kvb://HOST:PORT | mooncake://HOST:PORT
  *   kvbridge-bench --loopback                    both, plus a plain-socket ceiling
+ *   kvbridge-bench --loopback --control gen2     whole vLLM Gen 2 transfers too
  *
  * The initiator sweeps block sizes (4 KiB to 64 MiB by default); for each it
  * keeps --batch requests in flight per thread for --duration seconds and
  * prints GB/s and p50/p99 request latency.  --loopback forks a target and a
  * plain-socket sink, and prints kvbridge's rate as a ratio of what blocking
- * send()/recv() reaches over the same loopback in the same run.
+ * send()/recv() reaches over the same loopback in the same run.  With
+ * --control gen2 each request is instead a whole vLLM Gen 2 transfer
+ * through the connector core (kvb_bench_vllm2.c), measured against both.
  *
  * A target serves until SIGINT or SIGTERM; on stdin it
  * answers "sum OFFSET LENGTH" with the SHA-256 of that range of its buffer,
@@ -41,6 +44,8 @@
 #include <kvbridge/kvbridge.h>
 #include <kvbridge/hw.h>
 
+#include "kvb_bench.h"
+
 typedef struct opts {
 	gchar *mode;
 	gchar *target;
@@ -66,6 +71,7 @@ typedef struct opts {
 	gchar *rdma_devices;
 	gint lanes;
 	gchar *memory;
+	gchar *control;
 } opts_t;
 
 static opts_t o = {
@@ -469,11 +475,7 @@ static int cmp_u64(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-typedef struct result {
-	double gbps, p50_us, p99_us;
-	uint64_t ops, checked;
-	int rc;
-} result_t;
+typedef kvb_bench_result_t result_t;
 
 static result_t run_point(const char *target, kvb_xfer_opcode_t op, uint64_t block, uint64_t buf_len)
 {
@@ -742,6 +744,10 @@ static GOptionEntry entries[] = {
 	{"remote-addr", 0, 0, G_OPTION_ARG_STRING, &o.remote_addr, "initiator: remote address to use (default: the peer's first buffer)", "ADDR"},
 	{"check-pattern", 0, 0, G_OPTION_ARG_INT64, &o.check_seed, "initiator, reads: check the bytes read against the pattern of SEED (a target filled with --fill-seed SEED)", "SEED"},
 	{"csv", 0, 0, G_OPTION_ARG_FILENAME, &o.csv, "append one CSV row per block size", "FILE"},
+	{"control", 0, 0, G_OPTION_ARG_STRING, &o.control,
+	 "loopback: one-sided (default: each request a write posted to the backend) or gen2 (each "
+	 "request a whole vLLM Gen 2 transfer through the connector core: bootstrap, "
+	 "MooncakeXferMetadata, writes, FINISH; measured next to one-sided and the socket ceiling)", "C"},
 	{"no-baseline", 0, 0, G_OPTION_ARG_NONE, &o.no_baseline, "loopback: skip the plain-socket ceiling", NULL},
 	{"quiet", 'q', 0, G_OPTION_ARG_NONE, &o.quiet, "less output", NULL},
 	{NULL},
@@ -758,6 +764,8 @@ int main(int argc, char **argv)
 		"  kvbridge-bench --mode target --rpc-port 15500   serve a 1 GiB buffer\n"
 		"  kvbridge-bench -t kvb://10.0.0.2:15500 -b 64K,1M -T 4\n"
 		"  kvbridge-bench -t mooncake://10.0.0.2:16225     against a Mooncake Transfer Engine\n"
+		"  kvbridge-bench --loopback --control gen2 -b 64K,1M,64M\n"
+		"                                                  vLLM Gen 2 transfers vs one-sided vs sockets\n"
 		"\nOutput: one line per block size: GB/s (1e9 bytes/s), p50 and p99 request latency,\n"
 		"and with --loopback the plain-socket rate and kvbridge's ratio to it.\n"
 		"Environment: Mooncake's MC_* variables (MC_TCP_PROTO, MC_MIN_RPC_PORT, ...).\n");
@@ -775,6 +783,19 @@ int main(int argc, char **argv)
 		kvb_err_t e;
 		kvb_hw_params_apply_env(&dp, NULL, &e);
 		o.lanes = (int)dp.tcp_lanes;
+	}
+	bool gen2 = false;
+	if (o.control && !strcmp(o.control, "gen2"))
+		gen2 = true;
+	else if (o.control && strcmp(o.control, "one-sided")) {
+		fprintf(stderr, "kvbridge-bench: --control must be one-sided or gen2 (got %s)\n", o.control);
+		return 2;
+	}
+	if (gen2 && (!o.loopback || o.threads != 1 || (o.op && strcmp(o.op, "write")) || o.rdma_devices ||
+		     o.nics != 1)) {
+		fprintf(stderr, "kvbridge-bench: --control gen2 runs with --loopback, writes, one thread, one "
+			"TCP NIC (the producer writes into the decoder, as vLLM's)\n");
+		return 2;
 	}
 	if (o.memory && strcmp(o.memory, "host") && strcmp(o.memory, "emulated")) {
 		fprintf(stderr, "kvbridge-bench: --memory must be host or emulated (got %s)\n", o.memory);
@@ -874,7 +895,10 @@ int main(int argc, char **argv)
 			fprintf(stderr, "kvbridge-bench: %s: %s\n", o.csv, g_strerror(errno));
 			return 1;
 		}
-		if (fresh)
+		if (fresh && gen2)
+			fprintf(csv, "control,op,block_bytes,batch,ops,GBps,p50_us,p99_us,onesided_GBps,"
+				"socket_GBps,ratio_socket,ratio_onesided\n");
+		else if (fresh)
 			fprintf(csv, "op,block_bytes,batch,threads,nics,ops,GBps,p50_us,p99_us,socket_GBps,ratio\n");
 	}
 	char reps[48] = "";
@@ -883,8 +907,15 @@ int main(int argc, char **argv)
 	printf("kvbridge-bench: %s to %s, batch %d, %d thread(s), %d NIC(s) x %d TCP lane(s) each, %.1f s per size%s\n",
 	       op == KVB_XFER_WRITE ? "write" : "read", o.target, o.batch, o.threads, o.nics, o.lanes, o.duration,
 	       reps);
-	printf("%10s %10s %10s %10s %12s %8s\n", "block", "GB/s", "p50 us", "p99 us",
-	       sink_pid ? "socket GB/s" : "", sink_pid ? "ratio" : "");
+	if (gen2) {
+		printf("gen2: every request a vLLM Gen 2 transfer of one block (kvbridge producer -> kvbridge "
+		       "consumer); one-sided: the same writes posted directly\n");
+		printf("%10s %10s %10s %10s %14s %12s %10s %12s\n", "block", "gen2 GB/s", "p50 us", "p99 us",
+		       "one-sided GB/s", "socket GB/s", "gen2/sock", "gen2/1-sided");
+	} else {
+		printf("%10s %10s %10s %10s %12s %8s\n", "block", "GB/s", "p50 us", "p99 us",
+		       sink_pid ? "socket GB/s" : "", sink_pid ? "ratio" : "");
+	}
 	int rc = 0;
 	uint64_t per_thread = buf_len / (uint64_t)o.threads;
 	for (guint i = 0; i < sizes->len; i++) {
@@ -895,13 +926,21 @@ int main(int argc, char **argv)
 			continue;
 		}
 		/* interleave the repeats so that both see the same machine noise */
-		result_t runs[MAX_REPEAT];
+		result_t runs[MAX_REPEAT], g2runs[MAX_REPEAT];
 		double socks[MAX_REPEAT];
 		for (int k = 0; k < o.repeat; k++) {
 			runs[k] = run_point(o.target, op, b,
 					    MIN(buf_len, 256ull << 20) < b ? b : MIN(buf_len, 256ull << 20));
 			if (runs[k].rc)
 				rc = 1;
+			if (gen2) {
+				kvb_bench_gen2_t g = {.block = b, .batch = (uint32_t)o.batch,
+						      .duration_ns = (uint64_t)(o.duration * 1e9),
+						      .count = o.count > 0 ? (uint64_t)o.count : 0,
+						      .lanes = (uint32_t)o.lanes, .quiet = o.quiet};
+				if (kvb_bench_gen2_point(&g, &g2runs[k]))
+					rc = 1;
+			}
 			socks[k] = sink_pid ? socket_ceiling(sink_port, op == KVB_XFER_WRITE, b,
 							     MIN(buf_len, 256ull << 20)) : 0;
 		}
@@ -912,6 +951,20 @@ int main(int argc, char **argv)
 			g_snprintf(label, sizeof(label), "%" PRIu64 "M", b >> 20);
 		else
 			g_snprintf(label, sizeof(label), "%" PRIu64 "K", b >> 10);
+		if (gen2) {
+			result_t g = median_run(g2runs, o.repeat);
+			printf("%10s %10.3f %10.1f %10.1f %14.3f %12.3f %10.2f %12.2f\n", label, g.gbps, g.p50_us,
+			       g.p99_us, r.gbps, sock, sock > 0 ? g.gbps / sock : 0, r.gbps > 0 ? g.gbps / r.gbps : 0);
+			fflush(stdout);
+			if (csv)
+				fprintf(csv, "gen2,write,%" PRIu64 ",%d,%" PRIu64 ",%.4f,%.1f,%.1f,%.4f,%.4f,%.3f,%.3f\n",
+					b, o.batch, g.ops, g.gbps, g.p50_us, g.p99_us, r.gbps, sock,
+					sock > 0 ? g.gbps / sock : 0, r.gbps > 0 ? g.gbps / r.gbps : 0);
+			if (!o.quiet)
+				printf("kvbridge-bench: gen2 %s: %" PRIu64 " requests, %" PRIu64 " bytes verified\n",
+				       label, g.ops, g.checked);
+			continue;
+		}
 		if (sink_pid)
 			printf("%10s %10.3f %10.1f %10.1f %12.3f %8.2f\n", label, r.gbps, r.p50_us, r.p99_us, sock,
 			       sock > 0 ? r.gbps / sock : 0);
