@@ -244,6 +244,65 @@ START_TEST(test_gen2_producer_restart)
 }
 END_TEST
 
+/* Pulls in a row between one producer worker and one decoder: the decoder
+ * keeps its DEALER, the producer the decoder's descriptor and data
+ * connections, every byte still right.  Then the decoder restarts on the
+ * same handshake port with other memory: the producer notices that its
+ * kept connections closed, asks for the new descriptor, and the bytes land
+ * in the new decoder's memory. */
+START_TEST(test_gen2_connection_reuse)
+{
+	uint16_t bport = free_port(), rport = free_port();
+	side_t P, D;
+	open_producer(&P, bport, 30);
+	side_opts_t dopt = {.vllm = KVB_HW_VLLM_GEN2, .rpc_port = rport};
+	side_open_opt(&D, KVB_ROLE_CONSUMER, 30, &dopt);
+	side_t *both[2] = {&P, &D};
+	found_t f = query(both, 2, &D, bport, "prefill-0");
+	ck_assert_msg(f.status == KVB_OK, "query: %s", f.why);
+	uint32_t pb[8], db[8];
+	blocks(pb, db, 8);
+	for (int i = 0; i < 3; i++) {
+		char id[16];
+		g_snprintf(id, sizeof(id), "xfer-r%d", i);
+		produce(&P, id, pb, 8);
+		pull(&D, f.worker, id, db, 8);
+		ck_assert_msg(run_until(both, 2, &D, (guint)i + 1, 20), "pull %d: no answer", i);
+		kvb_finished_t *fin = &g_array_index(D.fin, kvb_finished_t, i);
+		ck_assert_msg(fin->state == KVB_CONSUMER_DONE, "pull %d: %s", i, fin->reason);
+		ck_assert_uint_eq(check_request(&D, id, db, 8), 0);
+		ck_assert(run_until(both, 2, &P, (guint)i + 1, 10));
+	}
+	kvb_hw_stats_t ps, ds;
+	kvb_hw_stats_get(P.be, &ps);
+	kvb_hw_stats_get(D.be, &ds);
+	ck_assert_uint_eq(ds.vllm_dealers, 1);
+	ck_assert_uint_eq(ds.vllm_dealers_reused, 2);
+	ck_assert_uint_eq(ps.vllm_descriptors_reused, 2);
+
+	/* the decoder restarts on the same port, its KV somewhere else */
+	side_close(&D);
+	for (int i = 0; i < 100; i++)
+		step(both, 1); /* the producer sees its kept connections close */
+	side_t D2;
+	void *shift = g_malloc(1 << 20); /* D2's memory lands elsewhere */
+	side_open_opt(&D2, KVB_ROLE_CONSUMER, 30, &dopt);
+	both[1] = &D2;
+	produce(&P, "xfer-after", pb, 8);
+	pull(&D2, f.worker, "xfer-after", db, 8);
+	ck_assert_msg(run_until(both, 2, &D2, 1, 20), "no answer after the restart");
+	kvb_finished_t *fin = &g_array_index(D2.fin, kvb_finished_t, 0);
+	ck_assert_msg(fin->state == KVB_CONSUMER_DONE, "after the restart: %s", fin->reason);
+	ck_assert_uint_eq(check_request(&D2, "xfer-after", db, 8), 0);
+	ck_assert(run_until(both, 2, &P, 4, 10));
+	kvb_hw_stats_get(P.be, &ps);
+	ck_assert_uint_eq(ps.vllm_descriptors_reused, 2); /* asked for the new descriptor */
+	g_free(shift);
+	side_close(&D2);
+	side_close(&P);
+}
+END_TEST
+
 /* ---- what peers send that must be refused ------------------------------------- */
 
 /* One message on a DEALER (as vLLM's D sends it; req_env: as a REQ would),
@@ -579,6 +638,7 @@ Suite *kvb_suite_hw_vllm2(void)
 	tcase_add_test(tc, test_gen2_timeout_words);
 	tcase_add_test(tc, test_gen2_query_failures);
 	tcase_add_test(tc, test_gen2_producer_restart);
+	tcase_add_test(tc, test_gen2_connection_reuse);
 	tcase_add_test(tc, test_gen2_bad_requests_get_error);
 	tcase_add_test(tc, test_gen2_tp_pairing);
 	tcase_add_test(tc, test_wrong_generation);

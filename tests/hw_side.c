@@ -48,6 +48,7 @@ void side_open_opt(side_t *s, kvb_role_t role, double lease_s, const side_opts_t
 	if (o->abort_timeout_s > 0)
 		p.vllm_abort_timeout_ns = S_NS(o->abort_timeout_s);
 	p.bind_host = "127.0.0.1";
+	p.rpc_port = o->rpc_port;
 	p.context = hw_side_ctx;
 	p.n_nics = nics;
 	p.nic_addrs[0] = "127.0.0.1";

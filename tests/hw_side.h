@@ -44,6 +44,7 @@ typedef struct side_opts {
 	uint32_t tp_size, tp_rank; /* 0, 0 = 1, 0 */
 	uint32_t dp_rank;
 	double abort_timeout_s;  /* params.vllm_abort_timeout_ns; 0 = default */
+	uint16_t rpc_port;       /* 0 = random */
 } side_opts_t;
 
 extern GMainContext *hw_side_ctx;

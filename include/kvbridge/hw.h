@@ -281,6 +281,10 @@ typedef struct kvb_hw_stats {
 	uint64_t vllm_wrong_generation; /* peers of the other generation, answered in theirs */
 	uint64_t vllm_bootstrap_requests; /* HTTP requests the bootstrap served */
 	uint64_t vllm_queries;          /* /query requests this consumer made */
+	uint64_t vllm_dealers;          /* gen2 consumer: DEALER connections opened */
+	uint64_t vllm_dealers_reused;   /* gen2 consumer: pulls sent on a kept DEALER */
+	uint64_t vllm_descriptors_reused; /* gen2 producer: messages served on a decoder's kept
+					 * descriptor and data connections */
 } kvb_hw_stats_t;
 
 KVB_API void kvb_hw_stats_get(kvb_backend_t *be, kvb_hw_stats_t *out);

@@ -20,6 +20,12 @@
  * requests whose bytes landed, err_reqs and err_msg for the others ("Timeout
  * waiting for P side ready." when the prefill never came, vLLM's words).
  *
+ * A decoder's descriptor and the data connections a finished message used
+ * are kept (v2decoder_t): the next message from the same decoder reuses
+ * both while the connections are still up (a decoder that restarted closes
+ * them, and is asked for its descriptor again), so a request costs its
+ * messages and its bytes, not a handshake and TCP connections each time.
+ *
  * A peer of the other generation is answered in its own framing: a Gen 0
  * decoder (MooncakeAgentMetadata, REQ or DEALER) gets the raw "trans_error".
  *
@@ -55,7 +61,9 @@
 #include "control/kvb_hw_vllm_gen2_int.h"
 #include "events/kvb_hw_net.h"
 #include "events/kvb_hw_zmq.h"
+#include "transport/kvb_hw_link.h"
 #include "transport/kvb_hw_mem.h"
+#include "transport/kvb_hw_tcp.h"
 #include "transport/kvb_hw_transport.h"
 #include "kvb_vllm_bootstrap_wire.h"
 #include "kvb_vllm_xfer_wire.h"
@@ -80,7 +88,97 @@ typedef struct v2sess {
 	GString *err_msg;
 	hw_deadline_t *flush;
 	bool finished;
+	hw_link_t *reuse;           /* idle lanes to the decoder, taken from its v2decoder_t */
 } v2sess_t;
+
+/* What we keep of a decoder ("host:port" of its transfer engine) between
+ * messages: its segment descriptor, and links holding idle data
+ * connections (hw_lanes_move), at most DECODER_LINKS, for DECODER_IDLE_NS. */
+#define DECODER_LINKS 16u
+#define DECODER_IDLE_NS (30 * G_GUINT64_CONSTANT(1000000000))
+
+typedef struct v2decoder {
+	struct hw_vllm2 *v;
+	char key[KVB_VLLM_HOST_MAX + 8];
+	GBytes *desc;               /* the descriptor JSON it answered */
+	GQueue links;               /* hw_link_t*: lanes only */
+	hw_deadline_t *idle;
+} v2decoder_t;
+
+static void holder_free(hw_link_t *l)
+{
+	hw_lanes_free(l);
+	g_free(l);
+}
+
+static void decoder_free(gpointer data)
+{
+	v2decoder_t *d = data;
+	hw_link_t *l;
+	while ((l = g_queue_pop_head(&d->links)))
+		holder_free(l);
+	if (d->desc)
+		g_bytes_unref(d->desc);
+	hw_deadline_free(d->idle);
+	g_free(d);
+}
+
+static void decoder_expired(void *obj)
+{
+	v2decoder_t *d = obj;
+	g_hash_table_remove(d->v->decoders, d->key); /* frees d */
+}
+
+static v2decoder_t *decoder_get(struct hw_vllm2 *v, const char *host, uint16_t port, bool create)
+{
+	char key[KVB_VLLM_HOST_MAX + 8];
+	g_snprintf(key, sizeof(key), "%s:%u", host, port);
+	v2decoder_t *d = g_hash_table_lookup(v->decoders, key);
+	if (!d && create) {
+		d = g_new0(v2decoder_t, 1);
+		d->v = v;
+		g_strlcpy(d->key, key, sizeof(d->key));
+		g_queue_init(&d->links);
+		d->idle = hw_deadline_new(v->hw, decoder_expired, d);
+		g_hash_table_insert(v->decoders, d->key, d);
+	}
+	if (d)
+		hw_deadline_arm(d->idle, DECODER_IDLE_NS);
+	return d;
+}
+
+/* A link of d whose lanes are still up and idle (the others are closed), or
+ * NULL; then d's descriptor may be stale too and is dropped. */
+static hw_link_t *decoder_take_link(v2decoder_t *d)
+{
+	hw_link_t *l;
+	while ((l = g_queue_pop_head(&d->links))) {
+		if (hw_lanes_idle(l))
+			return l;
+		holder_free(l);
+	}
+	if (d->desc) {
+		g_bytes_unref(d->desc);
+		d->desc = NULL;
+	}
+	return NULL;
+}
+
+/* A session ended cleanly: keep its idle lanes for the next message. */
+static void decoder_park(struct hw_vllm2 *v, v2sess_t *s, hw_link_t *from)
+{
+	v2decoder_t *d = decoder_get(v, s->meta.remote_hostname, s->meta.remote_port, false);
+	if (!d || !d->desc || d->links.length >= DECODER_LINKS || !hw_lanes_idle(from))
+		return;
+	hw_link_t *l = g_new0(hw_link_t, 1);
+	l->hw = v->hw;
+	g_strlcpy(l->name, from->name, sizeof(l->name));
+	g_strlcpy(l->data_host, from->data_host, sizeof(l->data_host));
+	l->data_port = from->data_port;
+	l->data_v2 = from->data_v2;
+	hw_lanes_move(from, l);
+	g_queue_push_tail(&d->links, l);
+}
 
 static void router_drain(struct hw_vllm2 *v);
 
@@ -138,6 +236,8 @@ static void router_error(struct hw_vllm2 *v, GBytes *identity, const char *from,
 static void sess_free(v2sess_t *s)
 {
 	g_queue_remove(&s->v->sessions, s);
+	if (s->reuse)
+		holder_free(s->reuse);
 	hw_call_cancel(s->call);
 	hw_deadline_free(s->flush);
 	if (s->peer)
@@ -157,6 +257,8 @@ static void sess_end(v2sess_t *s)
 {
 	s->finished = true;
 	hw_peer_t *p = s->peer;
+	if (p && !s->err->len && !s->err_msg->len)
+		decoder_park(s->v, s, &p->link);
 	if (p && (p->conn || p->incoming_id)) {
 		/* the core closes the conn, then session_closed frees the session */
 		hw_peer_down(p, KVB_OK, "vLLM session finished");
@@ -463,6 +565,20 @@ static void sess_descriptor(void *obj, int status, const char *why, kvb_mc_msg_t
 		sess_fail(s, err.msg);
 		return;
 	}
+	v2decoder_t *d = decoder_get(s->v, s->meta.remote_hostname, s->meta.remote_port, true);
+	if (s->reuse) {
+		hw_lanes_move(s->reuse, &p->link);
+		holder_free(s->reuse);
+		s->reuse = NULL;
+	} else {
+		/* a fresh descriptor: connections made for an older one go */
+		hw_link_t *old;
+		while ((old = g_queue_pop_head(&d->links)))
+			holder_free(old);
+		if (d->desc)
+			g_bytes_unref(d->desc);
+		d->desc = g_bytes_new(payload, len);
+	}
 	GPtrArray *frames = g_ptr_array_new_with_free_func((GDestroyNotify)g_byte_array_unref);
 	if (sess_pulls(s, frames, reason, sizeof(reason)) != KVB_OK) {
 		g_ptr_array_free(frames, TRUE);
@@ -665,6 +781,17 @@ static void router_message(struct hw_vllm2 *v, zmq_msg_t *frames, int n, size_t 
 		sess_fail(s, why);
 		return;
 	}
+	v2decoder_t *d = decoder_get(v, s->meta.remote_hostname, s->meta.remote_port, false);
+	if (d && d->desc && (s->reuse = decoder_take_link(d))) {
+		/* the decoder we wrote to last time, its connections still up */
+		hw->stats.vllm_descriptors_reused++;
+		GBytes *desc = g_bytes_ref(d->desc);
+		gsize len;
+		const uint8_t *json = g_bytes_get_data(desc, &len);
+		sess_descriptor(s, KVB_OK, NULL, KVB_MC_METADATA, json, len);
+		g_bytes_unref(desc);
+		return;
+	}
 	char *desc = hw_segment_json(hw);
 	s->call = hw_call_start(hw, s->meta.remote_hostname, s->meta.remote_port, KVB_MC_METADATA, desc,
 				strlen(desc), sess_descriptor, s);
@@ -790,6 +917,7 @@ int hw_vllm2_start(hw_t *hw, kvb_err_t *err)
 	struct hw_vllm2 *v = g_new0(struct hw_vllm2, 1);
 	v->hw = hw;
 	g_queue_init(&v->sessions);
+	v->decoders = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, decoder_free);
 	hw_vllm2_client_init(v);
 	hw->vllm2 = v;
 	const char *rel = hw->p.vllm_release ? hw->p.vllm_release : "0.32.0";
@@ -835,6 +963,7 @@ void hw_vllm2_stop(hw_t *hw)
 	}
 	while (v->sessions.head)
 		sess_free(v->sessions.head->data); /* peers are freed by the instance */
+	g_hash_table_destroy(v->decoders);
 	hw_vllm2_client_fini(v);
 	hw_vllm_boot_call_cancel(v->reg_call);
 	hw_vllm_bootstrap_stop(hw);

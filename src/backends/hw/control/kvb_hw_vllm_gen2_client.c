@@ -1,7 +1,17 @@
 /*
  * vLLM Gen 1/2, the consumer side (kvb_hw_vllm_gen2.h): "vllm2://" peers,
- * one DEALER per pull, and the bootstrap query cache.  The producer side
- * and the protocol's description are in kvb_hw_vllm_gen2.c.
+ * one DEALER per pull in flight, and the bootstrap query cache.  The
+ * producer side and the protocol's description are in kvb_hw_vllm_gen2.c.
+ *
+ * A DEALER (with its monitor) carries one message at a time, as vLLM's D
+ * sends them, so every reply on it is about that message.  Once the
+ * message's last reply (FINISH or ERROR) has come, nothing more can arrive
+ * on it, and it is kept, connected, for the next pull to the same worker
+ * (at most IDLE_PER_WORKER per worker, closed after IDLE_NS unused or when
+ * the worker disconnects): a pull then costs one message each way instead
+ * of a TCP connection and a ZMTP handshake.  A DEALER whose pull ended any
+ * other way (cancelled, timed out, a CONTINUE naming our request) is closed,
+ * since a late reply on it would be read as the next pull's.
  */
 #include "config.h"
 
@@ -27,6 +37,8 @@
 
 #define NS_PER_S G_GUINT64_CONSTANT(1000000000)
 #define RCV_EXTRA_NS (60 * NS_PER_S)   /* vLLM's D: RCVTIMEO = abort timeout + 60 s */
+#define IDLE_NS (10 * NS_PER_S)        /* an unused DEALER is closed after this */
+#define IDLE_PER_WORKER 16u            /* DEALERs kept per producer worker */
 
 static const hw_peer_ops_t client_ops;
 
@@ -242,33 +254,97 @@ typedef struct v2client {
 	hw_deadline_t *kick;
 } v2client_t;
 
-/* One pull in flight to a producer worker: one DEALER, monitored. */
-typedef struct v2pull {
-	v2client_t *vc;
-	char transfer_id[KVB_ID_MAX];
-	char request_id[KVB_ID_MAX];
-	uint64_t bytes;
+struct v2pull;
+
+/* A DEALER to one producer worker and its monitor: a pull's while the pull
+ * lasts, then idle in v->idle_chans until the next pull to that worker. */
+typedef struct v2chan {
+	struct hw_vllm2 *v;
+	char endpoint[KVB_VLLM_ADDR_MAX]; /* tcp://host:port */
 	void *sock;
 	hw_watch_t *w;
 	void *mon;                  /* PAIR end of the DEALER's socket monitor */
 	hw_watch_t *mon_w;
 	bool connected;
+	struct v2pull *pull;        /* NULL while idle */
+	hw_deadline_t *idle_timer;
+} v2chan_t;
+
+/* One pull in flight to a producer worker, on one channel. */
+typedef struct v2pull {
+	v2client_t *vc;
+	char transfer_id[KVB_ID_MAX];
+	char request_id[KVB_ID_MAX];
+	uint64_t bytes;
+	v2chan_t *ch;
+	bool reusable;              /* the message's last reply came: ch may serve again */
 	hw_deadline_t *timer;       /* the connect timeout, then the reply timeout */
 	GArray *ranges;             /* uint64_t pairs: destination ranges (for fences) */
 } v2pull_t;
 
+static bool chan_monitor(v2chan_t *ch);
+
+static void chan_free(v2chan_t *ch)
+{
+	hw_watch_free(ch->w);
+	hw_watch_free(ch->mon_w);
+	hw_deadline_free(ch->idle_timer);
+	if (ch->sock) {
+		zmq_socket_monitor(ch->sock, NULL, 0);
+		zmq_close(ch->sock);
+	}
+	if (ch->mon)
+		zmq_close(ch->mon);
+	g_free(ch);
+}
+
+static GQueue *idle_queue(struct hw_vllm2 *v, const char *endpoint, bool create)
+{
+	GQueue *q = g_hash_table_lookup(v->idle_chans, endpoint);
+	if (!q && create) {
+		q = g_queue_new();
+		g_hash_table_insert(v->idle_chans, g_strdup(endpoint), q);
+	}
+	return q;
+}
+
+static void chan_unpark(v2chan_t *ch)
+{
+	GQueue *q = idle_queue(ch->v, ch->endpoint, false);
+	if (q) {
+		g_queue_remove(q, ch);
+		if (!q->length)
+			g_hash_table_remove(ch->v->idle_chans, ch->endpoint);
+	}
+	hw_deadline_disarm(ch->idle_timer);
+}
+
+static void chan_idle_expired(void *obj)
+{
+	v2chan_t *ch = obj;
+	chan_unpark(ch);
+	chan_free(ch);
+}
+
+/* The pull on ch is over: keep ch for the next one, or close it. */
+static void chan_release(v2chan_t *ch, bool reusable)
+{
+	ch->pull = NULL;
+	GQueue *q = reusable && ch->connected ? idle_queue(ch->v, ch->endpoint, true) : NULL;
+	if (!q || q->length >= IDLE_PER_WORKER) {
+		chan_free(ch);
+		return;
+	}
+	g_queue_push_tail(q, ch);
+	hw_deadline_arm(ch->idle_timer, IDLE_NS);
+}
+
 static void pull_free(v2pull_t *vp)
 {
 	g_queue_remove(&vp->vc->pulls, vp);
-	hw_watch_free(vp->w);
-	hw_watch_free(vp->mon_w);
+	if (vp->ch)
+		chan_release(vp->ch, vp->reusable);
 	hw_deadline_free(vp->timer);
-	if (vp->sock) {
-		zmq_socket_monitor(vp->sock, NULL, 0);
-		zmq_close(vp->sock);
-	}
-	if (vp->mon)
-		zmq_close(vp->mon);
 	if (vp->ranges)
 		g_array_free(vp->ranges, TRUE);
 	g_free(vp);
@@ -300,10 +376,10 @@ static void pull_fail(v2pull_t *vp, int status, const char *why, bool forget)
 static bool pull_replies(v2pull_t *vp)
 {
 	v2client_t *vc = vp->vc;
-	for (int i = 0; i < 64 && hw_zmq_readable(vp->sock); i++) {
+	for (int i = 0; i < 64 && hw_zmq_readable(vp->ch->sock); i++) {
 		zmq_msg_t frames[HW_ZMQ_MAX_FRAMES];
 		size_t total;
-		int n = hw_zmq_recv(vp->sock, frames, &total);
+		int n = hw_zmq_recv(vp->ch->sock, frames, &total);
 		if (n <= 0)
 			return false;
 		zmq_msg_t *last = &frames[n - 1];
@@ -323,6 +399,8 @@ static bool pull_replies(v2pull_t *vp)
 		for (uint32_t k = 0; k < resp.n_err_reqs; k++)
 			bad |= !strcmp(resp.err_reqs[k], vp->request_id);
 		const char *msg = resp.err_msg ? resp.err_msg : "no reason given";
+		/* FINISH and ERROR are a message's last reply */
+		vp->reusable = resp.status == KVB_VLLM_XFER_FINISH || resp.status == KVB_VLLM_XFER_ERROR;
 		int end = 0; /* 1 done, -1 failed */
 		int status = KVB_ERR_PEER;
 		if (resp.status == KVB_VLLM_XFER_ERROR) {
@@ -354,37 +432,61 @@ static bool pull_replies(v2pull_t *vp)
 	return false;
 }
 
-static bool pull_io(void *obj, GIOCondition cond)
+/* What an idle DEALER receives cannot be about any pull: dropped. */
+static void chan_discard(v2chan_t *ch)
+{
+	for (int i = 0; i < 64 && hw_zmq_readable(ch->sock); i++) {
+		zmq_msg_t frames[HW_ZMQ_MAX_FRAMES];
+		size_t total;
+		int n = hw_zmq_recv(ch->sock, frames, &total);
+		if (n <= 0)
+			return;
+		hw_zmq_frames_close(frames, n);
+		hw_log(ch->v->hw, "vllm2: a reply on an idle connection to %s dropped", ch->endpoint);
+	}
+}
+
+static bool chan_io(void *obj, GIOCondition cond)
 {
 	(void)cond;
-	v2pull_t *vp = obj;
-	hw_watch_t *w = vp->w;
+	v2chan_t *ch = obj;
+	hw_watch_t *w = ch->w;
 	hw_watch_ref(w);
-	pull_replies(vp);
+	if (ch->pull)
+		pull_replies(ch->pull);
+	else
+		chan_discard(ch);
 	bool alive = !hw_watch_gone(w);
 	hw_watch_unref(w);
 	return alive;
 }
 
-/* Monitor events: 6 bytes (u16 event, u32 value), then the endpoint. */
-static bool pull_monitor(v2pull_t *vp)
+/* Monitor events: 6 bytes (u16 event, u32 value), then the endpoint.
+ * True when ch was freed (its pull ended, or it was idle and lost). */
+static bool chan_monitor(v2chan_t *ch)
 {
-	v2client_t *vc = vp->vc;
-	while (hw_zmq_readable(vp->mon)) {
+	while (hw_zmq_readable(ch->mon)) {
 		zmq_msg_t frames[HW_ZMQ_MAX_FRAMES];
 		size_t total;
-		int n = hw_zmq_recv(vp->mon, frames, &total);
+		int n = hw_zmq_recv(ch->mon, frames, &total);
 		if (n <= 0)
 			return false;
 		uint16_t ev = 0;
 		if (zmq_msg_size(&frames[0]) >= 2)
 			memcpy(&ev, zmq_msg_data(&frames[0]), 2);
 		hw_zmq_frames_close(frames, n);
+		v2pull_t *vp = ch->pull;
 		if (ev == ZMQ_EVENT_CONNECTED) {
-			vp->connected = true;
-			uint64_t rcv = vc->v->hw->p.vllm_abort_timeout_ns + RCV_EXTRA_NS;
-			hw_deadline_arm(vp->timer, rcv);
-		} else if (ev == ZMQ_EVENT_DISCONNECTED && vp->connected) {
+			ch->connected = true;
+			if (vp)
+				hw_deadline_arm(vp->timer, ch->v->hw->p.vllm_abort_timeout_ns + RCV_EXTRA_NS);
+		} else if (ev == ZMQ_EVENT_DISCONNECTED && ch->connected) {
+			ch->connected = false;
+			if (!vp) {
+				chan_unpark(ch);
+				chan_free(ch);
+				return true;
+			}
 			/* replies may still be queued: read them first */
 			if (pull_replies(vp))
 				return true;
@@ -396,23 +498,68 @@ static bool pull_monitor(v2pull_t *vp)
 	return false;
 }
 
-static bool pull_mon_io(void *obj, GIOCondition cond)
+static bool chan_mon_io(void *obj, GIOCondition cond)
 {
 	(void)cond;
-	v2pull_t *vp = obj;
-	hw_watch_t *w = vp->mon_w;
+	v2chan_t *ch = obj;
+	hw_watch_t *w = ch->mon_w;
 	hw_watch_ref(w);
-	pull_monitor(vp);
+	chan_monitor(ch);
 	bool alive = !hw_watch_gone(w);
 	hw_watch_unref(w);
 	return alive;
+}
+
+/* An idle channel to endpoint, or a new one (connecting). */
+static v2chan_t *chan_take(struct hw_vllm2 *v, const char *endpoint)
+{
+	hw_t *hw = v->hw;
+	GQueue *q = idle_queue(v, endpoint, false);
+	while (q && q->length) {
+		v2chan_t *ch = g_queue_pop_head(q);
+		if (!q->length)
+			g_hash_table_remove(v->idle_chans, endpoint);
+		hw_deadline_disarm(ch->idle_timer);
+		/* a disconnect may be waiting in the monitor (then ch is freed) */
+		if (!chan_monitor(ch)) {
+			if (ch->connected) {
+				hw->stats.vllm_dealers_reused++;
+				return ch;
+			}
+			chan_free(ch);
+		}
+		q = idle_queue(v, endpoint, false);
+	}
+	v2chan_t *ch = g_new0(v2chan_t, 1);
+	ch->v = v;
+	g_strlcpy(ch->endpoint, endpoint, sizeof(ch->endpoint));
+	ch->idle_timer = hw_deadline_new(hw, chan_idle_expired, ch);
+	ch->sock = zmq_socket(hw_zmq_ctx(), ZMQ_DEALER);
+	int zero = 0;
+	zmq_setsockopt(ch->sock, ZMQ_LINGER, &zero, sizeof(zero));
+	/* a monitor tells connected / disconnected at once, where ZMQ itself
+	 * would reconnect silently for ever */
+	char mon_ep[64];
+	static uint64_t mon_seq;
+	g_snprintf(mon_ep, sizeof(mon_ep), "inproc://kvb-vllm2-mon-%p-%" PRIu64, (void *)ch, ++mon_seq);
+	int mrc = zmq_socket_monitor(ch->sock, mon_ep, ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED);
+	ch->mon = mrc == 0 ? zmq_socket(hw_zmq_ctx(), ZMQ_PAIR) : NULL;
+	if (!ch->mon || zmq_connect(ch->mon, mon_ep) != 0 || zmq_connect(ch->sock, endpoint) != 0) {
+		hw_set_error(hw, "vllm2 client: %s: %s", endpoint, zmq_strerror(errno));
+		chan_free(ch);
+		return NULL;
+	}
+	ch->w = hw_watch_new(hw, hw_zmq_fd(ch->sock), G_IO_IN, chan_io, ch);
+	ch->mon_w = hw_watch_new(hw, hw_zmq_fd(ch->mon), G_IO_IN, chan_mon_io, ch);
+	hw->stats.vllm_dealers++;
+	return ch;
 }
 
 static void pull_timeout(void *obj)
 {
 	v2pull_t *vp = obj;
 	char why[160];
-	if (!vp->connected) {
+	if (!vp->ch->connected) {
 		g_snprintf(why, sizeof(why), "no connection to the producer worker within %.1f s",
 			   (double)vp->vc->v->hw->p.connect_timeout_ns / 1e9);
 		pull_fail(vp, KVB_ERR_PEER, why, true);
@@ -430,7 +577,7 @@ static void client_kick(void *obj)
 	while (l) {
 		GList *next = l->next;
 		v2pull_t *vp = l->data;
-		if (!pull_monitor(vp))
+		if (!chan_monitor(vp->ch))
 			pull_replies(vp);
 		l = next;
 	}
@@ -557,27 +704,18 @@ static int client_pull(v2client_t *vc, const void *buf, size_t len)
 	kvb_wire_pull_clear(&pull);
 	g_queue_push_tail(&vc->pulls, vp);
 	vp->timer = hw_deadline_new(hw, pull_timeout, vp);
-	vp->sock = zmq_socket(hw_zmq_ctx(), ZMQ_DEALER);
-	int zero = 0;
-	zmq_setsockopt(vp->sock, ZMQ_LINGER, &zero, sizeof(zero));
-	/* a monitor tells connected / disconnected at once, where ZMQ itself
-	 * would reconnect silently for ever */
-	char mon_ep[64];
-	static uint64_t mon_seq;
-	g_snprintf(mon_ep, sizeof(mon_ep), "inproc://kvb-vllm2-mon-%p-%" PRIu64, (void *)vp, ++mon_seq);
-	int mrc = zmq_socket_monitor(vp->sock, mon_ep, ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED);
-	vp->mon = mrc == 0 ? zmq_socket(hw_zmq_ctx(), ZMQ_PAIR) : NULL;
-	if (!vp->mon || zmq_connect(vp->mon, mon_ep) != 0 || zmq_connect(vp->sock, vc->endpoint) != 0 ||
-	    zmq_send(vp->sock, payload->data, payload->len, ZMQ_DONTWAIT) < 0) {
-		hw_set_error(hw, "vllm2 client: %s: %s", vc->endpoint, zmq_strerror(errno));
+	vp->ch = chan_take(v, vc->endpoint);
+	if (!vp->ch || zmq_send(vp->ch->sock, payload->data, payload->len, ZMQ_DONTWAIT) < 0) {
+		if (vp->ch)
+			hw_set_error(hw, "vllm2 client: %s: %s", vc->endpoint, zmq_strerror(errno));
 		g_byte_array_unref(payload);
 		pull_free(vp);
 		return KVB_ERR_PEER;
 	}
 	g_byte_array_unref(payload);
-	vp->w = hw_watch_new(hw, hw_zmq_fd(vp->sock), G_IO_IN, pull_io, vp);
-	vp->mon_w = hw_watch_new(hw, hw_zmq_fd(vp->mon), G_IO_IN, pull_mon_io, vp);
-	hw_deadline_arm(vp->timer, hw->p.connect_timeout_ns);
+	vp->ch->pull = vp;
+	hw_deadline_arm(vp->timer, vp->ch->connected ? hw->p.vllm_abort_timeout_ns + RCV_EXTRA_NS
+						     : hw->p.connect_timeout_ns);
 	hw_deadline_arm(vc->kick, 0);
 	return KVB_OK;
 }
@@ -671,10 +809,20 @@ int hw_vllm2_client_connect(hw_t *hw, kvb_conn_t *conn, const char *addr, const 
 	return KVB_INPROGRESS;
 }
 
+static void idle_queue_free(gpointer data)
+{
+	GQueue *q = data;
+	v2chan_t *ch;
+	while ((ch = g_queue_pop_head(q)))
+		chan_free(ch);
+	g_queue_free(q);
+}
+
 void hw_vllm2_client_init(struct hw_vllm2 *v)
 {
 	g_queue_init(&v->queries);
 	v->engines = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, engine_free);
+	v->idle_chans = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, idle_queue_free);
 }
 
 void hw_vllm2_client_fini(struct hw_vllm2 *v)
@@ -685,4 +833,5 @@ void hw_vllm2_client_fini(struct hw_vllm2 *v)
 		query_deliver(q);
 	}
 	g_hash_table_destroy(v->engines);
+	g_hash_table_destroy(v->idle_chans);
 }

@@ -45,9 +45,11 @@ struct hw_vllm2 {
 	hw_vllm_boot_call_t *reg_call;
 
 	GQueue sessions;            /* v2sess_t*: producer side */
+	GHashTable *decoders;       /* "host:port" -> v2decoder_t*: descriptors and idle lanes */
 	kvb_vllm_xfer_profile_t profile; /* consumer side: how our requests are encoded */
 	GHashTable *engines;        /* "bootstrap|engine" -> v2engine_t* (query cache) */
 	GQueue queries;             /* v2query_t* */
+	GHashTable *idle_chans;     /* "tcp://host:port" -> GQueue of idle v2chan_t* */
 };
 
 /* The consumer side's state: made by start, released by stop. */

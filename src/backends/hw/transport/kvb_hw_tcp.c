@@ -322,6 +322,26 @@ static bool lane_io(void *obj, GIOCondition cond)
 		l->state = LANE_UP;
 		hw_deadline_disarm(l->deadline);
 	}
+	if (!l->sent.length && (cond & G_IO_IN)) {
+		/* nothing asked, yet readable: the server closed the connection
+		 * (or sent what it never should); close it now, so that an idle
+		 * lane neither spins the loop nor looks alive, and reconnect on
+		 * the next post */
+		uint8_t b;
+		ssize_t r = recv(l->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+		if (r >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+			if (r > 0)
+				hw_set_error(l->link->hw, "data connection to %s:%u (nic %u): bytes from the "
+					     "server with no request pending; closed", l->link->data_host,
+					     l->link->data_port, l->nic);
+			if (l->tosend.length) {
+				lane_fail(l, KVB_ERR_PEER, "connection closed by the peer");
+				return false;
+			}
+			lane_close_fd(l);
+			return false;
+		}
+	}
 	if ((cond & (G_IO_IN | G_IO_HUP | G_IO_ERR)) && !lane_recv(l))
 		return false;
 	if (l->tosend.length && !lane_send(l))
@@ -425,6 +445,32 @@ void hw_lanes_free(hw_link_t *p)
 		hw_deadline_free(l->deadline);
 		g_free(l);
 		p->lanes[i] = NULL;
+	}
+}
+
+bool hw_lanes_idle(const hw_link_t *p)
+{
+	bool any = false;
+	for (uint32_t i = 0; i < KVB_HW_MAX_NICS * KVB_HW_MAX_LANES; i++) {
+		const hw_lane_t *l = p->lanes[i];
+		if (!l)
+			continue;
+		if (l->state != LANE_UP || l->fd < 0 || l->sent.length || l->tosend.length)
+			return false;
+		any = true;
+	}
+	return any;
+}
+
+void hw_lanes_move(hw_link_t *from, hw_link_t *to)
+{
+	for (uint32_t i = 0; i < KVB_HW_MAX_NICS * KVB_HW_MAX_LANES; i++) {
+		if (!from->lanes[i])
+			continue;
+		g_assert(!to->lanes[i]);
+		to->lanes[i] = from->lanes[i];
+		to->lanes[i]->link = to;
+		from->lanes[i] = NULL;
 	}
 }
 

@@ -29,5 +29,11 @@ int hw_lane_post(hw_link_t *l, const kvb_slice_op_t *op, hw_mr_t *m);
 void hw_lanes_fail(hw_link_t *l, int status);
 /* Free l's lanes; ops still queued are discarded without events. */
 void hw_lanes_free(hw_link_t *l);
+/* True when l has lanes and every one is connected with nothing queued:
+ * they may move to another link to the same peer. */
+bool hw_lanes_idle(const hw_link_t *l);
+/* Move from's lanes to `to` (a link to the same data server, with no lanes
+ * of its own), so that its next posts skip the connection setup. */
+void hw_lanes_move(hw_link_t *from, hw_link_t *to);
 
 #endif /* KVB_HW_TCP_H */
