@@ -9,6 +9,7 @@
 #include "config.h"
 
 #include <arpa/inet.h>
+#include <inttypes.h>
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +22,7 @@
 #include <kvbridge/kvbridge.h>
 #include <kvbridge/hw.h>
 
+#include "../src/tools/kvb_pattern.h"
 #include "hw_side.h"
 #include "kvb_vllm_wire.h"
 #include "kvb_vllm_xfer_wire.h"
@@ -299,6 +301,64 @@ START_TEST(test_gen2_connection_reuse)
 	ck_assert_uint_eq(ps.vllm_descriptors_reused, 2); /* asked for the new descriptor */
 	g_free(shift);
 	side_close(&D2);
+	side_close(&P);
+}
+END_TEST
+
+/* Heterogeneous TP: one producer worker (TP 1, every KV head) serves two
+ * decoder ranks (TP 2), each holding half of the heads in blocks half as
+ * long; rank r gets bytes [r * half, (r + 1) * half) of each producer
+ * block, as vLLM's head split of an HND block lays them out. */
+START_TEST(test_gen2_heterogeneous_tp)
+{
+	uint16_t bport = free_port();
+	side_t P, D[2];
+	open_producer(&P, bport, 30);
+	const uint64_t half = BLOCK_BYTES / 2;
+	for (uint32_t r = 0; r < 2; r++) {
+		side_opts_t o = {.vllm = KVB_HW_VLLM_GEN2, .tp_size = 2, .tp_rank = r, .block_bytes = half};
+		side_open_opt(&D[r], KVB_ROLE_CONSUMER, 30, &o);
+	}
+	side_t *all[3] = {&P, &D[0], &D[1]};
+	found_t f = query(all, 3, &D[0], bport, "prefill-0");
+	ck_assert_msg(f.status == KVB_OK, "query: %s", f.why);
+	ck_assert_uint_eq(f.tp_size, 1);
+	uint32_t pb[6], db[6];
+	blocks(pb, db, 6);
+	produce(&P, "xfer-tp", pb, 6);
+	for (uint32_t r = 0; r < 2; r++) {
+		const char *prods[1] = {f.worker};
+		kvb_block_list_t g = {db, 6};
+		kvb_pull_params_t pp = {.request_id = r ? "req-r1" : "req-r0", .transfer_id = "xfer-tp",
+					.producers = prods, .n_producers = 1, .producer_tp_size = 1,
+					.groups = &g, .n_groups = 1};
+		kvb_err_t err;
+		ck_assert_msg(kvb_consumer_pull(D[r].c, &pp, &err) == KVB_OK, "pull rank %u: %s", r, err.msg);
+	}
+	ck_assert(run_until(all, 3, &D[0], 1, 20));
+	ck_assert(run_until(all, 3, &D[1], 1, 20));
+	uint8_t *want = g_malloc(BLOCK_BYTES);
+	uint64_t seed = kvb_pattern_request_seed("xfer-tp");
+	for (uint32_t r = 0; r < 2; r++) {
+		kvb_finished_t *fin = &g_array_index(D[r].fin, kvb_finished_t, 0);
+		ck_assert_msg(fin->state == KVB_CONSUMER_DONE, "rank %u: %s", r, fin->reason);
+		uint64_t bad = 0;
+		for (uint32_t l = 0; l < LAYERS; l++)
+			for (uint32_t k = 0; k < 6; k++) {
+				kvb_pattern_fill(want, BLOCK_BYTES, kvb_pattern_block_seed(seed, l, k));
+				const uint8_t *got = at(&D[r], D[r].regs[l].base + (uint64_t)db[k] * STRIDE);
+				bad += memcmp(got, want + r * half, half) != 0;
+				for (uint64_t i = half; i < STRIDE; i++)
+					bad += got[i] != 0xEE; /* nothing past the half */
+			}
+		ck_assert_msg(bad == 0, "rank %u: %" PRIu64 " blocks or bytes wrong", r, bad);
+	}
+	g_free(want);
+	/* the producer's transfer ends once both ranks have their share */
+	ck_assert(run_until(all, 3, &P, 1, 10));
+	ck_assert_int_eq(g_array_index(P.fin, kvb_finished_t, 0).state, KVB_PRODUCER_SENT);
+	side_close(&D[0]);
+	side_close(&D[1]);
 	side_close(&P);
 }
 END_TEST
@@ -639,6 +699,7 @@ Suite *kvb_suite_hw_vllm2(void)
 	tcase_add_test(tc, test_gen2_query_failures);
 	tcase_add_test(tc, test_gen2_producer_restart);
 	tcase_add_test(tc, test_gen2_connection_reuse);
+	tcase_add_test(tc, test_gen2_heterogeneous_tp);
 	tcase_add_test(tc, test_gen2_bad_requests_get_error);
 	tcase_add_test(tc, test_gen2_tp_pairing);
 	tcase_add_test(tc, test_wrong_generation);

@@ -22,6 +22,7 @@ void side_open_opt(side_t *s, kvb_role_t role, double lease_s, const side_opts_t
 	uint32_t nics = o->nics ? o->nics : 1;
 	bool gpu = o->gpu;
 	s->gpu = gpu;
+	s->block_bytes = o->block_bytes ? o->block_bytes : BLOCK_BYTES;
 	s->view = g_malloc(s->len);
 	memset(s->view, 0xEE, s->len);
 	if (gpu) {
@@ -33,7 +34,7 @@ void side_open_opt(side_t *s, kvb_role_t role, double lease_s, const side_opts_t
 	}
 	for (uint32_t i = 0; i < LAYERS; i++)
 		s->regs[i] = (kvb_region_t){(uint64_t)(uintptr_t)s->mem + (uint64_t)i * BLOCKS * STRIDE, STRIDE,
-					    BLOCK_BYTES, BLOCKS, (int32_t)i, 0,
+					    s->block_bytes, BLOCKS, (int32_t)i, 0,
 					    gpu ? KVB_MEM_CUDA : KVB_MEM_HOST, gpu ? 0 : -1};
 	kvb_hw_params_t p;
 	kvb_hw_params_default(&p);
@@ -61,6 +62,10 @@ void side_open_opt(side_t *s, kvb_role_t role, double lease_s, const side_opts_t
 	kvb_config_t cfg;
 	kvb_config_init(&cfg);
 	cfg.role = role;
+	if (o->tp_size) {
+		cfg.tp_size = o->tp_size;
+		cfg.tp_rank = o->tp_rank;
+	}
 	cfg.abort_timeout_ns = S_NS(lease_s);
 	cfg.consumer_timeout_ns = S_NS(lease_s + 5);
 	cfg.slice_size = 16384;
@@ -150,7 +155,7 @@ void fill_request(side_t *s, const char *id, const uint32_t *blocks, uint32_t n)
 	for (uint32_t r = 0; r < LAYERS; r++)
 		for (uint32_t k = 0; k < n; k++)
 			kvb_pattern_fill(at(s, s->regs[r].base + (uint64_t)blocks[k] * STRIDE),
-					 BLOCK_BYTES, kvb_pattern_block_seed(seed, r, k));
+					 s->block_bytes, kvb_pattern_block_seed(seed, r, k));
 	if (s->gpu)
 		ck_assert_int_eq(kvb_hw_emu_gpu_copy(s->mem, s->view, s->len), KVB_OK);
 }
@@ -163,9 +168,9 @@ uint64_t check_request(side_t *s, const char *id, const uint32_t *blocks, uint32
 	for (uint32_t r = 0; r < LAYERS; r++)
 		for (uint32_t k = 0; k < n; k++) {
 			const uint8_t *b = at(s, s->regs[r].base + (uint64_t)blocks[k] * STRIDE);
-			bad += kvb_pattern_mismatches(b, BLOCK_BYTES, kvb_pattern_block_seed(seed, r, k));
+			bad += kvb_pattern_mismatches(b, s->block_bytes, kvb_pattern_block_seed(seed, r, k));
 			/* the padding after the meaningful bytes never changes */
-			for (uint32_t i = BLOCK_BYTES; i < STRIDE; i++)
+			for (uint32_t i = s->block_bytes; i < STRIDE; i++)
 				bad += b[i] != 0xEE;
 		}
 	return bad;

@@ -27,6 +27,7 @@ typedef struct side {
 	uint8_t *view;           /* host copy the test fills and checks (== mem on the host) */
 	bool gpu;
 	size_t len;
+	uint64_t block_bytes;    /* meaningful bytes per block (BLOCK_BYTES unless set) */
 	kvb_region_t regs[LAYERS];
 	GArray *fin;             /* kvb_finished_t */
 } side_t;
@@ -45,6 +46,7 @@ typedef struct side_opts {
 	uint32_t dp_rank;
 	double abort_timeout_s;  /* params.vllm_abort_timeout_ns; 0 = default */
 	uint16_t rpc_port;       /* 0 = random */
+	uint64_t block_bytes;    /* 0 = BLOCK_BYTES (at most STRIDE) */
 } side_opts_t;
 
 extern GMainContext *hw_side_ctx;

@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# Issue 11's speed figure for vLLM's Gen 2 control path, on loopback:
+# kvbridge-bench --control gen2 moves one KV block per request as a vLLM
+# 0.32 decoder pulls a KV cache (bootstrap /query once, then per request a
+# MooncakeXferMetadata on a DEALER, the producer's writes over the TCP
+# lanes, FINISH), producer and consumer both kvbridge; measured in the same
+# run, interleaved, against the same block written one-sided (the TCP
+# transport alone, as in experiments/hw-bench) and blocking send()/recv()
+# over one loopback connection (the socket ceiling).
+# One command:  bash experiments/gen2-bench/run.sh [--quick]
+# writes docs/experiments/gen2-bench.md; the raw CSV and log stay in
+# build/gen2-bench/.
+#
+# Environment: KVB_BUILD (build tree, default build/main, else one is
+# configured in build/gen2bench), REPEAT (default 5; 1 with --quick), SIZES
+# (default 64K,256K,1M,4M,16M,64M; 64K,1M,16M with --quick), DURATION
+# (seconds per size and run, default 1; 0.5 with --quick), BATCH (requests
+# in flight, default 16), OUT (default docs/experiments), RESULTS (default
+# build/gen2-bench), IDLE_WAIT (seconds to wait for an idle machine before
+# starting, default 120).
+# Exits non-zero when a measurement fails to run, not when a target is missed.
+set -euo pipefail
+top=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$top"
+quick=0
+for a in "$@"; do
+	case $a in
+	--quick) quick=1 ;;
+	-h | --help) sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; exit 0 ;;
+	*) echo "run.sh: unknown argument $a (usage: bash experiments/gen2-bench/run.sh [--quick])" >&2; exit 2 ;;
+	esac
+done
+if [ $quick = 1 ]; then
+	REPEAT=${REPEAT:-1} SIZES=${SIZES:-64K,1M,16M} DURATION=${DURATION:-0.5}
+else
+	REPEAT=${REPEAT:-5} SIZES=${SIZES:-64K,256K,1M,4M,16M,64M} DURATION=${DURATION:-1}
+fi
+BATCH=${BATCH:-16}
+out=${OUT:-$top/docs/experiments}
+res=${RESULTS:-$top/build/gen2-bench}
+jobs=$(nproc 2>/dev/null || echo 2)
+say() { echo "[gen2-bench $(date +%H:%M:%S)] $*" >&2; }
+die() { echo "gen2-bench: $*" >&2; exit 1; }
+# percent of all CPUs busy over one second (/proc/stat)
+busy() {
+	local a b
+	read -ra a </proc/stat; sleep 1; read -ra b </proc/stat
+	awk -v u="$((b[1] + b[2] + b[3] + b[6] + b[7] + b[8] - a[1] - a[2] - a[3] - a[6] - a[7] - a[8]))" \
+		-v t="$((b[1] + b[2] + b[3] + b[4] + b[5] + b[6] + b[7] + b[8] - a[1] - a[2] - a[3] - a[4] - a[5] - a[6] - a[7] - a[8]))" \
+		'BEGIN { printf "%.0f", t ? 100 * u / t : 0 }'
+}
+
+# ---- build --------------------------------------------------------------
+if [ -n "${KVB_BUILD:-}" ]; then
+	build=$KVB_BUILD
+elif [ -f "$top/build/main/Makefile" ]; then
+	build=$top/build/main
+else
+	build=$top/build/gen2bench
+fi
+if [ ! -f "$build/Makefile" ]; then
+	say "configuring $build"
+	[ -x "$top/configure" ] || (cd "$top" && autoreconf -fi) >&2
+	mkdir -p "$build"
+	(cd "$build" && "$top/configure" --disable-tests >configure.log) || die "configure failed (see $build/configure.log)"
+fi
+say "building kvbridge-bench in $build"
+make -C "$build" -j"$jobs" src/tools/kvbridge-bench >"$build/gen2-bench-build.log" 2>&1 ||
+	{ tail -n 30 "$build/gen2-bench-build.log" >&2; die "build failed (log: $build/gen2-bench-build.log)"; }
+bench=$build/src/tools/kvbridge-bench
+[ -x "$bench" ] || die "$bench not built: the hw backend is off in this build tree (configure --with-backend=hw)"
+
+# ---- measure ------------------------------------------------------------
+rm -rf "$res"
+mkdir -p "$res" "$out"
+waited=0
+b=$(busy)
+while [ "$b" -gt 15 ] && [ $waited -lt "${IDLE_WAIT:-120}" ]; do
+	[ $waited = 0 ] && say "the machine is $b% busy (other processes); waiting up to ${IDLE_WAIT:-120} s"
+	sleep 4; waited=$((waited + 5)); b=$(busy)
+done
+cmd="${bench#"$top"/} --loopback --control gen2 -b $SIZES -B $BATCH -d $DURATION -r $REPEAT --csv gen2.csv"
+say "$cmd (the machine was $b% busy at the start)"
+t0=$(date +%s)
+"$bench" --loopback --control gen2 -b "$SIZES" -B "$BATCH" -d "$DURATION" -r "$REPEAT" --csv "$res/gen2.csv" |
+	tee "$res/gen2.log" || die "kvbridge-bench --control gen2 failed (rc $?)"
+[ -s "$res/gen2.csv" ] || die "no figures in $res/gen2.csv"
+wall=$(($(date +%s) - t0))
+
+# ---- report -------------------------------------------------------------
+export G_RES=$res G_OUT=$out G_CMD=$cmd G_WALL=$wall G_QUICK=$quick G_BUSY=$b
+export G_CPU="$(awk -F: '/model name/ { sub(/^ */, "", $2); print $2; exit }' /proc/cpuinfo)"
+export G_MEM="$(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)" G_CORES=$jobs
+export G_KERNEL="$(uname -r)" G_REPEAT=$REPEAT G_DURATION=$DURATION G_BATCH=$BATCH
+export G_REV="$(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+python3 - <<'EOF'
+import csv, os, time
+E = os.environ
+rows = list(csv.DictReader(open(os.path.join(E["G_RES"], "gen2.csv"))))
+def label(b):
+    b = int(b)
+    return "%d MiB" % (b >> 20) if b >= 1 << 20 else "%d KiB" % (b >> 10)
+L = []
+w = L.append
+w("# vLLM Gen 2 control path on loopback (issue 11)")
+w("")
+w("Generated by `bash experiments/gen2-bench/run.sh%s` on %s UTC in %s s." % (
+    " --quick" if E["G_QUICK"] == "1" else "", time.strftime("%Y-%m-%d %H:%M", time.gmtime()), E["G_WALL"]))
+w("")
+w("- machine: %s, %s cores, %s, Linux %s (%s%% busy before the run)" % (
+    E["G_CPU"], E["G_CORES"], E["G_MEM"], E["G_KERNEL"], E["G_BUSY"]))
+w("- kvbridge %s; command: `%s`" % (E["G_REV"], E["G_CMD"]))
+w("- per request one block: a kvbridge producer (serving vLLM's bootstrap, on its own thread) and "
+  "a kvbridge consumer pulling as vLLM 0.32's decoder does; %s requests in flight; "
+  "%s s per size and run, %s interleaved runs of the three (gen2, one-sided, socket), medians; "
+  "GB/s = 1e9 bytes/s; latency is a request's, pull to FINISH" % (E["G_BATCH"], E["G_DURATION"], E["G_REPEAT"]))
+w("")
+w("| block | gen2 GB/s | p50 us | p99 us | one-sided GB/s | socket GB/s | gen2 / socket | gen2 / one-sided |")
+w("|---|---|---|---|---|---|---|---|")
+for r in rows:
+    w("| %s | %.2f | %.0f | %.0f | %.2f | %.2f | %.2f | %.2f |" % (
+        label(r["block_bytes"]), float(r["GBps"]), float(r["p50_us"]), float(r["p99_us"]),
+        float(r["onesided_GBps"]), float(r["socket_GBps"]), float(r["ratio_socket"]),
+        float(r["ratio_onesided"])))
+w("")
+low = min(rows, key=lambda r: float(r["ratio_socket"]))
+w("Lowest gen2 / socket ratio: %.2f at %s.  Each request pays one control round trip "
+  "(MooncakeXferMetadata out, FINISH back) on top of its bytes, so small requests are bound by "
+  "the messages and large ones by the data path." % (float(low["ratio_socket"]), label(low["block_bytes"])))
+open(os.path.join(E["G_OUT"], "gen2-bench.md"), "w").write("\n".join(L) + "\n")
+print("\n".join(L))
+EOF
+say "wrote ${out#"$top"/}/gen2-bench.md"
