@@ -20,7 +20,7 @@ srcdir=${top_srcdir:-.}
 command -v curl >/dev/null || skip_all "curl not installed"
 command -v python3 >/dev/null || skip_all "python3 not installed"
 [ -x "$serve" ] || skip_all "kvbridge-serve not built (hw backend disabled)"
-echo "1..12"
+echo "1..14"
 base=$((22000 + $$ % 20000))
 B=$base          # the producer's bootstrap
 RB=$((base + 1)) # the relays' bootstraps
@@ -100,6 +100,36 @@ for len in 7 300 2000; do
 		grep -q '"mismatched_bytes":0' "$tmp/d-xfer-$req" && good=$((good+1))
 done
 check "producer -> relay -> consumer: 3 requests, the producer's bytes arrive unchanged" "[ $good -eq 3 ]"
+
+# prompts as token ids: the relay knows the length at once and pulls with the leg
+pleg_ids() { # URL RID TRANSFER N [KVBRIDGE_TOKENS]
+	ids=$(seq -s, 1 "$4")
+	curl -s -o "$tmp/p-$3" -w '%{http_code}' -H 'Content-Type: application/json' -H "X-Request-Id: $2" \
+		--max-time 60 -d "{\"prompt\":[$ids],\"max_tokens\":1,\"kv_transfer_params\":{\"do_remote_decode\":true,\"do_remote_prefill\":false,\"transfer_id\":\"$3\",\"kvbridge_tokens\":${5:-$4}}}" "$1/v1/completions"
+}
+early0=$(get "http://127.0.0.1:$R/stats" | sed -n 's/.*"early_pulls":\([0-9]*\).*/\1/p')
+good=0
+for len in 3 64 700; do
+	req=$((req+1))
+	# the decode leg first here: the relay's upstream pull is then the only thing left
+	(dleg "http://127.0.0.1:$C" r$req xfer-$req $len $RB relay-e > "$tmp/dst-$req") &
+	lp=$!
+	pleg_ids "http://127.0.0.1:$R" r$req xfer-$req $len > "$tmp/pst-$req"
+	wait $lp
+	[ "$(cat "$tmp/dst-$req")" = 200 ] && [ "$(cat "$tmp/pst-$req")" = 200 ] && \
+		grep -q '"mismatched_bytes":0' "$tmp/d-xfer-$req" && good=$((good+1))
+done
+early1=$(get "http://127.0.0.1:$R/stats" | sed -n 's/.*"early_pulls":\([0-9]*\).*/\1/p')
+check "token-id prompts: the relay pulled with the leg ($((early1 - early0)) early pulls), 3 requests, bytes unchanged" \
+	"[ $good -eq 3 ] && [ $((early1 - early0)) -eq 3 ]"
+# the upstream prefills more tokens than the leg's ids: the early pull is not trusted
+req=$((req+1))
+(dleg "http://127.0.0.1:$C" r$req xfer-$req 40 $RB relay-e > "$tmp/dst-$req") &
+lp=$!
+pst=$(pleg_ids "http://127.0.0.1:$R" r$req xfer-$req 20 40)
+wait $lp
+check "the upstream's prompt length differs from the leg's ids: the leg gets 502, the decoder an error (HTTP $pst, $(cat "$tmp/dst-$req"))" \
+	"[ '$pst' = 502 ] && grep -q 'cannot be trusted' '$tmp/p-xfer-$req' && [ '$(cat "$tmp/dst-$req")' != 200 ]"
 
 start bad "$serve" --role relay --upstream "http://127.0.0.1:$P" --upstream-bootstrap "http://127.0.0.1:$B" \
 	--http-port 0 --blocks 256 --engine-id bad-e --bootstrap-port $CB --test-corrupt-block 1 -v || exit 1

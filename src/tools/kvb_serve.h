@@ -192,6 +192,8 @@ int relay_open_upstream(void (*warn)(void *, const char *), void (*notify)(void 
 			kvb_record_fn record);
 void relay_fini(void);
 bool relay_is(void);
+/* ",\"relay\":{...}" for /stats ("" unless a relay). */
+void relay_stats(char *buf, size_t len);
 void relay_handle(uint64_t cid, const kvb_http_msg_t *req, const char *body, size_t body_len,
 		  JsonObject *root, JsonObject *params, const char *rid);
 /* The upstream pull of a relayed request ended. */

@@ -37,6 +37,8 @@
 #include "kvb_serve.h"
 
 typedef struct relay_req {
+	int refs;                   /* the prefill leg's path, and an early pull's */
+	bool failed;                /* the router and the decoder have been told */
 	char tid[KVB_ID_MAX];       /* the downstream transfer */
 	char rid[KVB_ID_MAX];       /* X-Request-Id sent upstream */
 	char endpoint[64];
@@ -47,6 +49,14 @@ typedef struct relay_req {
 	GByteArray *answer;
 	char why[512];
 	char engine_id[KVB_ID_MAX]; /* gen2 upstream, resolved by the thread when unknown */
+	/* the upstream pull: posted when the prompt length is known (from the
+	 * leg's token ids at once, else from upstream's answer) */
+	cons_req_t *pull;           /* in flight */
+	uint64_t early_tokens;      /* > 0: posted with the leg, for this many tokens */
+	bool answered;              /* upstream answered the leg, lengths agree */
+	bool pulled;                /* the pull is done: in_blocks hold the KV */
+	uint32_t *in_blocks, in_n;  /* ingress blocks, ours until they serve downstream */
+	uint64_t tokens;
 } relay_req_t;
 
 static struct {
@@ -61,11 +71,22 @@ static struct {
 	serve_pool_t *ingress;      /* where upstream writes (== &S.pool when layouts match) */
 	bool convert;
 	uint64_t relayed, failed;
+	uint64_t early_pulls;       /* posted with the prefill leg, before upstream's answer */
 } R;
 
 bool relay_is(void)
 {
 	return R.on;
+}
+
+void relay_stats(char *buf, size_t len)
+{
+	if (!R.on) {
+		*buf = 0;
+		return;
+	}
+	g_snprintf(buf, len, ",\"relay\":{\"relayed\":%" PRIu64 ",\"failed\":%" PRIu64
+		   ",\"early_pulls\":%" PRIu64 "}", R.relayed, R.failed, R.early_pulls);
 }
 
 /* Same model (layers, heads, head size, dtype); true when the block sizes
@@ -365,6 +386,8 @@ static void upstream_call(gpointer data, gpointer user)
 
 static void relay_req_free(relay_req_t *q)
 {
+	if (q->in_blocks)
+		pool_free(R.ingress, q->in_blocks, q->in_n);
 	if (q->body)
 		g_bytes_unref(q->body);
 	if (q->answer)
@@ -372,11 +395,34 @@ static void relay_req_free(relay_req_t *q)
 	g_free(q);
 }
 
+static void relay_req_unref(relay_req_t *q)
+{
+	if (--q->refs <= 0)
+		relay_req_free(q);
+}
+
+/* The transfer fails: the router's leg (when still open) gets the reason,
+ * the decoder's pull an error, an upstream pull in flight is cancelled. */
 static void relay_fail(relay_req_t *q, int http, const char *msg)
 {
+	if (q->failed)
+		return;
+	q->failed = true;
 	R.failed++;
 	kvb_err_t err;
 	kvb_producer_abort(S.conn, q->tid, &err);
+	cons_req_t *r = q->pull;
+	if (r && r->query_pending) {
+		/* not posted yet (the bootstrap has not answered): forget it */
+		q->pull = NULL;
+		r->relay = NULL;
+		pool_free(r->pool, r->blocks, r->n);
+		r->blocks = NULL;
+		g_hash_table_remove(S.cons, r->id);
+		relay_req_unref(q); /* the pull's reference; the caller holds another */
+	} else if (r) {
+		kvb_consumer_abort(S.up_conn, r->id, &err); /* relay_pulled drops the pull's ref */
+	}
 	fprintf(stderr, "kvbridge-serve: relay %s: %s\n", q->tid, msg);
 	if (q->cid)
 		kvb_httpd_respond_error(S.httpd, q->cid, http, "KVRelayError", msg);
@@ -384,11 +430,113 @@ static void relay_fail(relay_req_t *q, int http, const char *msg)
 	schedule_progress();
 }
 
-/* Upstream answered the prefill leg: pull its KV. */
+/* Post the pull of tokens tokens into the ingress pool; false (q failed)
+ * when it could not be.  The pull holds a reference on q. */
+static bool relay_pull(relay_req_t *q, uint64_t tokens, const char *up_host, int64_t up_port)
+{
+	char why[KVB_ERR_MSG_MAX];
+	cons_req_t *r = g_new0(cons_req_t, 1);
+	g_snprintf(r->id, sizeof(r->id), "relay-%s", q->tid);
+	r->pool = R.ingress;
+	r->n = pool_blocks_for(R.ingress, tokens);
+	r->tokens = tokens;
+	r->start_ns = serve_now_ns();
+	r->conn = S.up_conn;
+	r->be = S.up_be;
+	if (R.up_proto == KVB_HW_VLLM_GEN2)
+		g_strlcpy(r->transfer_id, q->tid, sizeof(r->transfer_id));
+	else
+		gen0_transfer_id(q->rid, q->endpoint, r->transfer_id, sizeof(r->transfer_id));
+	if (g_hash_table_contains(S.cons, r->id) || !pool_alloc(R.ingress, r->n, &r->blocks)) {
+		g_free(r);
+		relay_fail(q, 503, "the relay's KV pool is full (or the transfer is in flight twice)");
+		return false;
+	}
+	pool_poison(R.ingress, r->blocks, r->n);
+	g_hash_table_insert(S.cons, r->id, r);
+	r->relay = q;
+	q->pull = r;
+	q->refs++;
+	bool ok;
+	if (R.up_proto == KVB_HW_VLLM_GEN2) {
+		ok = pull_gen2(r, R.up_bootstrap, q->engine_id, why, sizeof(why));
+	} else {
+		char addr[KVB_ADDR_MAX];
+		g_snprintf(addr, sizeof(addr), strchr(up_host, ':') ? "vllm://[%s]:%" PRId64 : "vllm://%s:%" PRId64,
+			   up_host, up_port + (int64_t)S.cfg.tp_rank);
+		const char *producers[1] = {addr};
+		ok = pull_start(r, producers, 1, 0, why, sizeof(why));
+	}
+	if (!ok) {
+		q->pull = NULL;
+		r->relay = NULL;
+		pool_free(R.ingress, r->blocks, r->n);
+		r->blocks = NULL;
+		g_hash_table_remove(S.cons, r->id);
+		q->refs--;
+		relay_fail(q, 502, why);
+	}
+	return ok;
+}
+
+/* Both halves are in (upstream answered the leg, its KV is in the ingress
+ * pool): convert if the layouts differ, and serve the decoder. */
+static void relay_make_ready(relay_req_t *q)
+{
+	kvb_err_t err;
+	uint32_t *out = q->in_blocks, n_out = q->in_n;
+	if (o.test_corrupt_block >= 0 && (uint32_t)o.test_corrupt_block < q->in_n) {
+		/* tests: the negative control.  Every byte of one block flipped. */
+		serve_pool_t *p = R.ingress;
+		for (uint32_t reg = 0; reg < p->n_regions; reg++) {
+			uint64_t len = p->regions[reg].block_bytes;
+			uint8_t *buf = g_malloc(len);
+			pool_copy_block_bytes(p, reg, q->in_blocks[o.test_corrupt_block], 0, buf, len, false);
+			for (uint64_t i = 0; i < len; i++)
+				buf[i] ^= 0x5a;
+			pool_copy_block_bytes(p, reg, q->in_blocks[o.test_corrupt_block], 0, buf, len, true);
+			g_free(buf);
+		}
+	}
+	if (R.convert) {
+		n_out = pool_blocks_for(&S.pool, q->tokens);
+		if (!pool_alloc(&S.pool, n_out, &out)) {
+			relay_fail(q, 503, "the relay's downstream KV pool is full");
+			return;
+		}
+		convert(R.ingress, q->in_blocks, &S.pool, out, q->tokens);
+		pool_free(R.ingress, q->in_blocks, q->in_n);
+	}
+	q->in_blocks = NULL; /* serving downstream now (or freed) */
+	kvb_block_list_t g = {out, n_out};
+	if (kvb_producer_ready(S.conn, q->tid, &g, 1, &err) != KVB_OK) {
+		char msg[KVB_ERR_MSG_MAX + 64];
+		g_snprintf(msg, sizeof(msg), "downstream transfer: %s", err.msg);
+		pool_free(&S.pool, out, n_out);
+		relay_fail(q, 502, msg);
+		return;
+	}
+	prod_req_t *p = g_new0(prod_req_t, 1);
+	g_strlcpy(p->id, q->tid, sizeof(p->id));
+	p->pool = &S.pool;
+	p->blocks = out;
+	p->n = n_out;
+	p->ready_ns = serve_now_ns();
+	g_hash_table_insert(S.prod, p->id, p);
+	R.relayed++;
+	schedule_progress();
+}
+
+/* Upstream answered the prefill leg: answer the router, and pull the KV
+ * (unless the pull went out with the leg). */
 static gboolean upstream_answered(gpointer data)
 {
 	relay_req_t *q = data;
 	char msg[1024];
+	if (q->failed) {
+		relay_req_unref(q);
+		return G_SOURCE_REMOVE;
+	}
 	if (q->status != 200) {
 		if (q->status)
 			g_snprintf(msg, sizeof(msg), "upstream answered HTTP %d: %.400s", q->status,
@@ -396,7 +544,7 @@ static gboolean upstream_answered(gpointer data)
 		else
 			g_strlcpy(msg, q->why, sizeof(msg));
 		relay_fail(q, 502, msg);
-		relay_req_free(q);
+		relay_req_unref(q);
 		return G_SOURCE_REMOVE;
 	}
 	JsonParser *jp = json_parser_new();
@@ -419,52 +567,26 @@ static gboolean upstream_answered(gpointer data)
 		up_host = param_str(params, "remote_host");
 		param_int(params, "remote_port", &up_port);
 	}
-	char why[KVB_ERR_MSG_MAX];
 	if (!tokens || (R.up_proto == KVB_HW_VLLM_GEN0 && (!up_host || up_port <= 0 || up_port > 65535)) ||
-	    (R.up_proto == KVB_HW_VLLM_GEN2 && !q->engine_id[0])) {
-		g_snprintf(msg, sizeof(msg), "upstream's answer lacks %s", !tokens ? "usage.prompt_tokens"
-			   : R.up_proto == KVB_HW_VLLM_GEN0 ? "kv_transfer_params remote_host/remote_port "
-			   "(is it a gen0 kv_producer?)" : q->why);
+	    (R.up_proto == KVB_HW_VLLM_GEN2 && !q->engine_id[0]) ||
+	    (q->early_tokens && tokens != q->early_tokens)) {
+		if (q->early_tokens && tokens && tokens != q->early_tokens)
+			g_snprintf(msg, sizeof(msg), "upstream prefilled %" PRIu64 " prompt tokens, the leg "
+				   "named %" PRIu64 ": the KV pulled with the leg cannot be trusted", tokens,
+				   q->early_tokens);
+		else
+			g_snprintf(msg, sizeof(msg), "upstream's answer lacks %s", !tokens ? "usage.prompt_tokens"
+				   : R.up_proto == KVB_HW_VLLM_GEN0 ? "kv_transfer_params remote_host/remote_port "
+				   "(is it a gen0 kv_producer?)" : q->why);
 		relay_fail(q, 502, msg);
 		g_object_unref(jp);
-		relay_req_free(q);
+		relay_req_unref(q);
 		return G_SOURCE_REMOVE;
 	}
-	/* the pull into the ingress pool */
-	cons_req_t *r = g_new0(cons_req_t, 1);
-	g_snprintf(r->id, sizeof(r->id), "relay-%s", q->tid);
-	r->pool = R.ingress;
-	r->n = pool_blocks_for(R.ingress, tokens);
-	r->tokens = tokens;
-	r->start_ns = serve_now_ns();
-	r->relay = q;
-	r->conn = S.up_conn;
-	r->be = S.up_be;
-	if (R.up_proto == KVB_HW_VLLM_GEN2)
-		g_strlcpy(r->transfer_id, q->tid, sizeof(r->transfer_id));
-	else
-		gen0_transfer_id(q->rid, q->endpoint, r->transfer_id, sizeof(r->transfer_id));
-	if (g_hash_table_contains(S.cons, r->id) || !pool_alloc(R.ingress, r->n, &r->blocks)) {
-		g_free(r);
-		relay_fail(q, 503, "the relay's KV pool is full (or the transfer is in flight twice)");
-		g_object_unref(jp);
-		relay_req_free(q);
-		return G_SOURCE_REMOVE;
-	}
-	pool_poison(R.ingress, r->blocks, r->n);
-	g_hash_table_insert(S.cons, r->id, r);
-	bool ok;
-	if (R.up_proto == KVB_HW_VLLM_GEN2) {
-		ok = pull_gen2(r, R.up_bootstrap, q->engine_id, why, sizeof(why));
-	} else {
-		char addr[KVB_ADDR_MAX];
-		g_snprintf(addr, sizeof(addr), strchr(up_host, ':') ? "vllm://[%s]:%" PRId64 : "vllm://%s:%" PRId64,
-			   up_host, up_port + (int64_t)S.cfg.tp_rank);
-		const char *producers[1] = {addr};
-		ok = pull_start(r, producers, 1, 0, why, sizeof(why));
-	}
+	q->tokens = tokens;
+	bool ok = q->early_tokens || relay_pull(q, tokens, up_host, up_port);
 	/* the router's prefill leg: upstream's answer, with our kv_transfer_params */
-	if (q->cid) {
+	if (ok && q->cid) {
 		if (params) {
 			json_object_remove_member(root, "kv_transfer_params");
 		}
@@ -492,15 +614,29 @@ static gboolean upstream_answered(gpointer data)
 		q->cid = 0;
 	}
 	g_object_unref(jp);
-	if (!ok) {
-		r->relay = NULL;
-		pool_free(R.ingress, r->blocks, r->n);
-		r->blocks = NULL;
-		g_hash_table_remove(S.cons, r->id);
-		relay_fail(q, 502, why);
-		relay_req_free(q);
+	if (ok) {
+		q->answered = true;
+		if (q->pulled)
+			relay_make_ready(q); /* the early pull was first */
 	}
+	relay_req_unref(q);
 	return G_SOURCE_REMOVE;
+}
+
+/* A leg's prompt given as token ids ("prompt": [ints]): its length, or 0. */
+static uint64_t prompt_token_count(JsonObject *root)
+{
+	if (!root || !json_object_has_member(root, "prompt") ||
+	    !JSON_NODE_HOLDS_ARRAY(json_object_get_member(root, "prompt")))
+		return 0;
+	JsonArray *a = json_object_get_array_member(root, "prompt");
+	guint n = json_array_get_length(a);
+	for (guint i = 0; i < n; i++) {
+		JsonNode *e = json_array_get_element(a, i);
+		if (!JSON_NODE_HOLDS_VALUE(e) || json_node_get_value_type(e) != G_TYPE_INT64)
+			return 0; /* text, or a batch: upstream's answer will say */
+	}
+	return n;
 }
 
 void relay_handle(uint64_t cid, const kvb_http_msg_t *req, const char *body, size_t body_len,
@@ -520,6 +656,7 @@ void relay_handle(uint64_t cid, const kvb_http_msg_t *req, const char *body, siz
 		return;
 	}
 	relay_req_t *q = g_new0(relay_req_t, 1);
+	q->refs = 1;
 	g_strlcpy(q->rid, rid, sizeof(q->rid));
 	g_strlcpy(q->endpoint, req->target, sizeof(q->endpoint));
 	q->cid = cid;
@@ -540,6 +677,25 @@ void relay_handle(uint64_t cid, const kvb_http_msg_t *req, const char *body, siz
 		kvb_httpd_respond_error(S.httpd, cid, 409, "KVRelayError", err.msg);
 		g_free(q);
 		return;
+	}
+	/* A gen2 upstream whose engine we know, and a prompt of token ids: the
+	 * pull goes out now, as vLLM's decoder sends its request with the
+	 * decode leg, so the prefiller writes the KV the moment it has it
+	 * instead of after its HTTP answer has come back here. */
+	uint64_t early = R.up_proto == KVB_HW_VLLM_GEN2 ? prompt_token_count(root) : 0;
+	if (early) {
+		g_mutex_lock(&R.lock);
+		g_strlcpy(q->engine_id, R.up_engine, sizeof(q->engine_id));
+		g_mutex_unlock(&R.lock);
+		if (q->engine_id[0]) {
+			q->early_tokens = early;
+			q->tokens = early;
+			R.early_pulls++;
+			if (!relay_pull(q, early, NULL, 0)) {
+				relay_req_unref(q);
+				return;
+			}
+		}
 	}
 	/* the leg upstream, in the upstream's contract (kvbridge_tokens, a
 	 * kvbridge engine's prompt length, goes along; vLLM ignores it) */
@@ -582,62 +738,29 @@ void relay_pulled(cons_req_t *r, const kvb_finished_t *f)
 {
 	relay_req_t *q = r->relay;
 	r->relay = NULL;
-	kvb_err_t err;
+	q->pull = NULL;
+	if (q->failed) {
+		relay_req_unref(q);
+		return; /* the caller frees the ingress blocks */
+	}
 	if (f->state != KVB_CONSUMER_DONE) {
 		char msg[KVB_REASON_MAX + 64];
 		g_snprintf(msg, sizeof(msg), "upstream pull failed: %s (%s)", kvb_status_name(f->status),
 			   f->reason);
 		relay_fail(q, 502, msg);
-		relay_req_free(q);
-		return; /* the caller frees the ingress blocks */
-	}
-	uint32_t *out = r->blocks, n_out = r->n;
-	if (o.test_corrupt_block >= 0 && (uint32_t)o.test_corrupt_block < r->n) {
-		/* tests: the negative control.  Every byte of one block flipped. */
-		serve_pool_t *p = R.ingress;
-		for (uint32_t reg = 0; reg < p->n_regions; reg++) {
-			uint64_t len = p->regions[reg].block_bytes;
-			uint8_t *buf = g_malloc(len);
-			pool_copy_block_bytes(p, reg, r->blocks[o.test_corrupt_block], 0, buf, len, false);
-			for (uint64_t i = 0; i < len; i++)
-				buf[i] ^= 0x5a;
-			pool_copy_block_bytes(p, reg, r->blocks[o.test_corrupt_block], 0, buf, len, true);
-			g_free(buf);
-		}
-	}
-	if (R.convert) {
-		n_out = pool_blocks_for(&S.pool, r->tokens);
-		if (!pool_alloc(&S.pool, n_out, &out)) {
-			relay_fail(q, 503, "the relay's downstream KV pool is full");
-			relay_req_free(q);
-			return;
-		}
-		convert(R.ingress, r->blocks, &S.pool, out, r->tokens);
-	} else {
-		r->blocks = NULL; /* the same blocks serve downstream */
-	}
-	kvb_block_list_t g = {out, n_out};
-	if (kvb_producer_ready(S.conn, q->tid, &g, 1, &err) != KVB_OK) {
-		char msg[KVB_ERR_MSG_MAX + 64];
-		g_snprintf(msg, sizeof(msg), "downstream transfer: %s", err.msg);
-		pool_free(&S.pool, out, n_out);
-		relay_fail(q, 502, msg);
-		relay_req_free(q);
+		relay_req_unref(q);
 		return;
 	}
-	prod_req_t *p = g_new0(prod_req_t, 1);
-	g_strlcpy(p->id, q->tid, sizeof(p->id));
-	p->pool = &S.pool;
-	p->blocks = out;
-	p->n = n_out;
-	p->ready_ns = serve_now_ns();
-	g_hash_table_insert(S.prod, p->id, p);
-	R.relayed++;
-	serve_log("relay %s: %" PRIu64 " tokens pulled from upstream (%.3f ms)%s, ready downstream",
-		  q->tid, r->tokens, (double)(serve_now_ns() - r->start_ns) / 1e6,
-		  R.convert ? " and converted" : "");
-	relay_req_free(q);
-	schedule_progress();
+	serve_log("relay %s: %" PRIu64 " tokens pulled from upstream (%.3f ms)%s", q->tid, r->tokens,
+		  (double)(serve_now_ns() - r->start_ns) / 1e6,
+		  q->answered ? ", ready downstream" : ", before upstream's answer");
+	q->in_blocks = r->blocks;
+	q->in_n = r->n;
+	r->blocks = NULL; /* q's now */
+	q->pulled = true;
+	if (q->answered)
+		relay_make_ready(q);
+	relay_req_unref(q);
 }
 
 void relay_served(prod_req_t *r, const kvb_finished_t *f)

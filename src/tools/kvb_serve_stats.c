@@ -18,6 +18,8 @@ void respond_stats(uint64_t cid)
 	kvb_hw_stats_t h;
 	kvb_hw_stats_get(S.be, &h);
 	GString *nic_bytes = g_string_new(NULL);
+	char relay[160];
+	relay_stats(relay, sizeof(relay));
 	for (uint32_t i = 0; i < S.be->ops->nic_count(S.be) && i < KVB_HW_MAX_NICS; i++)
 		g_string_append_printf(nic_bytes, "%s%" PRIu64, i ? "," : "", h.nic_bytes[i]);
 	GString *s = g_string_new(NULL);
@@ -42,7 +44,7 @@ void respond_stats(uint64_t cid)
 		",\"vllm_dealers\":%" PRIu64 ",\"vllm_dealers_reused\":%" PRIu64
 		",\"vllm_descriptors_reused\":%" PRIu64
 		",\"nic_bytes\":[%s]},\"memory\":\"%s\",\"vllm\":\"%s\",\"bootstrap_port\":%u,"
-		"\"worker_addr\":\"%s\"}\n",
+		"\"worker_addr\":\"%s\"%s}\n",
 		relay_is() ? "relay" : kvb_role_name(S.cfg.role), kvb_hw_segment_name(S.be), kvb_hw_data_port(S.be),
 		kvb_hw_side_channel_port(S.be), o.blocks, S.pool.free_blocks->len, g_hash_table_size(S.prod),
 		g_hash_table_size(S.cons), S.served_ok, S.served_failed, S.verified_bytes, S.mismatched_bytes,
@@ -56,7 +58,7 @@ void respond_stats(uint64_t cid)
 		h.vllm_bootstrap_requests, h.vllm_queries, h.vllm_dealers, h.vllm_dealers_reused,
 		h.vllm_descriptors_reused, nic_bytes->str, o.memory,
 		S.vproto == KVB_HW_VLLM_GEN2 ? "gen2" : "gen0", kvb_hw_vllm_bootstrap_port(S.be),
-		kvb_hw_vllm_worker_addr(S.be));
+		kvb_hw_vllm_worker_addr(S.be), relay);
 	g_string_free(nic_bytes, TRUE);
 	kvb_httpd_respond(S.httpd, cid, 200, "application/json", s->str, s->len);
 	g_string_free(s, TRUE);
