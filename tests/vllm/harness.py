@@ -490,6 +490,8 @@ class Gen2Router:
     remote_bootstrap_addr, remote_engine_id, transfer_id} and X-Request-Id.
     engine_id: P's, from GET <bootstrap>/query (dp rank 0) unless given.
     bootstrap_for_d: the remote_bootstrap_addr D is told (default P's bootstrap).
+    Timestamps (time.monotonic()) on D's Completion: t_sent (both legs about to go),
+    t_answer (D's answer read), t_prefill (P's answer read, None if P's leg failed).
     """
 
     def __init__(self, prefill_url, bootstrap_url, decode_url, engine_id=None,
@@ -516,10 +518,12 @@ class Gen2Router:
                     self.p, prompt_token_ids, 1,
                     {"do_remote_decode": True, "do_remote_prefill": False, "transfer_id": tid},
                     {"X-Request-Id": rid, "X-data-parallel-rank": str(self.dp_rank)}, timeout)
+                p_result["t"] = time.monotonic()
             except Exception as e:  # reported with D's result
                 p_result["r"] = e
 
         t = threading.Thread(target=prefill, daemon=True)
+        t_sent = time.monotonic()
         t.start()
         try:
             d = complete(self.d, prompt_token_ids, max_tokens,
@@ -527,10 +531,12 @@ class Gen2Router:
                           "remote_bootstrap_addr": self.bootstrap_for_d,
                           "remote_engine_id": self.engine_id, "transfer_id": tid},
                          {"X-Request-Id": rid}, timeout)
+            d.t_answer = time.monotonic()
         finally:
             t.join(timeout)
         d.prefill = p_result.get("r")
         d.rid, d.transfer_id = rid, tid
+        d.t_sent, d.t_prefill = t_sent, p_result.get("t")
         return d
 
 
