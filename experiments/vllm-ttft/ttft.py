@@ -166,6 +166,24 @@ def kv_geometry(ck, tokens, block_tokens):
             "max_pos": cfg.get("max_position_embeddings")}
 
 
+def p_xfer_log(path):
+    """vLLM P's own KV transfer log lines (MooncakeConnector stats, one per 10 s with
+    transfers): [(time, n, avg ms, p90 ms)]; its batch_transfer_sync_write durations."""
+    import re
+    out = []
+    pat = re.compile(r"(\d\d:\d\d:\d\d) \[metrics.py:\d+\] KV Transfer metrics: Num successful "
+                     r"transfers=(\d+), Avg xfer time \(ms\)=([\d.]+), P90 xfer time \(ms\)=([\d.]+)")
+    try:
+        with open(path, errors="replace") as f:
+            for line in f:
+                m = pat.search(line)
+                if m:
+                    out.append((m.group(1), int(m.group(2)), float(m.group(3)), float(m.group(4))))
+    except OSError:
+        pass
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--serve", required=True, help="kvbridge-serve")
@@ -178,7 +196,9 @@ def main():
     ap.add_argument("--max-tokens", type=int, default=1)
     ap.add_argument("--max-model-len", type=int, default=2048)
     ap.add_argument("--seed", type=int, default=2024, help="prompts' seed")
-    ap.add_argument("--gap", type=float, default=0.3, help="seconds between requests")
+    # vLLM's workers busy-poll their shared-memory queue for 1 s after each step
+    # (shm_broadcast.py, busy_loop_s=1): a longer gap lets each request find idle servers
+    ap.add_argument("--gap", type=float, default=1.5, help="seconds between requests")
     ap.add_argument("--label", default="bash experiments/vllm-ttft/run.sh", help="the command, for the report")
     ap.add_argument("--build-info", default="", help="kvbridge revision and CFLAGS, for the report")
     a = ap.parse_args()
@@ -270,6 +290,12 @@ def measure(a, ck, geo, versions, p, d, c, relay, ready, t_begin):
         extra = ""
         if row["prefill_leg_ms"]:
             extra = ", prefill leg answered at %s ms, D pulled %s tokens" % (row["prefill_leg_ms"], row["pulled_tokens"])
+            if cfg == "B":
+                ev = relay.events()
+                up, dn = ev.get(("kv_consumer", row["transfer_id"])), ev.get(("kv_producer", row["transfer_id"]))
+                if up and dn:
+                    extra += "; relay: upstream pull %.1f ms, write into D %.1f ms" % (
+                        (up["end_ns"] - up["post_ns"]) / 1e6, (dn["end_ns"] - dn["post_ns"]) / 1e6)
         say("%s %s %s: %s%s" % ("warm-up" if warm else "round %d/%d" % (rnd, a.n), cfg,
                                 NAMES[cfg].split(" ", 1)[1].split(" (")[0],
                                 "TTFT %s ms, token %s" % (row["ttft_ms"], row["token"]) if not row["error"]
@@ -313,6 +339,7 @@ def measure(a, ck, geo, versions, p, d, c, relay, ready, t_begin):
     t_meas = time.monotonic() - t_meas0
     cpu_machine, cpu_ours = machine_cpu_s() - cpu_m0, our_cpu() - cpu_o0
     stats = relay.stats()
+    p_xfer = p_xfer_log(p.log_path)
     events = relay.events()
     wall = time.monotonic() - t_begin
 
@@ -362,12 +389,15 @@ def measure(a, ck, geo, versions, p, d, c, relay, ready, t_begin):
         v = list(ttft[cfg].values())
         return statistics.median(v) if v else float("nan")
 
-    # TTFT less the moment the router's prefill leg was answered: the transfer and D's
-    # step, without the prefill's own (noisy) compute time
-    after = {cfg: {r["round"]: float(r["ttft_ms"]) - float(r["prefill_leg_ms"]) for r in meas
+    # TTFT less the moment vLLM P's answer to the prefill leg was read (A: by the router; B:
+    # by the relay, which posts its upstream pull right then, and answers the router after):
+    # the transfers and D's step, without the prefill's own (noisy) compute time
+    def p_answer(r):
+        return float(r["up_pull_start_ms"] if r.get("up_pull_start_ms") else r["prefill_leg_ms"])
+    after = {cfg: {r["round"]: float(r["ttft_ms"]) - p_answer(r) for r in meas
                    if r["config"] == cfg and r["ttft_ms"] and r["prefill_leg_ms"]} for cfg in ("A", "B")}
     table = ["| configuration | N | median TTFT ms | p90 TTFT ms | min-max ms | median prefill leg answered ms "
-             "| median TTFT after the prefill leg's answer ms |",
+             "| median TTFT after P's answer ms |",
              "|---|---|---|---|---|---|---|"]
     for cfg in CONFIGS:
         v = list(ttft[cfg].values())
@@ -380,16 +410,26 @@ def measure(a, ck, geo, versions, p, d, c, relay, ready, t_begin):
     ratio = med("B") / med("A") if ttft["A"] and ttft["B"] else float("nan")
     added = statistics.median(diffs) if diffs else float("nan")
     a_minus_c = [ttft["A"][rnd] - ttft["C"][rnd] for rnd in complete_rounds if rnd in ttft["C"]]
+    pairs = []
+    for rnd in complete_rounds:
+        ra_ = next((r for r in meas if r["round"] == rnd and r["config"] == "A" and r["prefill_leg_ms"]), None)
+        rb_ = next((r for r in meas if r["round"] == rnd and r["config"] == "B" and r["prefill_leg_ms"]), None)
+        if ra_ and rb_:
+            pairs.append((ra_, rb_))
     summary = [
         "- **B/A (ratio of median TTFTs): %.3f**" % ratio,
         "- **added by the relay, B - A (median of the per-prompt differences): %+.1f ms** "
         "(per-prompt differences %s ms)" % (added, "%.1f to %.1f" % (min(diffs), max(diffs)) if diffs else "-"),
-        "- the same after the prefill leg's answer (TTFT less the time the router's prefill leg was "
-        "answered, which leaves out the prefiller's compute time, the noisiest part), B - A, median of "
-        "per-prompt differences: %s ms" % (
+        "- the same after P's answer (TTFT less the moment vLLM P's answer to the prefill leg was "
+        "read: A by the router, B by the relay; this leaves out the prefiller's compute time, the "
+        "noisiest part), B - A, median of per-prompt differences: %s ms" % (
             "%+.1f" % statistics.median(after["B"][x] - after["A"][x] for x in complete_rounds
                                         if x in after["A"] and x in after["B"])
             if any(x in after["A"] and x in after["B"] for x in complete_rounds) else "-"),
+        "- and until P's answer (the prefill leg's forwarding and compute: B's relay forwards the leg "
+        "to the same P), B - A, median of per-prompt differences: %s ms" % (
+            "%+.1f" % statistics.median(p_answer(rb_) - p_answer(ra_) for ra_, rb_ in pairs)
+            if pairs else "-"),
         "- for scale, A - C (vLLM's own P/D split against one instance, median of per-prompt "
         "differences): %s ms" % ("%+.1f" % statistics.median(a_minus_c) if a_minus_c else "-"),
         "- correctness: B's tokens differ from A's in %d of %d rounds (warm-ups included)%s; D took all "
@@ -452,7 +492,7 @@ def measure(a, ck, geo, versions, p, d, c, relay, ready, t_begin):
           geo["blocks"], geo["block_bytes"]))
     w("- requests: one fresh prompt of %d random token ids per round (harness.random_prompt, seed %d), "
       "sent to A, B and C in a rotating order (each configuration first, second and third equally "
-      "often), one request at a time, %.1f s apart; greedy, `max_tokens` %d, top-5 logprobs "
+      "often), one request at a time, %.1f s apart (vLLM's workers busy-poll their shared-memory queue for 1 s after each step, `busy_loop_s` in shm_broadcast.py: the gap lets each request start on idle servers); greedy, `max_tokens` %d, top-5 logprobs "
       "(tests/vllm/harness.py's request); prefix caching is off on every server, so the repeated "
       "prompt is recomputed by each" % (a.tokens, a.seed, a.gap, a.max_tokens))
     w("- TTFT: client wall time from sending the request (A, B: the router sends the prefill leg and "
@@ -474,7 +514,14 @@ def measure(a, ck, geo, versions, p, d, c, relay, ready, t_begin):
       "own connector straight from the prefiller: 1.0 would mean the relay costs nothing; above 1 "
       "it is the fraction by which a %d-token request's first token comes later.  The relay is a "
       "hop vLLM's pair does not have (it pulls the whole KV from the prefiller, then the decoder "
-      "pulls it from the relay), so B cannot beat A by design; this measures what the hop costs." % a.tokens)
+      "pulls it from the relay), so B is not expected to beat A; this measures what the hop costs." % a.tokens)
+    w("")
+    w("Noise: all of it runs on this machine's %d cores.  While a decoder's request waits for its KV "
+      "(A and B alike), vLLM's decoder engine keeps stepping and its worker busy-polls, so the "
+      "prefiller's compute shares the cores with them; the prefill leg's time varies more from "
+      "request to request than the relay's whole cost.  The per-prompt differences, and TTFT "
+      "after P's answer, are the less noisy comparisons; on separate machines (as "
+      "P/D is deployed) the contention would be gone and only the transfers would remain." % mi["cores"])
     w("")
     if breakdown:
         w("## Where B's time goes")
@@ -489,7 +536,14 @@ def measure(a, ck, geo, versions, p, d, c, relay, ready, t_begin):
           "the router sent the decode leg) is served only when that pull has finished.  So B moves "
           "the KV twice, one transfer after the other, where A moves it once; in A the decoder's "
           "pull is vLLM's own, and it has no per-transfer record to compare with, so A's transfer "
-          "time is inside the column 'after the prefill leg's answer' above, with D's step.")
+          "time is inside the column 'after P's answer' above, with D's step.")
+        w("")
+    if p_xfer:
+        w("vLLM P's own record of its KV writes (its log's `KV Transfer metrics`, one line per 10 s "
+          "with transfers: the time of `batch_transfer_sync_write`, Mooncake's TCP transport, A's "
+          "writes into D and B's writes into the relay together, warm-ups included): %s.  "
+          "A stall there is P's, whichever peer it writes to." % "; ".join(
+              "%s %d transfers avg %.0f ms p90 %.0f ms" % x for x in p_xfer))
         w("")
     w("## Commands")
     w("")
@@ -504,12 +558,10 @@ def measure(a, ck, geo, versions, p, d, c, relay, ready, t_begin):
     w("```")
     w("")
     w("The relay counters after the run (`GET /stats`): relayed transfers_ok %d, transfers_failed %d, "
-      "bytes_sent %d, leases_expired %d, blocks_held %d, pool %d of %d blocks free, tcp_bytes_in %d, "
-      "tcp_bytes_out %d." % (
+      "bytes_sent %d, leases_expired %d, blocks_held %d, pool %d of %d blocks free." % (
           stats["connector"]["transfers_ok"], stats["connector"]["transfers_failed"],
           stats["connector"]["bytes_sent"], stats["connector"]["leases_expired"],
-          stats["connector"]["blocks_held"], stats["pool"]["free"], stats["pool"]["blocks"],
-          stats["hw"]["tcp_bytes_in"], stats["hw"]["tcp_bytes_out"]))
+          stats["connector"]["blocks_held"], stats["pool"]["free"], stats["pool"]["blocks"]))
     w("")
     w("## Per request")
     w("")
