@@ -389,47 +389,33 @@ def measure(a, ck, geo, versions, p, d, c, relay, ready, t_begin):
         v = list(ttft[cfg].values())
         return statistics.median(v) if v else float("nan")
 
-    # TTFT less the moment vLLM P's answer to the prefill leg was read (A: by the router; B:
-    # by the relay, which posts its upstream pull right then, and answers the router after):
-    # the transfers and D's step, without the prefill's own (noisy) compute time
-    def p_answer(r):
-        return float(r["up_pull_start_ms"] if r.get("up_pull_start_ms") else r["prefill_leg_ms"])
-    after = {cfg: {r["round"]: float(r["ttft_ms"]) - p_answer(r) for r in meas
-                   if r["config"] == cfg and r["ttft_ms"] and r["prefill_leg_ms"]} for cfg in ("A", "B")}
-    table = ["| configuration | N | median TTFT ms | p90 TTFT ms | min-max ms | median prefill leg answered ms "
-             "| median TTFT after P's answer ms |",
-             "|---|---|---|---|---|---|---|"]
+    table = ["| configuration | N | median TTFT ms | p90 TTFT ms | min-max ms | median prefill leg answered ms |",
+             "|---|---|---|---|---|---|"]
     for cfg in CONFIGS:
         v = list(ttft[cfg].values())
         pl = prefill_leg.get(cfg)
-        af = list(after.get(cfg, {}).values())
-        table.append("| %s | %d | %s | %s | %s | %s | %s |" % (
+        table.append("| %s | %d | %s | %s | %s | %s |" % (
             NAMES[cfg], len(v), "%.1f" % statistics.median(v) if v else "-",
             "%.1f" % pct(v, 0.9) if v else "-", "%.1f-%.1f" % (min(v), max(v)) if v else "-",
-            "%.1f" % statistics.median(pl) if pl else "-", "%.1f" % statistics.median(af) if af else "-"))
+            "%.1f" % statistics.median(pl) if pl else "-"))
+    # A: did D answer before the router had read P's own answer?  (P's worker writes the KV
+    # into D as soon as the prefill is done; P's HTTP answer comes through its API server)
+    a_rows = [r for r in meas if r["config"] == "A" and r["ttft_ms"] and r["prefill_leg_ms"]]
+    a_early = [r for r in a_rows if float(r["ttft_ms"]) < float(r["prefill_leg_ms"])]
     ratio = med("B") / med("A") if ttft["A"] and ttft["B"] else float("nan")
     added = statistics.median(diffs) if diffs else float("nan")
     a_minus_c = [ttft["A"][rnd] - ttft["C"][rnd] for rnd in complete_rounds if rnd in ttft["C"]]
-    pairs = []
-    for rnd in complete_rounds:
-        ra_ = next((r for r in meas if r["round"] == rnd and r["config"] == "A" and r["prefill_leg_ms"]), None)
-        rb_ = next((r for r in meas if r["round"] == rnd and r["config"] == "B" and r["prefill_leg_ms"]), None)
-        if ra_ and rb_:
-            pairs.append((ra_, rb_))
     summary = [
         "- **B/A (ratio of median TTFTs): %.3f**" % ratio,
         "- **added by the relay, B - A (median of the per-prompt differences): %+.1f ms** "
         "(per-prompt differences %s ms)" % (added, "%.1f to %.1f" % (min(diffs), max(diffs)) if diffs else "-"),
-        "- the same after P's answer (TTFT less the moment vLLM P's answer to the prefill leg was "
-        "read: A by the router, B by the relay; this leaves out the prefiller's compute time, the "
-        "noisiest part), B - A, median of per-prompt differences: %s ms" % (
-            "%+.1f" % statistics.median(after["B"][x] - after["A"][x] for x in complete_rounds
-                                        if x in after["A"] and x in after["B"])
-            if any(x in after["A"] and x in after["B"] for x in complete_rounds) else "-"),
-        "- and until P's answer (the prefill leg's forwarding and compute: B's relay forwards the leg "
-        "to the same P), B - A, median of per-prompt differences: %s ms" % (
-            "%+.1f" % statistics.median(p_answer(rb_) - p_answer(ra_) for ra_, rb_ in pairs)
-            if pairs else "-"),
+        "- in A the decoder answered before the router had read P's own answer to the prefill leg "
+        "in %d of %d requests (by up to %s ms): vLLM's prefiller writes the KV into the decoder from "
+        "its worker as soon as the prefill is done, and its API server answers the HTTP leg when it "
+        "gets to it; in B the relay pulls only once P's HTTP answer has reached it (that answer "
+        "gives it the prompt length), so P's answer path is on B's way to the first token and not "
+        "on A's" % (len(a_early), len(a_rows), "%.0f" % max(float(r["prefill_leg_ms"]) - float(r["ttft_ms"])
+                                                            for r in a_early) if a_early else "0"),
         "- for scale, A - C (vLLM's own P/D split against one instance, median of per-prompt "
         "differences): %s ms" % ("%+.1f" % statistics.median(a_minus_c) if a_minus_c else "-"),
         "- correctness: B's tokens differ from A's in %d of %d rounds (warm-ups included)%s; D took all "
@@ -466,6 +452,9 @@ def measure(a, ck, geo, versions, p, d, c, relay, ready, t_begin):
     with open(os.path.join(a.results, "summary.txt"), "w") as f:
         f.write("ratio_B_over_A %.4f\nadded_ms %.2f\nmedian_A_ms %.2f\nmedian_B_ms %.2f\nmedian_C_ms %.2f\n"
                 % (ratio, added, med("A"), med("B"), med("C")))
+
+    def spread(v):
+        return "%.0f-%.0f" % (min(v), max(v)) if v else "-"
 
     mi = machine()
     rev = a.build_info or "unknown"
@@ -518,10 +507,12 @@ def measure(a, ck, geo, versions, p, d, c, relay, ready, t_begin):
     w("")
     w("Noise: all of it runs on this machine's %d cores.  While a decoder's request waits for its KV "
       "(A and B alike), vLLM's decoder engine keeps stepping and its worker busy-polls, so the "
-      "prefiller's compute shares the cores with them; the prefill leg's time varies more from "
-      "request to request than the relay's whole cost.  The per-prompt differences, and TTFT "
-      "after P's answer, are the less noisy comparisons; on separate machines (as "
-      "P/D is deployed) the contention would be gone and only the transfers would remain." % mi["cores"])
+      "prefiller's compute and its API server share the cores with them, and the prefill leg's "
+      "time varies from request to request (this run: A's %s ms, B's %s ms, against C's whole "
+      "TTFT, one instance alone, %s ms).  The per-prompt differences and the relay's own records "
+      "below are the less noisy comparisons; on separate machines, as P/D is deployed, this "
+      "contention would be gone." % (mi["cores"], spread(prefill_leg["A"]), spread(prefill_leg["B"]),
+                                     spread(list(ttft["C"].values()))))
     w("")
     if breakdown:
         w("## Where B's time goes")
@@ -536,7 +527,7 @@ def measure(a, ck, geo, versions, p, d, c, relay, ready, t_begin):
           "the router sent the decode leg) is served only when that pull has finished.  So B moves "
           "the KV twice, one transfer after the other, where A moves it once; in A the decoder's "
           "pull is vLLM's own, and it has no per-transfer record to compare with, so A's transfer "
-          "time is inside the column 'after P's answer' above, with D's step.")
+          "time cannot be split out the same way.")
         w("")
     if p_xfer:
         w("vLLM P's own record of its KV writes (its log's `KV Transfer metrics`, one line per 10 s "
