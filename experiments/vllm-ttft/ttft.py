@@ -422,13 +422,15 @@ def measure(a, ck, geo, versions, p, d, c, relay, ready, t_begin):
         "%d prompt tokens from the connector in every A and B request: %s; the single instance's "
         "tokens differ from A's in %d rounds" % (
             len(mismatches), len([1 for r in rows if r["config"] == "A"]),
-            "; B's top-5 logprobs differ from A's by at most %.3g" % max(lp_diff) if lp_diff else "",
+            ("; B's top-5 logprobs are identical to A's" if max(lp_diff) == 0 else
+             "; B's top-5 logprobs differ from A's by at most %.3g" % max(lp_diff)) if lp_diff else "",
             a.tokens, "yes" if not any("took" in x for x in failures) else "NO", len(c_mismatch)),
     ]
 
     # the relay's share, per B request
     bd = [r for r in meas if r["config"] == "B" and r["up_pull_start_ms"] and r["down_end_ms"]]
     breakdown = []
+    breakdown_note = ""
     if bd:
         def m(key):
             return statistics.median(float(r[key]) for r in bd)
@@ -448,6 +450,13 @@ def measure(a, ck, geo, versions, p, d, c, relay, ready, t_begin):
             "| durations: upstream pull / gap / downstream write / D's last step and answer | "
             "%.1f / %.1f / %.1f / %.1f |" % (up, gap, dn, tail),
         ]
+        worst = max(bd, key=lambda r: float(r["ttft_ms"]))
+        breakdown_note = (
+            "The slowest B request (round %d): TTFT %s ms, of which the upstream pull took %.1f ms and "
+            "the write into D %.1f ms." % (
+                worst["round"], worst["ttft_ms"],
+                float(worst["up_pull_end_ms"]) - float(worst["up_pull_start_ms"]),
+                float(worst["down_end_ms"]) - float(worst["down_start_ms"])))
 
     with open(os.path.join(a.results, "summary.txt"), "w") as f:
         f.write("ratio_B_over_A %.4f\nadded_ms %.2f\nmedian_A_ms %.2f\nmedian_B_ms %.2f\nmedian_C_ms %.2f\n"
@@ -527,7 +536,7 @@ def measure(a, ck, geo, versions, p, d, c, relay, ready, t_begin):
           "the router sent the decode leg) is served only when that pull has finished.  So B moves "
           "the KV twice, one transfer after the other, where A moves it once; in A the decoder's "
           "pull is vLLM's own, and it has no per-transfer record to compare with, so A's transfer "
-          "time cannot be split out the same way.")
+          "time cannot be split out the same way.  %s" % breakdown_note)
         w("")
     if p_xfer:
         w("vLLM P's own record of its KV writes (its log's `KV Transfer metrics`, one line per 10 s "
