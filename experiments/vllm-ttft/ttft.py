@@ -409,14 +409,16 @@ def measure(a, ck, geo, versions, p, d, c, relay, ready, t_begin):
         "- **B/A (ratio of median TTFTs): %.3f**" % ratio,
         "- **added by the relay, B - A (median of the per-prompt differences): %+.1f ms** "
         "(per-prompt differences %s ms)" % (added, "%.1f to %.1f" % (min(diffs), max(diffs)) if diffs else "-"),
-        "- in A the decoder answered before the router had read P's own answer to the prefill leg "
-        "in %d of %d requests (by up to %s ms; a decoder cannot answer without the KV, so its transfer "
-        "was done by then): vLLM's prefiller writes the KV into the decoder from "
-        "its worker as soon as the prefill is done, and its API server answers the HTTP leg when it "
-        "gets to it; in B the relay pulls only once P's HTTP answer has reached it (that answer "
-        "gives it the prompt length), so P's answer path is on B's way to the first token and not "
-        "on A's" % (len(a_early), len(a_rows), "%.1f" % max(float(r["prefill_leg_ms"]) - float(r["ttft_ms"])
-                                                            for r in a_early) if a_early else "0"),
+        ("- in A the decoder answered before the router had read P's own answer to the prefill leg "
+         "in %d of %d requests (by up to %.1f ms; a decoder cannot answer without the KV, so its "
+         "transfer was done by then)" % (
+             len(a_early), len(a_rows), max(float(r["prefill_leg_ms"]) - float(r["ttft_ms"]) for r in a_early))
+         if a_early else "- in A the decoder never answered before the router had read P's own answer to the "
+         "prefill leg in this run (in other runs it sometimes did)") +
+        ": vLLM's prefiller writes the KV into the decoder from its worker as soon as the prefill is "
+        "done, and its API server answers the HTTP leg when it gets to it; in B the relay pulls only "
+        "once P's HTTP answer has reached it (that answer gives it the prompt length), so P's answer "
+        "path is on B's way to the first token and not on A's",
         "- for scale, A - C (vLLM's own P/D split against one instance, median of per-prompt "
         "differences): %s ms" % ("%+.1f" % statistics.median(a_minus_c) if a_minus_c else "-"),
         "- correctness: B's tokens differ from A's in %d of %d rounds (warm-ups included)%s; D took all "
