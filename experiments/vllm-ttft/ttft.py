@@ -545,7 +545,8 @@ def measure(a, ck, geo, versions, p, d, c, relay, ready, t_begin):
         w("vLLM P's own record of its KV writes (its log's `KV Transfer metrics`, one line per 10 s "
           "with transfers: the time of `batch_transfer_sync_write`, Mooncake's TCP transport, A's "
           "writes into D and B's writes into the relay together, warm-ups included): %s.  "
-          "A stall there is P's, whichever peer it writes to." % "; ".join(
+          "That time includes the receiver's side: over TCP a receiver that stops reading stalls P's "
+          "write, so a long one there is P's or its peer's (B's long upstream pulls show up here too)." % "; ".join(
               "%s %d transfers avg %.0f ms p90 %.0f ms" % x for x in p_xfer))
         w("")
     w("## Commands")
