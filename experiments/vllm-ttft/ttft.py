@@ -416,9 +416,11 @@ def measure(a, ck, geo, versions, p, d, c, relay, ready, t_begin):
          if a_early else "- in A the decoder never answered before the router had read P's own answer to the "
          "prefill leg in this run (in other runs it sometimes did)") +
         ": vLLM's prefiller writes the KV into the decoder from its worker as soon as the prefill is "
-        "done, and its API server answers the HTTP leg when it gets to it; in B the relay pulls only "
-        "once P's HTTP answer has reached it (that answer gives it the prompt length), so P's answer "
-        "path is on B's way to the first token and not on A's",
+        "done, and its API server answers the HTTP leg when it gets to it; the relay serves the "
+        "decoder only when its own pull is done and P's HTTP answer has reached it (%s), so P's "
+        "answer path is on B's way to the first token and not on A's" % (
+            "the answer must confirm the prompt length of the pull the relay posted with the leg"
+            if early else "it pulls only then: the answer gives it the prompt length"),
         "- for scale, A - C (vLLM's own P/D split against one instance, median of per-prompt "
         "differences): %s ms" % ("%+.1f" % statistics.median(a_minus_c) if a_minus_c else "-"),
         "- correctness: B's tokens differ from A's in %d of %d rounds (warm-ups included)%s; D took all "
@@ -432,34 +434,38 @@ def measure(a, ck, geo, versions, p, d, c, relay, ready, t_begin):
 
     # the relay's share, per B request
     bd = [r for r in meas if r["config"] == "B" and r["up_pull_start_ms"] and r["down_end_ms"]]
+    relay_st = stats.get("relay", {})
+    early = relay_st.get("early_pulls", 0)
     breakdown = []
     breakdown_note = ""
     if bd:
         def m(key):
             return statistics.median(float(r[key]) for r in bd)
-        up = statistics.median(float(r["up_pull_end_ms"]) - float(r["up_pull_start_ms"]) for r in bd)
-        dn = statistics.median(float(r["down_end_ms"]) - float(r["down_start_ms"]) for r in bd)
-        gap = statistics.median(float(r["down_start_ms"]) - float(r["up_pull_end_ms"]) for r in bd)
-        tail = statistics.median(float(r["ttft_ms"]) - float(r["down_end_ms"]) for r in bd)
-        breakdown = [
-            "| B, medians over %d requests (ms after the router sent both legs) | ms |" % len(bd),
-            "|---|---|",
-            "| the relay answered the router's prefill leg (vLLM P had answered the relay) | %.1f |" % m("prefill_leg_ms"),
-            "| the relay posted its upstream pull (vLLM P writes the KV into the relay) | %.1f |" % m("up_pull_start_ms"),
-            "| upstream pull done | %.1f |" % m("up_pull_end_ms"),
-            "| the relay started writing into D (D's request was waiting) | %.1f |" % m("down_start_ms"),
-            "| write into D done | %.1f |" % m("down_end_ms"),
-            "| D's answer read by the client (TTFT) | %.1f |" % m("ttft_ms"),
-            "| durations: upstream pull / gap / downstream write / D's last step and answer | "
-            "%.1f / %.1f / %.1f / %.1f |" % (up, gap, dn, tail),
-        ]
+
+        def d(a_, b_):
+            return statistics.median(float(r[b_]) - float(r[a_]) for r in bd)
+        rows_ = sorted([
+            (m("up_pull_start_ms"), "the relay posted its pull from vLLM P (%s)" % (
+                "with the prefill leg: the prompt is token ids" if early else "when P answered the leg")),
+            (m("prefill_leg_ms"), "the relay answered the router's prefill leg (vLLM P had answered the relay)"),
+            (m("up_pull_end_ms"), "P's write into the relay done (the upstream pull)"),
+            (m("down_start_ms"), "the relay started writing into D (D's request had waited since the router sent it)"),
+            (m("down_end_ms"), "the relay's write into D done"),
+            (m("ttft_ms"), "D's answer read by the client (TTFT)")])
+        breakdown = ["| B, medians over %d requests | ms after the router sent both legs |" % len(bd), "|---|---|"]
+        breakdown += ["| %s | %.1f |" % (t, v) for v, t in rows_]
+        breakdown.append("| per-request medians: upstream pull (posted to done) / from its end to the start of "
+                         "the write into D / the write into D / D's last step and answer | "
+                         "%.1f / %.1f / %.1f / %.1f |" % (d("up_pull_start_ms", "up_pull_end_ms"),
+                                                          d("up_pull_end_ms", "down_start_ms"),
+                                                          d("down_start_ms", "down_end_ms"),
+                                                          d("down_end_ms", "ttft_ms")))
         worst = max(bd, key=lambda r: float(r["ttft_ms"]))
         breakdown_note = (
-            "The slowest B request (round %d): TTFT %s ms, of which the upstream pull took %.1f ms and "
-            "the write into D %.1f ms." % (
-                worst["round"], worst["ttft_ms"],
-                float(worst["up_pull_end_ms"]) - float(worst["up_pull_start_ms"]),
-                float(worst["down_end_ms"]) - float(worst["down_start_ms"])))
+            "The slowest B request (round %d): TTFT %s ms; its upstream pull was posted at %s ms and done "
+            "at %s ms, the prefill leg answered at %s ms, the write into D took %.1f ms." % (
+                worst["round"], worst["ttft_ms"], worst["up_pull_start_ms"], worst["up_pull_end_ms"],
+                worst["prefill_leg_ms"], float(worst["down_end_ms"]) - float(worst["down_start_ms"])))
 
     with open(os.path.join(a.results, "summary.txt"), "w") as f:
         f.write("ratio_B_over_A %.4f\nadded_ms %.2f\nmedian_A_ms %.2f\nmedian_B_ms %.2f\nmedian_C_ms %.2f\n"
@@ -534,12 +540,16 @@ def measure(a, ck, geo, versions, p, d, c, relay, ready, t_begin):
         w("")
         L.extend(breakdown)
         w("")
-        w("The relay stores and forwards each request: it posts its pull from the prefiller when the "
-          "prefiller answers its prefill leg, and the decoder's pull (which has been waiting since "
-          "the router sent the decode leg) is served only when that pull has finished.  So B moves "
+        w("The relay stores and forwards each request: it posts its pull from the prefiller %s, and "
+          "the decoder's pull (which has been waiting since the router sent the decode leg) is served "
+          "only when that pull has finished and P's answer has come (relay counters: %s of %d pulls "
+          "posted early, with the leg).  So B moves "
           "the KV twice, one transfer after the other, where A moves it once; in A the decoder's "
           "pull is vLLM's own, and it has no per-transfer record to compare with, so A's transfer "
-          "time cannot be split out the same way.  %s" % breakdown_note)
+          "time cannot be split out the same way.  %s" % (
+              "with the prefill leg (the prompt is token ids), so the pull's time includes P's prefill"
+              if early else "when the prefiller answers its prefill leg",
+              early, len([r for r in rows if r["config"] == "B"]), breakdown_note))
         w("")
     if p_xfer:
         w("vLLM P's own record of its KV writes (its log's `KV Transfer metrics`, one line per 10 s "
@@ -562,10 +572,11 @@ def measure(a, ck, geo, versions, p, d, c, relay, ready, t_begin):
     w("```")
     w("")
     w("The relay counters after the run (`GET /stats`): relayed transfers_ok %d, transfers_failed %d, "
-      "bytes_sent %d, leases_expired %d, blocks_held %d, pool %d of %d blocks free." % (
+      "bytes_sent %d, leases_expired %d, blocks_held %d, pool %d of %d blocks free; relay %s." % (
           stats["connector"]["transfers_ok"], stats["connector"]["transfers_failed"],
           stats["connector"]["bytes_sent"], stats["connector"]["leases_expired"],
-          stats["connector"]["blocks_held"], stats["pool"]["free"], stats["pool"]["blocks"]))
+          stats["connector"]["blocks_held"], stats["pool"]["free"], stats["pool"]["blocks"],
+          json.dumps(stats.get("relay", "-"))))
     w("")
     w("## Per request")
     w("")
