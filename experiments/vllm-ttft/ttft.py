@@ -339,6 +339,7 @@ def measure(a, ck, geo, versions, p, d, c, relay, ready, t_begin):
     t_meas = time.monotonic() - t_meas0
     cpu_machine, cpu_ours = machine_cpu_s() - cpu_m0, our_cpu() - cpu_o0
     stats = relay.stats()
+    early = stats.get("relay", {}).get("early_pulls", 0)  # kvbridge from dc76e61 on
     p_xfer = p_xfer_log(p.log_path)
     events = relay.events()
     wall = time.monotonic() - t_begin
@@ -434,8 +435,6 @@ def measure(a, ck, geo, versions, p, d, c, relay, ready, t_begin):
 
     # the relay's share, per B request
     bd = [r for r in meas if r["config"] == "B" and r["up_pull_start_ms"] and r["down_end_ms"]]
-    relay_st = stats.get("relay", {})
-    early = relay_st.get("early_pulls", 0)
     breakdown = []
     breakdown_note = ""
     if bd:
