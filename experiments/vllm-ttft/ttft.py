@@ -438,27 +438,27 @@ def measure(a, ck, geo, versions, p, d, c, relay, ready, t_begin):
     breakdown = []
     breakdown_note = ""
     if bd:
-        def m(key):
+        def med_of(key):
             return statistics.median(float(r[key]) for r in bd)
 
-        def d(a_, b_):
+        def dmed(a_, b_):
             return statistics.median(float(r[b_]) - float(r[a_]) for r in bd)
         rows_ = sorted([
-            (m("up_pull_start_ms"), "the relay posted its pull from vLLM P (%s)" % (
+            (med_of("up_pull_start_ms"), "the relay posted its pull from vLLM P (%s)" % (
                 "with the prefill leg: the prompt is token ids" if early else "when P answered the leg")),
-            (m("prefill_leg_ms"), "the relay answered the router's prefill leg (vLLM P had answered the relay)"),
-            (m("up_pull_end_ms"), "P's write into the relay done (the upstream pull)"),
-            (m("down_start_ms"), "the relay started writing into D (D's request had waited since the router sent it)"),
-            (m("down_end_ms"), "the relay's write into D done"),
-            (m("ttft_ms"), "D's answer read by the client (TTFT)")])
+            (med_of("prefill_leg_ms"), "the relay answered the router's prefill leg (vLLM P had answered the relay)"),
+            (med_of("up_pull_end_ms"), "P's write into the relay done (the upstream pull)"),
+            (med_of("down_start_ms"), "the relay started writing into D (D's request had waited since the router sent it)"),
+            (med_of("down_end_ms"), "the relay's write into D done"),
+            (med_of("ttft_ms"), "D's answer read by the client (TTFT)")])
         breakdown = ["| B, medians over %d requests | ms after the router sent both legs |" % len(bd), "|---|---|"]
         breakdown += ["| %s | %.1f |" % (t, v) for v, t in rows_]
         breakdown.append("| per-request medians: upstream pull (posted to done) / from its end to the start of "
                          "the write into D / the write into D / D's last step and answer | "
-                         "%.1f / %.1f / %.1f / %.1f |" % (d("up_pull_start_ms", "up_pull_end_ms"),
-                                                          d("up_pull_end_ms", "down_start_ms"),
-                                                          d("down_start_ms", "down_end_ms"),
-                                                          d("down_end_ms", "ttft_ms")))
+                         "%.1f / %.1f / %.1f / %.1f |" % (dmed("up_pull_start_ms", "up_pull_end_ms"),
+                                                          dmed("up_pull_end_ms", "down_start_ms"),
+                                                          dmed("down_start_ms", "down_end_ms"),
+                                                          dmed("down_end_ms", "ttft_ms")))
         worst = max(bd, key=lambda r: float(r["ttft_ms"]))
         breakdown_note = (
             "The slowest B request (round %d): TTFT %s ms; its upstream pull was posted at %s ms and done "
