@@ -305,6 +305,68 @@ START_TEST(test_gen2_connection_reuse)
 }
 END_TEST
 
+/* Pulls posted in one turn go out as one MooncakeXferMetadata, as vLLM's D
+ * sends a step's requests: the producer answers those it has at once
+ * (CONTINUE), the last when its prefill comes (FINISH), every byte in its
+ * own blocks; the DEALER then serves the next pull. */
+START_TEST(test_gen2_batched_pulls)
+{
+	uint16_t bport = free_port();
+	side_t P, D;
+	open_producer(&P, bport, 30);
+	open_consumer(&D);
+	side_t *both[2] = {&P, &D};
+	found_t f = query(both, 2, &D, bport, "prefill-0");
+	ck_assert_msg(f.status == KVB_OK, "query: %s", f.why);
+	enum { N = 6, PER = 4 };
+	uint32_t pb[N][PER], db[N][PER];
+	char ids[N][16];
+	for (int k = 0; k < N; k++) {
+		g_snprintf(ids[k], sizeof(ids[k]), "xfer-b%d", k);
+		for (int i = 0; i < PER; i++) {
+			pb[k][i] = (uint32_t)(1 + k * 9 + i * 2);
+			db[k][i] = (uint32_t)(63 - k * PER - i);
+		}
+		if (k != 2) /* xfer-b2's prefill comes later */
+			produce(&P, ids[k], pb[k], PER);
+	}
+	for (int k = 0; k < N; k++)
+		pull(&D, f.worker, ids[k], db[k], PER);
+	ck_assert_msg(run_until(both, 2, &D, N - 1, 20), "the ready five: no answer");
+	ck_assert_uint_eq(D.fin->len, N - 1);
+	produce(&P, ids[2], pb[2], PER);
+	ck_assert_msg(run_until(both, 2, &D, N, 20), "the late one: no answer");
+	for (guint i = 0; i < D.fin->len; i++) {
+		kvb_finished_t *fin = &g_array_index(D.fin, kvb_finished_t, i);
+		ck_assert_msg(fin->state == KVB_CONSUMER_DONE, "pull %u: %s", i, fin->reason);
+	}
+	for (int k = 0; k < N; k++)
+		ck_assert_uint_eq(check_request(&D, ids[k], db[k], PER), 0);
+	ck_assert(run_until(both, 2, &P, N, 10));
+	kvb_hw_stats_t ps, ds;
+	kvb_hw_stats_get(P.be, &ps);
+	kvb_hw_stats_get(D.be, &ds);
+	ck_assert_uint_eq(ds.vllm_batched_pulls, N);
+	ck_assert_uint_eq(ds.vllm_dealers, 1);
+	ck_assert_uint_eq(ps.vllm_messages, 1);
+	ck_assert_uint_ge(ps.vllm_replies, 2); /* a CONTINUE, then the FINISH */
+
+	/* the FINISH ended the message: its DEALER carries the next pull */
+	produce(&P, "xfer-next", pb[0], PER);
+	pull(&D, f.worker, "xfer-next", db[0], PER);
+	ck_assert_msg(run_until(both, 2, &D, N + 1, 20), "the next pull: no answer");
+	kvb_finished_t *fin = &g_array_index(D.fin, kvb_finished_t, N);
+	ck_assert_msg(fin->state == KVB_CONSUMER_DONE, "the next pull: %s", fin->reason);
+	ck_assert_uint_eq(check_request(&D, "xfer-next", db[0], PER), 0);
+	kvb_hw_stats_get(D.be, &ds);
+	ck_assert_uint_eq(ds.vllm_dealers, 1);
+	ck_assert_uint_eq(ds.vllm_dealers_reused, 1);
+	ck_assert_uint_eq(ds.vllm_batched_pulls, N);
+	side_close(&D);
+	side_close(&P);
+}
+END_TEST
+
 /* Heterogeneous TP: one producer worker (TP 1, every KV head) serves two
  * decoder ranks (TP 2), each holding half of the heads in blocks half as
  * long; rank r gets bytes [r * half, (r + 1) * half) of each producer
@@ -699,6 +761,7 @@ Suite *kvb_suite_hw_vllm2(void)
 	tcase_add_test(tc, test_gen2_query_failures);
 	tcase_add_test(tc, test_gen2_producer_restart);
 	tcase_add_test(tc, test_gen2_connection_reuse);
+	tcase_add_test(tc, test_gen2_batched_pulls);
 	tcase_add_test(tc, test_gen2_heterogeneous_tp);
 	tcase_add_test(tc, test_gen2_bad_requests_get_error);
 	tcase_add_test(tc, test_gen2_tp_pairing);

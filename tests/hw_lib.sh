@@ -20,7 +20,7 @@ cleanup() {
 	sleep 0.2
 	for p in $pids; do kill -9 "$p" 2>/dev/null; done
 	wait 2>/dev/null
-	rm -rf "$tmp"
+	[ -n "${KEEP_TMP:-}" ] || rm -rf "$tmp"
 }
 
 # start NAME CMD...: run in the background, stdout to $tmp/NAME.out, stderr

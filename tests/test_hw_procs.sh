@@ -11,7 +11,8 @@ trap cleanup EXIT
 command -v curl >/dev/null || skip_all "curl not installed"
 [ -x "$serve" ] || skip_all "kvbridge-serve not built (hw backend disabled)"
 echo "1..9"
-base=$((20000 + $$ % 20000))
+# below the ephemeral range (32768+), where the kernel picks other sockets' ports
+base=$((20000 + $$ % 10000))
 export VLLM_MOONCAKE_BOOTSTRAP_PORT=$base
 
 start prod "$serve" --vllm-protocol gen0 --role producer --http-port 0 --blocks 8192 --lease 3 -v || exit 1

@@ -285,6 +285,7 @@ typedef struct kvb_hw_stats {
 	uint64_t vllm_dealers_reused;   /* gen2 consumer: pulls sent on a kept DEALER */
 	uint64_t vllm_descriptors_reused; /* gen2 producer: messages served on a decoder's kept
 					 * descriptor and data connections */
+	uint64_t vllm_batched_pulls;    /* gen2 consumer: pulls sent in a message with others */
 } kvb_hw_stats_t;
 
 KVB_API void kvb_hw_stats_get(kvb_backend_t *be, kvb_hw_stats_t *out);

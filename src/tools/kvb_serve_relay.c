@@ -53,6 +53,7 @@ typedef struct relay_req {
 	 * leg's token ids at once, else from upstream's answer) */
 	cons_req_t *pull;           /* in flight */
 	uint64_t early_tokens;      /* > 0: posted with the leg, for this many tokens */
+	bool drain;                 /* failed, but upstream holds the KV: let the pull end */
 	bool answered;              /* upstream answered the leg, lengths agree */
 	bool pulled;                /* the pull is done: in_blocks hold the KV */
 	uint32_t *in_blocks, in_n;  /* ingress blocks, ours until they serve downstream */
@@ -420,7 +421,7 @@ static void relay_fail(relay_req_t *q, int http, const char *msg)
 		r->blocks = NULL;
 		g_hash_table_remove(S.cons, r->id);
 		relay_req_unref(q); /* the pull's reference; the caller holds another */
-	} else if (r) {
+	} else if (r && !q->drain) {
 		kvb_consumer_abort(S.up_conn, r->id, &err); /* relay_pulled drops the pull's ref */
 	}
 	fprintf(stderr, "kvbridge-serve: relay %s: %s\n", q->tid, msg);
@@ -570,6 +571,10 @@ static gboolean upstream_answered(gpointer data)
 	if (!tokens || (R.up_proto == KVB_HW_VLLM_GEN0 && (!up_host || up_port <= 0 || up_port > 65535)) ||
 	    (R.up_proto == KVB_HW_VLLM_GEN2 && !q->engine_id[0]) ||
 	    (q->early_tokens && tokens != q->early_tokens)) {
+		/* upstream prefilled and serves the early pull soon: aborting it would
+		 * fail upstream's write and leave its blocks held until its lease
+		 * (480 s for vLLM); the pull ends, relay_pulled drops the bytes */
+		q->drain = q->early_tokens && tokens;
 		if (q->early_tokens && tokens && tokens != q->early_tokens)
 			g_snprintf(msg, sizeof(msg), "upstream prefilled %" PRIu64 " prompt tokens, the leg "
 				   "named %" PRIu64 ": the KV pulled with the leg cannot be trusted", tokens,

@@ -1,7 +1,12 @@
 /*
  * vLLM Gen 1/2, the consumer side (kvb_hw_vllm_gen2.h): "vllm2://" peers,
- * one DEALER per pull in flight, and the bootstrap query cache.  The
+ * one DEALER per message in flight, and the bootstrap query cache.  The
  * producer side and the protocol's description are in kvb_hw_vllm_gen2.c.
+ *
+ * Pulls to one worker posted in the same turn of the event loop go out as
+ * one MooncakeXferMetadata naming them all (at most BATCH_MAX), as vLLM's D
+ * sends a scheduler step's requests: one message and one reply stream for
+ * many small requests instead of one each.
  *
  * A DEALER (with its monitor) carries one message at a time, as vLLM's D
  * sends them, so every reply on it is about that message.  Once the
@@ -9,9 +14,10 @@
  * on it, and it is kept, connected, for the next pull to the same worker
  * (at most IDLE_PER_WORKER per worker, closed after IDLE_NS unused or when
  * the worker disconnects): a pull then costs one message each way instead
- * of a TCP connection and a ZMTP handshake.  A DEALER whose pull ended any
- * other way (cancelled, timed out, a CONTINUE naming our request) is closed,
- * since a late reply on it would be read as the next pull's.
+ * of a TCP connection and a ZMTP handshake.  A DEALER whose message ended
+ * any other way (its last pull cancelled, a timeout, a CONTINUE naming the
+ * last request) is closed, since a late reply on it would be read as the
+ * next message's.
  */
 #include "config.h"
 
@@ -250,14 +256,16 @@ typedef struct v2client {
 	struct hw_vllm2 *v;
 	hw_peer_t *peer;
 	char endpoint[KVB_VLLM_ADDR_MAX]; /* tcp://host:port */
-	GQueue pulls;               /* v2pull_t* */
-	hw_deadline_t *kick;
+	GQueue pulls;               /* v2pull_t*: every pull of ours, pending or sent */
+	GQueue pending;             /* v2pull_t*: posted this turn, not yet sent */
+	GQueue busy;                /* v2chan_t*: channels carrying our messages */
+	hw_deadline_t *flush;       /* sends the pending pulls, a batch per message */
+	hw_deadline_t *kick;        /* after a send: reads what already came */
 } v2client_t;
 
-struct v2pull;
-
-/* A DEALER to one producer worker and its monitor: a pull's while the pull
- * lasts, then idle in v->idle_chans until the next pull to that worker. */
+/* A DEALER to one producer worker and its monitor: carries one message
+ * (one batch of pulls) at a time, then idles in v->idle_chans until the
+ * next batch to that worker. */
 typedef struct v2chan {
 	struct hw_vllm2 *v;
 	char endpoint[KVB_VLLM_ADDR_MAX]; /* tcp://host:port */
@@ -266,21 +274,26 @@ typedef struct v2chan {
 	void *mon;                  /* PAIR end of the DEALER's socket monitor */
 	hw_watch_t *mon_w;
 	bool connected;
-	struct v2pull *pull;        /* NULL while idle */
+	v2client_t *vc;             /* whose message it carries; NULL while idle */
+	GQueue pulls;               /* v2pull_t*: the message's requests not yet answered */
+	bool reusable;              /* the message's last reply came: may serve again */
+	hw_deadline_t *timer;       /* the connect timeout, then the reply timeout */
 	hw_deadline_t *idle_timer;
 } v2chan_t;
 
-/* One pull in flight to a producer worker, on one channel. */
+/* One pull: pending until the turn's flush, then on a channel. */
 typedef struct v2pull {
 	v2client_t *vc;
 	char transfer_id[KVB_ID_MAX];
 	char request_id[KVB_ID_MAX];
 	uint64_t bytes;
-	v2chan_t *ch;
-	bool reusable;              /* the message's last reply came: ch may serve again */
-	hw_deadline_t *timer;       /* the connect timeout, then the reply timeout */
+	v2chan_t *ch;               /* NULL while pending */
+	kvb_wire_pull_t pull;       /* while pending: what a batch's message is built from */
+	GByteArray *payload;        /* while pending: this pull's message on its own */
 	GArray *ranges;             /* uint64_t pairs: destination ranges (for fences) */
 } v2pull_t;
+
+#define BATCH_MAX 64u               /* requests in one MooncakeXferMetadata */
 
 static bool chan_monitor(v2chan_t *ch);
 
@@ -288,6 +301,7 @@ static void chan_free(v2chan_t *ch)
 {
 	hw_watch_free(ch->w);
 	hw_watch_free(ch->mon_w);
+	hw_deadline_free(ch->timer);
 	hw_deadline_free(ch->idle_timer);
 	if (ch->sock) {
 		zmq_socket_monitor(ch->sock, NULL, 0);
@@ -326,11 +340,13 @@ static void chan_idle_expired(void *obj)
 	chan_free(ch);
 }
 
-/* The pull on ch is over: keep ch for the next one, or close it. */
-static void chan_release(v2chan_t *ch, bool reusable)
+/* The last pull of ch's message is over: keep ch for the next, or close it. */
+static void chan_release(v2chan_t *ch)
 {
-	ch->pull = NULL;
-	GQueue *q = reusable && ch->connected ? idle_queue(ch->v, ch->endpoint, true) : NULL;
+	g_queue_remove(&ch->vc->busy, ch);
+	ch->vc = NULL;
+	hw_deadline_disarm(ch->timer);
+	GQueue *q = ch->reusable && ch->connected ? idle_queue(ch->v, ch->endpoint, true) : NULL;
 	if (!q || q->length >= IDLE_PER_WORKER) {
 		chan_free(ch);
 		return;
@@ -339,12 +355,20 @@ static void chan_release(v2chan_t *ch, bool reusable)
 	hw_deadline_arm(ch->idle_timer, IDLE_NS);
 }
 
+/* Frees vp; releases its channel (maybe freeing it) when vp was the last. */
 static void pull_free(v2pull_t *vp)
 {
 	g_queue_remove(&vp->vc->pulls, vp);
-	if (vp->ch)
-		chan_release(vp->ch, vp->reusable);
-	hw_deadline_free(vp->timer);
+	if (vp->ch) {
+		g_queue_remove(&vp->ch->pulls, vp);
+		if (!vp->ch->pulls.length)
+			chan_release(vp->ch);
+	} else {
+		g_queue_remove(&vp->vc->pending, vp);
+		kvb_wire_pull_clear(&vp->pull);
+	}
+	if (vp->payload)
+		g_byte_array_unref(vp->payload);
 	if (vp->ranges)
 		g_array_free(vp->ranges, TRUE);
 	g_free(vp);
@@ -372,14 +396,53 @@ static void pull_fail(v2pull_t *vp, int status, const char *why, bool forget)
 	pull_free(vp);
 }
 
-/* The replies that came: true when the pull ended (vp freed). */
-static bool pull_replies(v2pull_t *vp)
+/* Fail every pull ch's message still waits for; ch is released (freed). */
+static void chan_fail_all(v2chan_t *ch, int status, const char *why, bool forget)
 {
-	v2client_t *vc = vp->vc;
-	for (int i = 0; i < 64 && hw_zmq_readable(vp->ch->sock); i++) {
+	ch->reusable = false;
+	for (guint n = ch->pulls.length; n; n--)
+		pull_fail(ch->pulls.head->data, status, why, forget);
+}
+
+/* What one reply means for vp: 1 done, -1 failed (why, status), 0 pending. */
+static int reply_verdict(const kvb_vllm_xfer_resp_t *resp, const v2pull_t *vp, char *why,
+			 size_t why_len, int *status)
+{
+	bool ok = false, bad = false;
+	for (uint32_t k = 0; k < resp->n_ok_reqs; k++)
+		ok |= !strcmp(resp->ok_reqs[k], vp->request_id);
+	for (uint32_t k = 0; k < resp->n_err_reqs; k++)
+		bad |= !strcmp(resp->err_reqs[k], vp->request_id);
+	const char *msg = resp->err_msg ? resp->err_msg : "no reason given";
+	*status = KVB_ERR_PEER;
+	if (resp->status == KVB_VLLM_XFER_ERROR) {
+		g_snprintf(why, why_len, "the vLLM producer refused the request: %s", msg);
+		return -1;
+	}
+	if (bad) {
+		if (!strcmp(msg, TIMEOUT_TEXT))
+			*status = KVB_ERR_TIMEOUT;
+		g_snprintf(why, why_len, "the vLLM producer failed it: %s", msg);
+		return -1;
+	}
+	if (ok)
+		return 1;
+	if (resp->status == KVB_VLLM_XFER_FINISH) {
+		g_snprintf(why, why_len, "the vLLM producer finished without naming request %s",
+			   vp->request_id);
+		return -1;
+	}
+	return 0;
+}
+
+/* The replies that came on a busy ch: true when its message ended (ch
+ * released, maybe freed). */
+static bool chan_replies(v2chan_t *ch)
+{
+	for (int i = 0; i < 64 && hw_zmq_readable(ch->sock); i++) {
 		zmq_msg_t frames[HW_ZMQ_MAX_FRAMES];
 		size_t total;
-		int n = hw_zmq_recv(vp->ch->sock, frames, &total);
+		int n = hw_zmq_recv(ch->sock, frames, &total);
 		if (n <= 0)
 			return false;
 		zmq_msg_t *last = &frames[n - 1];
@@ -390,44 +453,30 @@ static bool pull_replies(v2pull_t *vp)
 		hw_zmq_frames_close(frames, n);
 		if (rc != KVB_OK) {
 			g_snprintf(why, sizeof(why), "unreadable reply: %s", err.msg);
-			pull_fail(vp, KVB_ERR_PROTOCOL, why, false);
+			chan_fail_all(ch, KVB_ERR_PROTOCOL, why, false);
 			return true;
 		}
-		bool ok = false, bad = false;
-		for (uint32_t k = 0; k < resp.n_ok_reqs; k++)
-			ok |= !strcmp(resp.ok_reqs[k], vp->request_id);
-		for (uint32_t k = 0; k < resp.n_err_reqs; k++)
-			bad |= !strcmp(resp.err_reqs[k], vp->request_id);
-		const char *msg = resp.err_msg ? resp.err_msg : "no reason given";
 		/* FINISH and ERROR are a message's last reply */
-		vp->reusable = resp.status == KVB_VLLM_XFER_FINISH || resp.status == KVB_VLLM_XFER_ERROR;
-		int end = 0; /* 1 done, -1 failed */
-		int status = KVB_ERR_PEER;
-		if (resp.status == KVB_VLLM_XFER_ERROR) {
-			g_snprintf(why, sizeof(why), "the vLLM producer refused the request: %s", msg);
-			end = -1;
-		} else if (bad) {
-			if (!strcmp(msg, TIMEOUT_TEXT))
-				status = KVB_ERR_TIMEOUT;
-			g_snprintf(why, sizeof(why), "the vLLM producer failed it: %s", msg);
-			end = -1;
-		} else if (ok) {
-			end = 1;
-		} else if (resp.status == KVB_VLLM_XFER_FINISH) {
-			g_snprintf(why, sizeof(why), "the vLLM producer finished without naming request %s",
-				   vp->request_id);
-			end = -1;
+		ch->reusable = resp.status == KVB_VLLM_XFER_FINISH || resp.status == KVB_VLLM_XFER_ERROR;
+		bool ended = false;
+		GList *l = ch->pulls.head;
+		while (l && !ended) {
+			GList *next = l->next;
+			v2pull_t *vp = l->data;
+			int status;
+			int verdict = reply_verdict(&resp, vp, why, sizeof(why), &status);
+			ended = verdict != 0 && ch->pulls.length == 1; /* ch goes with its last pull */
+			if (verdict > 0) {
+				client_done(vp->vc, vp->transfer_id, vp->request_id, KVB_OK, vp->bytes, NULL);
+				pull_free(vp);
+			} else if (verdict < 0) {
+				pull_fail(vp, status, why, false);
+			}
+			l = next;
 		}
 		kvb_vllm_xfer_resp_clear(&resp);
-		if (end > 0) {
-			client_done(vc, vp->transfer_id, vp->request_id, KVB_OK, vp->bytes, NULL);
-			pull_free(vp);
+		if (ended)
 			return true;
-		}
-		if (end < 0) {
-			pull_fail(vp, status, why, false);
-			return true;
-		}
 	}
 	return false;
 }
@@ -452,8 +501,8 @@ static bool chan_io(void *obj, GIOCondition cond)
 	v2chan_t *ch = obj;
 	hw_watch_t *w = ch->w;
 	hw_watch_ref(w);
-	if (ch->pull)
-		pull_replies(ch->pull);
+	if (ch->vc)
+		chan_replies(ch);
 	else
 		chan_discard(ch);
 	bool alive = !hw_watch_gone(w);
@@ -462,7 +511,8 @@ static bool chan_io(void *obj, GIOCondition cond)
 }
 
 /* Monitor events: 6 bytes (u16 event, u32 value), then the endpoint.
- * True when ch was freed (its pull ended, or it was idle and lost). */
+ * True when ch was released or freed (its message ended, or it was idle
+ * and lost). */
 static bool chan_monitor(v2chan_t *ch)
 {
 	while (hw_zmq_readable(ch->mon)) {
@@ -475,23 +525,22 @@ static bool chan_monitor(v2chan_t *ch)
 		if (zmq_msg_size(&frames[0]) >= 2)
 			memcpy(&ev, zmq_msg_data(&frames[0]), 2);
 		hw_zmq_frames_close(frames, n);
-		v2pull_t *vp = ch->pull;
 		if (ev == ZMQ_EVENT_CONNECTED) {
 			ch->connected = true;
-			if (vp)
-				hw_deadline_arm(vp->timer, ch->v->hw->p.vllm_abort_timeout_ns + RCV_EXTRA_NS);
+			if (ch->vc)
+				hw_deadline_arm(ch->timer, ch->v->hw->p.vllm_abort_timeout_ns + RCV_EXTRA_NS);
 		} else if (ev == ZMQ_EVENT_DISCONNECTED && ch->connected) {
 			ch->connected = false;
-			if (!vp) {
+			if (!ch->vc) {
 				chan_unpark(ch);
 				chan_free(ch);
 				return true;
 			}
 			/* replies may still be queued: read them first */
-			if (pull_replies(vp))
+			if (chan_replies(ch))
 				return true;
-			pull_fail(vp, KVB_ERR_PEER,
-				  "the producer worker closed the connection before its final reply", true);
+			chan_fail_all(ch, KVB_ERR_PEER,
+				      "the producer worker closed the connection before its final reply", true);
 			return true;
 		}
 	}
@@ -508,6 +557,22 @@ static bool chan_mon_io(void *obj, GIOCondition cond)
 	bool alive = !hw_watch_gone(w);
 	hw_watch_unref(w);
 	return alive;
+}
+
+static void chan_timeout(void *obj)
+{
+	v2chan_t *ch = obj;
+	hw_t *hw = ch->v->hw;
+	char why[160];
+	if (!ch->connected) {
+		g_snprintf(why, sizeof(why), "no connection to the producer worker within %.1f s",
+			   (double)hw->p.connect_timeout_ns / 1e9);
+		chan_fail_all(ch, KVB_ERR_PEER, why, true);
+		return;
+	}
+	g_snprintf(why, sizeof(why), "no final reply from the producer worker within %.0f s",
+		   (double)(hw->p.vllm_abort_timeout_ns + RCV_EXTRA_NS) / 1e9);
+	chan_fail_all(ch, KVB_ERR_TIMEOUT, why, false);
 }
 
 /* An idle channel to endpoint, or a new one (connecting). */
@@ -533,6 +598,8 @@ static v2chan_t *chan_take(struct hw_vllm2 *v, const char *endpoint)
 	v2chan_t *ch = g_new0(v2chan_t, 1);
 	ch->v = v;
 	g_strlcpy(ch->endpoint, endpoint, sizeof(ch->endpoint));
+	g_queue_init(&ch->pulls);
+	ch->timer = hw_deadline_new(hw, chan_timeout, ch);
 	ch->idle_timer = hw_deadline_new(hw, chan_idle_expired, ch);
 	ch->sock = zmq_socket(hw_zmq_ctx(), ZMQ_DEALER);
 	int zero = 0;
@@ -555,30 +622,15 @@ static v2chan_t *chan_take(struct hw_vllm2 *v, const char *endpoint)
 	return ch;
 }
 
-static void pull_timeout(void *obj)
-{
-	v2pull_t *vp = obj;
-	char why[160];
-	if (!vp->ch->connected) {
-		g_snprintf(why, sizeof(why), "no connection to the producer worker within %.1f s",
-			   (double)vp->vc->v->hw->p.connect_timeout_ns / 1e9);
-		pull_fail(vp, KVB_ERR_PEER, why, true);
-		return;
-	}
-	g_snprintf(why, sizeof(why), "no final reply from the producer worker within %.0f s",
-		   (double)(vp->vc->v->hw->p.vllm_abort_timeout_ns + RCV_EXTRA_NS) / 1e9);
-	pull_fail(vp, KVB_ERR_TIMEOUT, why, false);
-}
-
 static void client_kick(void *obj)
 {
 	v2client_t *vc = obj;
-	GList *l = vc->pulls.head;
+	GList *l = vc->busy.head;
 	while (l) {
-		GList *next = l->next;
-		v2pull_t *vp = l->data;
-		if (!chan_monitor(vp->ch))
-			pull_replies(vp);
+		GList *next = l->next; /* only l's own channel can leave the list */
+		v2chan_t *ch = l->data;
+		if (!chan_monitor(ch))
+			chan_replies(ch);
 		l = next;
 	}
 }
@@ -619,30 +671,49 @@ static void region_name(struct hw_vllm2 *v, const kvb_region_t *r, char *name, s
 	g_snprintf(name, len, "model.layers.%d.self_attn.attn", r->layer);
 }
 
-/* The MooncakeXferMetadata a vLLM D of our release sends for this pull. */
-static int pull_encode(struct hw_vllm2 *v, const kvb_wire_pull_t *pull, GByteArray *out,
-		       uint64_t *bytes, kvb_err_t *err)
+/* Whether b can ride in a's message: the same rank and the same regions. */
+static bool pull_batchable(const kvb_wire_pull_t *a, const kvb_wire_pull_t *b)
+{
+	if (a->tp_size != b->tp_size || a->tp_rank != b->tp_rank || a->n_regions != b->n_regions ||
+	    a->n_groups != b->n_groups)
+		return false;
+	for (uint32_t i = 0; i < a->n_regions; i++) {
+		const kvb_region_t *x = &a->regions[i], *y = &b->regions[i];
+		if (x->base != y->base || x->block_stride != y->block_stride ||
+		    x->block_bytes != y->block_bytes || x->layer != y->layer || x->group != y->group)
+			return false;
+	}
+	return true;
+}
+
+/* The MooncakeXferMetadata a vLLM D of our release sends for these pulls
+ * (one request each; the regions are the first's, the same in all). */
+static int pull_encode(struct hw_vllm2 *v, const kvb_wire_pull_t *const *pulls, uint32_t n_pulls,
+		       GByteArray *out, uint64_t *bytes, kvb_err_t *err)
 {
 	hw_t *hw = v->hw;
+	const kvb_wire_pull_t *first = pulls[0];
 	kvb_vllm_xfer_meta_t m;
-	int rc = kvb_vllm_xfer_meta_init(&m, hw->host, hw->rpc_port, pull->tp_size, pull->tp_rank, err);
-	uint32_t *counts = g_new0(uint32_t, pull->n_groups ? pull->n_groups : 1);
-	uint32_t n_ids = 0;
-	for (uint32_t g = 0; g < pull->n_groups; g++)
-		n_ids += counts[g] = pull->groups[g].count;
-	uint32_t *ids = g_new0(uint32_t, n_ids ? n_ids : 1);
-	for (uint32_t g = 0, k = 0; g < pull->n_groups; g++)
-		for (uint32_t i = 0; i < pull->groups[g].count; i++)
-			ids[k++] = pull->groups[g].ids[i];
-	bool empty = n_ids == 0;
-	if (rc == KVB_OK)
+	int rc = kvb_vllm_xfer_meta_init(&m, hw->host, hw->rpc_port, first->tp_size, first->tp_rank, err);
+	uint32_t *counts = g_new0(uint32_t, first->n_groups ? first->n_groups : 1);
+	for (uint32_t q = 0; q < n_pulls && rc == KVB_OK; q++) {
+		const kvb_wire_pull_t *pull = pulls[q];
+		uint32_t n_ids = 0;
+		for (uint32_t g = 0; g < pull->n_groups; g++)
+			n_ids += counts[g] = pull->groups[g].count;
+		uint32_t *ids = g_new0(uint32_t, n_ids ? n_ids : 1);
+		for (uint32_t g = 0, k = 0; g < pull->n_groups; g++)
+			for (uint32_t i = 0; i < pull->groups[g].count; i++)
+				ids[k++] = pull->groups[g].ids[i];
 		rc = kvb_vllm_xfer_meta_add_request(&m, pull->request_id, pull->transfer_id, ids, counts,
-						    empty ? 0 : pull->n_groups, err);
+						    n_ids ? pull->n_groups : 0, err);
+		g_free(ids);
+	}
 	uint32_t fields = kvb_vllm_xfer_profile_fields(v->profile) & KVB_VLLM_XF_REGION_MASK;
 	fields &= ~(KVB_VLLM_XF_BIT(KVB_VLLM_XF_SHARED_GROUP_IDS) | KVB_VLLM_XF_BIT(KVB_VLLM_XF_ROW_OFFSETS));
 	*bytes = 0;
-	for (uint32_t i = 0; i < pull->n_regions && rc == KVB_OK; i++) {
-		const kvb_region_t *r = &pull->regions[i];
+	for (uint32_t i = 0; i < first->n_regions && rc == KVB_OK; i++) {
+		const kvb_region_t *r = &first->regions[i];
 		char name[KVB_VLLM_NAME_MAX];
 		region_name(v, r, name, sizeof(name));
 		const uint32_t shared = (uint32_t)r->group;
@@ -661,62 +732,117 @@ static int pull_encode(struct hw_vllm2 *v, const kvb_wire_pull_t *pull, GByteArr
 			.row_offset = -1,
 		};
 		rc = kvb_vllm_xfer_meta_add_region(&m, &x, err);
-		if (r->group >= 0 && (uint32_t)r->group < pull->n_groups)
-			*bytes += (uint64_t)pull->groups[r->group].count * r->block_bytes;
+		if (r->group >= 0 && (uint32_t)r->group < first->n_groups)
+			*bytes += (uint64_t)first->groups[r->group].count * r->block_bytes;
 	}
 	if (rc == KVB_OK)
 		rc = kvb_vllm_xfer_meta_encode(v->profile, out, &m, err);
 	kvb_vllm_xfer_meta_clear(&m);
 	g_free(counts);
-	g_free(ids);
 	return rc;
+}
+
+/* Send the first pending pull with those that can share its message. */
+static void client_send_batch(v2client_t *vc)
+{
+	struct hw_vllm2 *v = vc->v;
+	hw_t *hw = v->hw;
+	v2pull_t *batch[BATCH_MAX] = {vc->pending.head->data};
+	const kvb_wire_pull_t *pulls[BATCH_MAX] = {&batch[0]->pull};
+	uint32_t n = 1;
+	for (GList *l = vc->pending.head->next; l && n < BATCH_MAX; l = l->next) {
+		v2pull_t *vp = l->data;
+		if (!pull_batchable(pulls[0], &vp->pull))
+			continue;
+		batch[n] = vp;
+		pulls[n++] = &vp->pull;
+	}
+	GByteArray *payload = batch[0]->payload;
+	GByteArray *joint = NULL;
+	if (n > 1) {
+		uint64_t ignored;
+		kvb_err_t err;
+		joint = g_byte_array_new();
+		if (pull_encode(v, pulls, n, joint, &ignored, &err) == KVB_OK) {
+			payload = joint;
+		} else { /* cannot happen when each encoded alone; then alone */
+			hw_log(hw, "vllm2 client: %u requests in one message: %s", n, err.msg);
+			n = 1;
+		}
+	}
+	v2chan_t *ch = chan_take(v, vc->endpoint);
+	if (!ch || zmq_send(ch->sock, payload->data, payload->len, ZMQ_DONTWAIT) < 0) {
+		char why[160];
+		g_snprintf(why, sizeof(why), "cannot send to the producer worker: %s", zmq_strerror(errno));
+		if (ch)
+			chan_free(ch);
+		for (uint32_t i = 0; i < n; i++)
+			pull_fail(batch[i], KVB_ERR_PEER, why, false);
+	} else {
+		ch->vc = vc;
+		ch->reusable = false;
+		g_queue_push_tail(&vc->busy, ch);
+		for (uint32_t i = 0; i < n; i++) {
+			v2pull_t *vp = batch[i];
+			g_queue_remove(&vc->pending, vp);
+			kvb_wire_pull_clear(&vp->pull);
+			g_byte_array_unref(vp->payload);
+			vp->payload = NULL;
+			vp->ch = ch;
+			g_queue_push_tail(&ch->pulls, vp);
+		}
+		if (n > 1)
+			hw->stats.vllm_batched_pulls += n;
+		hw_deadline_arm(ch->timer, ch->connected ? hw->p.vllm_abort_timeout_ns + RCV_EXTRA_NS
+							 : hw->p.connect_timeout_ns);
+		hw_deadline_arm(vc->kick, 0);
+	}
+	if (joint)
+		g_byte_array_unref(joint);
+}
+
+/* The turn's pulls to this worker go out as vLLM's D sends a batch: one
+ * message (and DEALER) per batch and worker, naming all its requests. */
+static void client_flush(void *obj)
+{
+	v2client_t *vc = obj;
+	while (vc->pending.length)
+		client_send_batch(vc);
 }
 
 static int client_pull(v2client_t *vc, const void *buf, size_t len)
 {
 	struct hw_vllm2 *v = vc->v;
 	hw_t *hw = v->hw;
-	kvb_wire_pull_t pull;
+	v2pull_t *vp = g_new0(v2pull_t, 1);
 	kvb_err_t err;
-	if (kvb_wire_decode_pull(buf, len, &pull, &err) != KVB_OK) {
+	if (kvb_wire_decode_pull(buf, len, &vp->pull, &err) != KVB_OK) {
 		hw_set_error(hw, "vllm2 client: %s", err.msg);
+		g_free(vp);
 		return KVB_ERR_INVALID;
 	}
-	GByteArray *payload = g_byte_array_new();
-	uint64_t bytes = 0;
-	int rc = pull_encode(v, &pull, payload, &bytes, &err);
+	/* encoded alone now, so that what cannot be sent is refused at once */
+	const kvb_wire_pull_t *one = &vp->pull;
+	vp->payload = g_byte_array_new();
+	int rc = pull_encode(v, &one, 1, vp->payload, &vp->bytes, &err);
 	if (rc != KVB_OK) {
-		hw_set_error(hw, "vllm2 client: request %s: %s", pull.request_id, err.msg);
-		g_byte_array_unref(payload);
-		kvb_wire_pull_clear(&pull);
+		hw_set_error(hw, "vllm2 client: request %s: %s", vp->pull.request_id, err.msg);
+		g_byte_array_unref(vp->payload);
+		kvb_wire_pull_clear(&vp->pull);
+		g_free(vp);
 		return rc;
 	}
-	v2pull_t *vp = g_new0(v2pull_t, 1);
 	vp->vc = vc;
-	g_strlcpy(vp->transfer_id, pull.transfer_id, sizeof(vp->transfer_id));
-	g_strlcpy(vp->request_id, pull.request_id, sizeof(vp->request_id));
-	vp->bytes = bytes;
-	vp->ranges = pull_ranges(&pull);
+	g_strlcpy(vp->transfer_id, vp->pull.transfer_id, sizeof(vp->transfer_id));
+	g_strlcpy(vp->request_id, vp->pull.request_id, sizeof(vp->request_id));
+	vp->ranges = pull_ranges(&vp->pull);
 	/* the blocks are ours for this pull again: lift old fences on them */
 	for (guint i = 0; i + 1 < vp->ranges->len; i += 2)
 		hw_fence_clear(hw, g_array_index(vp->ranges, uint64_t, i),
 			       g_array_index(vp->ranges, uint64_t, i + 1));
-	kvb_wire_pull_clear(&pull);
 	g_queue_push_tail(&vc->pulls, vp);
-	vp->timer = hw_deadline_new(hw, pull_timeout, vp);
-	vp->ch = chan_take(v, vc->endpoint);
-	if (!vp->ch || zmq_send(vp->ch->sock, payload->data, payload->len, ZMQ_DONTWAIT) < 0) {
-		if (vp->ch)
-			hw_set_error(hw, "vllm2 client: %s: %s", vc->endpoint, zmq_strerror(errno));
-		g_byte_array_unref(payload);
-		pull_free(vp);
-		return KVB_ERR_PEER;
-	}
-	g_byte_array_unref(payload);
-	vp->ch->pull = vp;
-	hw_deadline_arm(vp->timer, vp->ch->connected ? hw->p.vllm_abort_timeout_ns + RCV_EXTRA_NS
-						     : hw->p.connect_timeout_ns);
-	hw_deadline_arm(vc->kick, 0);
+	g_queue_push_tail(&vc->pending, vp);
+	hw_deadline_arm(vc->flush, 0);
 	return KVB_OK;
 }
 
@@ -727,12 +853,14 @@ static void client_cancel(v2client_t *vc, const kvb_wire_notice_t *n)
 		v2pull_t *vp = l->data;
 		if (strcmp(vp->transfer_id, n->transfer_id) || strcmp(vp->request_id, n->request_id))
 			continue;
-		for (guint i = 0; i + 1 < vp->ranges->len; i += 2)
-			hw_fence_add(hw, g_array_index(vp->ranges, uint64_t, i),
-				     g_array_index(vp->ranges, uint64_t, i + 1));
+		if (vp->ch) /* sent: the producer may still write */
+			for (guint i = 0; i + 1 < vp->ranges->len; i += 2)
+				hw_fence_add(hw, g_array_index(vp->ranges, uint64_t, i),
+					     g_array_index(vp->ranges, uint64_t, i + 1));
 		client_done(vc, vp->transfer_id, vp->request_id, KVB_ERR_ABORTED, 0,
-			    "cancelled; a vLLM producer cannot be told to stop, so its late writes into "
-			    "these blocks are refused");
+			    vp->ch ? "cancelled; a vLLM producer cannot be told to stop, so its late "
+				     "writes into these blocks are refused"
+				   : "cancelled before it was sent");
 		pull_free(vp);
 		return;
 	}
@@ -763,6 +891,7 @@ static void client_detach(hw_peer_t *p)
 	if (vc) {
 		while (vc->pulls.head)
 			pull_free(vc->pulls.head->data);
+		hw_deadline_free(vc->flush);
 		hw_deadline_free(vc->kick);
 		g_free(vc);
 	}
@@ -797,9 +926,12 @@ int hw_vllm2_client_connect(hw_t *hw, kvb_conn_t *conn, const char *addr, const 
 	vc->v = v;
 	vc->peer = p;
 	g_queue_init(&vc->pulls);
+	g_queue_init(&vc->pending);
+	g_queue_init(&vc->busy);
 	g_snprintf(vc->endpoint, sizeof(vc->endpoint), strchr(host, ':') ? "tcp://[%s]:%u" : "tcp://%s:%u",
 		   host, port);
 	vc->kick = hw_deadline_new(hw, client_kick, vc);
+	vc->flush = hw_deadline_new(hw, client_flush, vc);
 	p->proto = vc;
 	g_strlcpy(p->host, host, sizeof(p->host));
 	p->port = port;
