@@ -39,7 +39,7 @@ inD() { ip netns exec $nsD "$@"; }
 
 start prod ip netns exec $nsP "$serve" --vllm-protocol gen0 --role producer --host $net.1 --http-port 8100 --blocks 8192 --lease 3 -v || exit 1
 start cons ip netns exec $nsD "$serve" --vllm-protocol gen0 --role consumer --host $net.2 --http-port 8200 --blocks 8192 --pull-protocol vllm -v || exit 1
-start proxy ip netns exec $nsD "$proxy" --vllm-protocol gen0 --port 8000 --prefiller-host $net.1 --prefiller-port 8100 --decoder-host 127.0.0.1 --decoder-port 8200 -v || exit 1
+start proxy ip netns exec $nsD "$proxy" --vllm-protocol gen0 --port 8000 --prefiller-host $net.1 --prefiller-port 8100 --decoder-host $net.2 --decoder-port 8200 -v || exit 1
 
 good=0
 for len in 16 1000 4000; do
@@ -48,23 +48,23 @@ for len in 16 1000 4000; do
 	[ "$st" = 200 ] && grep -q '"mismatched_bytes":0' "$tmp/resp" && good=$((good+1))
 done
 check "3 prompts across the veth through the proxy: every byte verified" "[ $good -eq 3 ]"
-inP curl -s --max-time 5 http://127.0.0.1:8100/stats > "$tmp/s"
+inP curl -s --max-time 5 http://$net.1:8100/stats > "$tmp/s"
 check "the bytes crossed the link from the producer's namespace" "[ \$(json_num '$tmp/s' tcp_bytes_posted) -gt 50000000 ] && grep -q '\"blocks_held\":0' '$tmp/s'"
 
 # a consumer killed halfway: 12,000 tokens = 147 MB = about 3 s on this link
 start victim ip netns exec $nsD "$serve" --vllm-protocol gen0 --role consumer --host $net.2 --http-port 8300 --blocks 8192 --pull-protocol vllm || exit 1
 vpid=$last_pid
 st=$(inP curl -s -o "$tmp/resp" -w '%{http_code}' --max-time 10 -H 'Content-Type: application/json' -H 'X-Request-Id: big-1' \
-	-d '{"prompt":"x","kv_transfer_params":{"do_remote_decode":true,"kvbridge_tokens":12000}}' http://127.0.0.1:8100/v1/completions)
+	-d '{"prompt":"x","kv_transfer_params":{"do_remote_decode":true,"kvbridge_tokens":12000}}' http://$net.1:8100/v1/completions)
 params=$(sed -n 's/.*"kv_transfer_params":\({[^}]*}\).*/\1/p' "$tmp/resp")
 ( inD curl -s -o /dev/null --max-time 30 -H 'Content-Type: application/json' -H 'X-Request-Id: big-1' \
-	-d "{\"prompt\":\"x\",\"kv_transfer_params\":$params}" http://127.0.0.1:8300/v1/completions ) &
+	-d "{\"prompt\":\"x\",\"kv_transfer_params\":$params}" http://$net.2:8300/v1/completions ) &
 sleep 1.2
 kill -KILL $vpid   # ip netns exec ran kvbridge-serve in place: this is its pid
-inP curl -s --max-time 5 http://127.0.0.1:8100/stats > "$tmp/s1"
+inP curl -s --max-time 5 http://$net.1:8100/stats > "$tmp/s1"
 check "killed mid-transfer: the producer had written part of it, not all" "[ \$(json_num '$tmp/s1' tcp_bytes_posted) -lt \$(( \$(json_num '$tmp/s' tcp_bytes_posted) + 147456000 )) ] && grep -q '\"producer_live\":1' '$tmp/s1'"
 sleep 4.5
-inP curl -s --max-time 5 http://127.0.0.1:8100/stats > "$tmp/s2"
+inP curl -s --max-time 5 http://$net.1:8100/stats > "$tmp/s2"
 check "after the lease the producer holds no block" "grep -q '\"blocks_held\":0' '$tmp/s2' && grep -q '\"producer_live\":0' '$tmp/s2'"
 check "the failure is counted (peer or transport, or lease)" "[ \$(( \$(json_num '$tmp/s2' fail_peer) + \$(json_num '$tmp/s2' fail_transport) + \$(json_num '$tmp/s2' leases_expired) )) -ge 1 ]"
 st=$(inD curl -s -o "$tmp/resp" -w '%{http_code}' --max-time 60 -H 'Content-Type: application/json' \

@@ -77,7 +77,10 @@ extern "C" {
 typedef struct kvb_hw_params {
 	const char *host;           /* how peers reach this endpoint; the segment name is
 				     * host:rpc_port.  Default "127.0.0.1". */
-	const char *bind_host;      /* listen address; default "0.0.0.0" */
+	const char *bind_host;      /* listen address of every listener (handshake, data,
+				     * bootstrap, Gen 0 side channel); NULL or "" = host,
+				     * so loopback unless host is set.  "0.0.0.0" or "::"
+				     * listens on every interface, with a warning. */
 	uint16_t rpc_port;          /* handshake port; 0 = random free port in
 				     * [rpc_port_min, rpc_port_max], as Mooncake P2P */
 	uint16_t data_port;         /* TCP transport port; 0 = random in the same range */
@@ -182,6 +185,8 @@ KVB_API GMainContext *kvb_hw_context(kvb_backend_t *be);
 /* "host:rpc_port": the segment name Mooncake peers and vLLM decoders use. */
 KVB_API const char *kvb_hw_segment_name(kvb_backend_t *be);
 KVB_API uint16_t kvb_hw_rpc_port(kvb_backend_t *be);
+/* The address the listeners are bound to (params.bind_host, else host). */
+KVB_API const char *kvb_hw_bind_host(kvb_backend_t *be);
 KVB_API uint16_t kvb_hw_data_port(kvb_backend_t *be);
 KVB_API uint16_t kvb_hw_side_channel_port(kvb_backend_t *be);
 

@@ -116,6 +116,7 @@ typedef struct serve {
 	GHashTable *prod;           /* transfer id -> prod_req_t* */
 	GHashTable *cons;           /* request id -> cons_req_t* */
 	uint16_t side_base;         /* gen0: side-channel port of dp_rank's tp rank 0 */
+	char host[128];             /* how peers reach us: --host, VLLM_HOST_IP, 127.0.0.1 */
 	FILE *events;
 	bool verify_pattern;
 	uint64_t served_ok, served_failed, verified_bytes, mismatched_bytes;

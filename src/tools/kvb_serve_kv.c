@@ -140,7 +140,7 @@ void handle_produce(uint64_t cid, const char *rid, const char *endpoint, uint64_
 			"\"remote_host\":\"%s\",\"remote_port\":%u,\"remote_engine_id\":\"%s\","
 			"\"tp_size\":%u,\"kvbridge_segment\":\"%s\",\"kvbridge_tokens\":%" PRIu64 ","
 			"\"remote_block_ids\":[",
-			o.host ? o.host : "127.0.0.1", S.side_base, S.cfg.engine_id, S.cfg.tp_size,
+			S.host, S.side_base, S.cfg.engine_id, S.cfg.tp_size,
 			kvb_hw_segment_name(S.be), tokens);
 		for (uint32_t i = 0; i < n; i++)
 			g_string_append_printf(s, "%s%u", i ? "," : "", blocks[i]);

@@ -599,7 +599,7 @@ static gboolean upstream_answered(gpointer data)
 			JsonObject *kp = json_object_new();
 			json_object_set_boolean_member(kp, "do_remote_prefill", TRUE);
 			json_object_set_boolean_member(kp, "do_remote_decode", FALSE);
-			json_object_set_string_member(kp, "remote_host", o.host ? o.host : "127.0.0.1");
+			json_object_set_string_member(kp, "remote_host", S.host);
 			json_object_set_int_member(kp, "remote_port", S.side_base);
 			json_object_set_string_member(kp, "remote_engine_id", S.cfg.engine_id);
 			json_object_set_object_member(root, "kv_transfer_params", kp);

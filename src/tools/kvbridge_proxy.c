@@ -727,7 +727,7 @@ static bool parse_bootstrap_ports(gchar **items, GArray *ps)
 
 static GOptionEntry entries[] = {
 	{"vllm-protocol", 0, 0, G_OPTION_ARG_STRING, &o.protocol, "router contract: gen2 (vLLM 0.16.0 and later; gen1 is the same; default) or gen0 (vLLM 0.13.0 - 0.15.1)", "gen0|gen2"},
-	{"host", 0, 0, G_OPTION_ARG_STRING, &o.host, "listen address (default 127.0.0.1)", "IP"},
+	{"host", 0, 0, G_OPTION_ARG_STRING, &o.host, "listen address (default 127.0.0.1; 0.0.0.0 = every interface, warned about)", "IP"},
 	{"port", 0, 0, G_OPTION_ARG_INT, &o.port, "listen port (default 8000; 0 = any free port)", "PORT"},
 	{"prefiller-host", 0, 0, G_OPTION_ARG_STRING_ARRAY, &o.p_hosts, "prefiller host (repeat or comma list; default localhost)", "HOST"},
 	{"prefiller-hosts", 0, G_OPTION_FLAG_HIDDEN, G_OPTION_ARG_STRING_ARRAY, &o.p_hosts, NULL, NULL},
@@ -868,6 +868,9 @@ int main(int argc, char **argv)
 	}
 	freeaddrinfo(res);
 	listen_fd = lfd;
+	if (!strcmp(h, "0.0.0.0") || !strcmp(h, "::") || !strcmp(h, "*"))
+		fprintf(stderr, "kvbridge-proxy: warning: listening on every interface (%s): anyone who "
+			"can reach this host can send requests through the proxy\n", h);
 	struct sockaddr_storage ss;
 	socklen_t sl = sizeof(ss);
 	getsockname(lfd, (struct sockaddr *)&ss, &sl);

@@ -270,8 +270,11 @@ static GOptionEntry entries[] = {
 	{"list-models", 0, 0, G_OPTION_ARG_NONE, &o.list_models, "list the model presets", NULL},
 	{"blocks", 0, 0, G_OPTION_ARG_INT, &o.blocks, "KV blocks in the pool (default 1024)", "N"},
 	{"block-tokens", 0, 0, G_OPTION_ARG_INT, &o.block_tokens, "tokens per block (default 16)", "N"},
-	{"host", 0, 0, G_OPTION_ARG_STRING, &o.host, "address peers use to reach this worker (default 127.0.0.1)", "IP"},
-	{"bind", 0, 0, G_OPTION_ARG_STRING, &o.bind, "listen address (default 0.0.0.0)", "IP"},
+	{"host", 0, 0, G_OPTION_ARG_STRING, &o.host,
+	 "address peers use to reach this worker, and where every port listens unless --bind "
+	 "(default MC_TCP_BIND_ADDRESS, else VLLM_HOST_IP, else 127.0.0.1)", "IP"},
+	{"bind", 0, 0, G_OPTION_ARG_STRING, &o.bind,
+	 "listen address of every port (default --host; 0.0.0.0 = every interface, warned about)", "IP"},
 	{"http-port", 0, 0, G_OPTION_ARG_INT, &o.http_port, "HTTP front port (default 8100)", "PORT"},
 	{"rpc-port", 0, 0, G_OPTION_ARG_INT, &o.rpc_port, "Mooncake handshake port (default random in 15000-17000)", "PORT"},
 	{"data-port", 0, 0, G_OPTION_ARG_INT, &o.data_port, "TCP transport port (default random)", "PORT"},
@@ -464,6 +467,7 @@ static int setup(void)
 		hp.host = o.host;
 	if (o.bind)
 		hp.bind_host = o.bind;
+	g_strlcpy(S.host, hp.host, sizeof(S.host));
 	hp.rpc_port = (uint16_t)o.rpc_port;
 	hp.data_port = (uint16_t)o.data_port;
 	hp.n_nics = (uint32_t)o.nics;
@@ -495,8 +499,9 @@ static int setup(void)
 		else if (S.cfg.tp_rank == 0 && !o.bootstrap_server)
 			hp.vllm_bootstrap_port = (uint16_t)S.cfg.bootstrap_port;
 		/* the other ranks join tp rank 0's, on this host unless told */
-		static char local[32];
-		g_snprintf(local, sizeof(local), "127.0.0.1:%u", S.cfg.bootstrap_port);
+		static char local[160];
+		g_snprintf(local, sizeof(local), strchr(S.host, ':') ? "[%s]:%u" : "%s:%u", S.host,
+			   S.cfg.bootstrap_port);
 		hp.vllm_bootstrap_server = o.bootstrap_server ? o.bootstrap_server
 					   : hp.vllm_bootstrap_port ? NULL : local;
 	}
@@ -522,7 +527,8 @@ static int setup(void)
 			mk == KVB_DEVMEM_CUDA ? "CUDA" : "emulated", (double)S.pool.mem_len / 1048576.0, paths);
 		g_free(paths);
 	}
-	S.httpd = kvb_httpd_new(S.ctx, o.bind ? o.bind : "0.0.0.0", (uint16_t)o.http_port, on_http, NULL, &gerr);
+	/* the HTTP front listens where the backend's listeners do */
+	S.httpd = kvb_httpd_new(S.ctx, kvb_hw_bind_host(S.be), (uint16_t)o.http_port, on_http, NULL, &gerr);
 	if (!S.httpd) {
 		fprintf(stderr, "kvbridge-serve: %s\n", gerr->message);
 		return 1;
@@ -654,6 +660,20 @@ int main(int argc, char **argv)
 		fprintf(stderr, "kvbridge-serve: worker %s engine %s\n", kvb_hw_vllm_worker_addr(S.be),
 			o.engine_id ? o.engine_id : S.cfg.engine_id);
 	g_free(layout);
+	/* what a peer on the network can reach, said once */
+	GString *ports = g_string_new(NULL);
+	g_string_printf(ports, "http %u, handshake %u, data %u", kvb_httpd_port(S.httpd),
+			kvb_hw_rpc_port(S.be), kvb_hw_data_port(S.be));
+	if (kvb_hw_vllm_bootstrap_port(S.be))
+		g_string_append_printf(ports, ", vLLM bootstrap %u", kvb_hw_vllm_bootstrap_port(S.be));
+	if (kvb_hw_side_channel_port(S.be))
+		g_string_append_printf(ports, ", vLLM side channel %u", kvb_hw_side_channel_port(S.be));
+	if (S.up_be)
+		g_string_append_printf(ports, ", upstream handshake %u, upstream data %u",
+				       kvb_hw_rpc_port(S.up_be), kvb_hw_data_port(S.up_be));
+	fprintf(stderr, "kvbridge-serve: listening on %s: %s%s%s\n", kvb_hw_bind_host(S.be), ports->str,
+		*kvb_hw_vllm_worker_addr(S.be) ? "; worker ROUTER " : "", kvb_hw_vllm_worker_addr(S.be));
+	g_string_free(ports, TRUE);
 	printf("kvbridge-serve: ready role=%s http=%u segment=%s data_port=%u side_channel=%u "
 	       "bootstrap=%u vllm=%s model=%s blocks=%d lease_s=%.1f\n",
 	       relay_is() ? "relay" : kvb_role_name(S.cfg.role), kvb_httpd_port(S.httpd),

@@ -43,7 +43,7 @@ done
 check "3 prompts over RDMA through the proxy: every byte verified" "[ $good -eq 3 ]"
 n0=$(( $(sent $p0) - s0 )); n1=$(( $(sent $p1) - s1 ))
 check "striping: both rails carried traffic ($p0 +$n0, $p1 +$n1 packets)" "[ $n0 -gt 100 ] && [ $n1 -gt 100 ]"
-get http://127.0.0.1:8100/stats > "$tmp/s"
+get http://$P_IP:8100/stats > "$tmp/s"
 check "the producer wrote over RDMA, holds no block" "[ \$(json_num '$tmp/s' rdma_bytes_posted) -gt 1000000 ] && grep -q '\"blocks_held\":0' '$tmp/s'"
 
 # 2. a rail taken down mid-transfer: its slices retried on the other rail
@@ -52,34 +52,34 @@ nd1=$(netdev_of $p1)
 downer=$!
 st=$(post "http://127.0.0.1:8000/v1/completions" "{\"prompt\":\"$(words 1500)\"}")
 wait $downer
-get http://127.0.0.1:8100/stats > "$tmp/s"
+get http://$P_IP:8100/stats > "$tmp/s"
 check "rail $nd1 down mid-transfer: the request completes, every byte verified (HTTP $st)" "[ '$st' = 200 ] && grep -q '\"mismatched_bytes\":0' '$tmp/resp'"
 check "slices were retried on the other rail (slices_retried $(json_num "$tmp/s" slices_retried))" "[ \$(json_num '$tmp/s' slices_retried) -gt 0 ]"
 /usr/bin/ip link set dev "$nd1" up
 sleep 1
 
 # 3. lease expiry across processes
-st=$(post "http://127.0.0.1:8100/v1/completions" '{"prompt":"late late","kv_transfer_params":{"do_remote_decode":true}}' late-1)
+st=$(post "http://$P_IP:8100/v1/completions" '{"prompt":"late late","kv_transfer_params":{"do_remote_decode":true}}' late-1)
 params=$(sed -n 's/.*"kv_transfer_params":\({[^}]*}\).*/\1/p' "$tmp/resp")
 sleep 9
-st=$(post "http://127.0.0.1:8200/v1/completions" "{\"prompt\":\"late late\",\"kv_transfer_params\":$params}" late-1)
+st=$(post "http://$D_IP:8200/v1/completions" "{\"prompt\":\"late late\",\"kv_transfer_params\":$params}" late-1)
 check "a pull after the lease is refused with the reason (HTTP $st)" "[ '$st' = 502 ] && grep -q -i expired '$tmp/resp'"
 
 # 4. a consumer killed mid-transfer
-get http://127.0.0.1:8100/stats > "$tmp/s1"
+get http://$P_IP:8100/stats > "$tmp/s1"
 eps_before=$(json_num "$tmp/s1" rdma_endpoints)
 start victim "$serve" --vllm-protocol gen0 --role consumer --host "$D_IP" --http-port 8300 --blocks 512 --rdma-devices "$D_DEVS" || exit 1
 vpid=$last_pid
-st=$(post "http://127.0.0.1:8100/v1/completions" '{"prompt":"x","kv_transfer_params":{"do_remote_decode":true,"kvbridge_tokens":2000}}' big-1)
+st=$(post "http://$P_IP:8100/v1/completions" '{"prompt":"x","kv_transfer_params":{"do_remote_decode":true,"kvbridge_tokens":2000}}' big-1)
 params=$(sed -n 's/.*"kv_transfer_params":\({[^}]*}\).*/\1/p' "$tmp/resp")
 ( curl -s -o /dev/null --max-time 60 -H 'Content-Type: application/json' -H 'X-Request-Id: big-1' \
-	-d "{\"prompt\":\"x\",\"kv_transfer_params\":$params}" http://127.0.0.1:8300/v1/completions ) &
+	-d "{\"prompt\":\"x\",\"kv_transfer_params\":$params}" http://$D_IP:8300/v1/completions ) &
 sleep 0.5
 kill -KILL $vpid
 # the lease (8 s) frees the blocks once the writes in flight have failed
 i=0
 while [ $i -lt 60 ]; do
-	get http://127.0.0.1:8100/stats > "$tmp/s2"
+	get http://$P_IP:8100/stats > "$tmp/s2"
 	grep -q '"blocks_held":0' "$tmp/s2" && grep -q '"producer_live":0' "$tmp/s2" && break
 	sleep 0.5; i=$((i+1))
 done
@@ -92,9 +92,9 @@ check "the producer keeps serving (HTTP $st)" "[ '$st' = 200 ] && grep -q '\"mis
 # at the handshake with the reason, instead of a QP that silently stalls
 MC_MTU=512 start mtu "$serve" --vllm-protocol gen0 --role consumer --host "$D_IP" --http-port 8400 --blocks 64 \
 	--rdma-devices "$D_DEVS" || exit 1
-st=$(post "http://127.0.0.1:8100/v1/completions" '{"prompt":"m t u","kv_transfer_params":{"do_remote_decode":true}}' mtu-1)
+st=$(post "http://$P_IP:8100/v1/completions" '{"prompt":"m t u","kv_transfer_params":{"do_remote_decode":true}}' mtu-1)
 params=$(sed -n 's/.*"kv_transfer_params":\({[^}]*}\).*/\1/p' "$tmp/resp")
-st=$(post "http://127.0.0.1:8400/v1/completions" "{\"prompt\":\"m t u\",\"kv_transfer_params\":$params}" mtu-1)
+st=$(post "http://$D_IP:8400/v1/completions" "{\"prompt\":\"m t u\",\"kv_transfer_params\":$params}" mtu-1)
 check "a consumer at MTU 512 against a producer at 1024: refused with the reason (HTTP $st)" "[ '$st' = 502 ] && grep -q 'MTU mismatch' '$tmp/prod.log' '$tmp/mtu.log'"
 
 # 6. KV caches in GPU memory (emulated: device pages no NIC can reach, as
@@ -107,13 +107,13 @@ start gcons "$serve" --vllm-protocol gen0 --role consumer --host "$D_IP" --http-
 	--rdma-devices "$D_DEVS" -v || exit 1
 good=0
 for len in 20 700 2500; do
-	st=$(post "http://127.0.0.1:8500/v1/completions" "{\"prompt\":\"$(words $len)\",\"kv_transfer_params\":{\"do_remote_decode\":true}}" gpu-$len)
+	st=$(post "http://$P_IP:8500/v1/completions" "{\"prompt\":\"$(words $len)\",\"kv_transfer_params\":{\"do_remote_decode\":true}}" gpu-$len)
 	params=$(sed -n 's/.*"kv_transfer_params":\({[^}]*}\).*/\1/p' "$tmp/resp")
-	st=$(post "http://127.0.0.1:8600/v1/completions" "{\"prompt\":\"$(words $len)\",\"kv_transfer_params\":$params}" gpu-$len)
+	st=$(post "http://$D_IP:8600/v1/completions" "{\"prompt\":\"$(words $len)\",\"kv_transfer_params\":$params}" gpu-$len)
 	[ "$st" = 200 ] && grep -q '"mismatched_bytes":0' "$tmp/resp" && good=$((good+1))
 done
-get http://127.0.0.1:8500/stats > "$tmp/gp"
-get http://127.0.0.1:8600/stats > "$tmp/gc"
+get http://$P_IP:8500/stats > "$tmp/gp"
+get http://$D_IP:8600/stats > "$tmp/gc"
 check "GPU memory on both sides over RDMA: 3 requests, every byte verified on the consumer's device ($good/3)" "[ $good -eq 3 ]"
 check "producer: device -> pinned chunks -> rxe ($(json_num "$tmp/gp" gpu_copies) copies, $(json_num "$tmp/gp" rdma_bytes_posted) bytes over RDMA, $(json_num "$tmp/gp" gpu_syncs_requested) syncs asked)" \
 	"[ \$(json_num '$tmp/gp' gpu_copies) -gt 0 ] && [ \$(json_num '$tmp/gp' rdma_bytes_posted) -gt 1000000 ] && [ \$(json_num '$tmp/gp' gpu_syncs_requested) -gt 0 ] && grep -q '\"blocks_held\":0' '$tmp/gp'"

@@ -51,6 +51,13 @@ static hw_t *hw_of(kvb_backend_t *be)
 /* ------------------------------------------------------------------------ */
 /* vtable: environment                                                      */
 
+/* "0.0.0.0", "::", "[::]", "*": every interface. */
+static bool hw_is_wildcard(const char *host)
+{
+	return !strcmp(host, "0.0.0.0") || !strcmp(host, "::") || !strcmp(host, "[::]") ||
+	       !strcmp(host, "*");
+}
+
 static uint64_t op_clock_now_ns(kvb_backend_t *be)
 {
 	(void)be;
@@ -270,7 +277,8 @@ static int op_instance_open(kvb_backend_t *be, const void *args, kvb_err_t *err)
 				   KVB_HW_MAX_LANES);
 	/* own copies of the strings */
 	g_strlcpy(hw->host, p->host && *p->host ? p->host : "127.0.0.1", sizeof(hw->host));
-	g_strlcpy(hw->bind_host, p->bind_host ? p->bind_host : "0.0.0.0", sizeof(hw->bind_host));
+	g_strlcpy(hw->bind_host, p->bind_host && *p->bind_host ? p->bind_host : hw->host,
+		  sizeof(hw->bind_host));
 	g_strlcpy(hw->side_host, p->side_channel_host ? p->side_channel_host : hw->bind_host,
 		  sizeof(hw->side_host));
 	p->host = hw->host;
@@ -304,6 +312,10 @@ static int op_instance_open(kvb_backend_t *be, const void *args, kvb_err_t *err)
 	if (p->vllm_protocol == KVB_HW_VLLM_GEN2 && hw_vllm2_start(hw, err) != KVB_OK)
 		goto fail;
 	hw_log(hw, "up: handshake port %u, data port %u", hw->rpc_port, hw_transport_data_port(hw));
+	if (hw_is_wildcard(hw->bind_host))
+		hw_warn(hw, "listening on every interface (%s): anyone who can reach this host can "
+			    "connect to the handshake, data and vLLM ports; bind the address peers use "
+			    "(the host setting) unless that is meant", hw->bind_host);
 	return KVB_OK;
 fail:
 	hw_free_all(hw);
@@ -363,6 +375,11 @@ GMainContext *kvb_hw_context(kvb_backend_t *be)
 const char *kvb_hw_segment_name(kvb_backend_t *be)
 {
 	return hw_of(be)->segment;
+}
+
+const char *kvb_hw_bind_host(kvb_backend_t *be)
+{
+	return hw_of(be)->bind_host;
 }
 
 uint16_t kvb_hw_rpc_port(kvb_backend_t *be)

@@ -18,7 +18,7 @@ void kvb_hw_params_default(kvb_hw_params_t *p)
 {
 	memset(p, 0, sizeof(*p));
 	p->host = "127.0.0.1";
-	p->bind_host = "0.0.0.0";
+	p->bind_host = NULL; /* = host: listen only where peers are told to connect */
 	p->rpc_port_min = 15000;
 	p->rpc_port_max = 17000;
 	p->n_nics = 1;
@@ -151,6 +151,10 @@ int kvb_hw_params_apply_env(kvb_hw_params_t *p, char **envp, kvb_err_t *err)
 	const char *force_tcp = envp ? g_environ_getenv(envp, "MC_FORCE_TCP") : g_getenv("MC_FORCE_TCP");
 	if (force_tcp && (!strcmp(force_tcp, "1") || !g_ascii_strcasecmp(force_tcp, "true")))
 		p->rdma_devices = NULL;
+	/* vLLM's address of this node, then Mooncake's, more specific */
+	const char *vhost = envp ? g_environ_getenv(envp, "VLLM_HOST_IP") : g_getenv("VLLM_HOST_IP");
+	if (vhost && *vhost)
+		p->host = vhost; /* borrowed from the environment, copied at open */
 	const char *bind = envp ? g_environ_getenv(envp, "MC_TCP_BIND_ADDRESS")
 				: g_getenv("MC_TCP_BIND_ADDRESS");
 	if (bind && *bind)

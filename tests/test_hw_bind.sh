@@ -1,0 +1,68 @@
+#!/bin/sh
+# Every listener binds where it is told, and only there (issue 12, "bind
+# where asked"): kvbridge-serve as producer (Gen 2 and Gen 0), consumer and
+# relay, and kvbridge-proxy, listen on loopback when nothing is configured,
+# on --host or VLLM_HOST_IP when set, and on every interface only when told
+# (--bind 0.0.0.0, proxy --host 0.0.0.0), which they warn about.  The
+# sockets are read from /proc (tests/listeners.py), not from the logs.
+tmp=$(mktemp -d)
+. "${top_srcdir:-.}/tests/hw_lib.sh"
+trap cleanup EXIT
+srcdir=${top_srcdir:-.}
+[ -x "$serve" ] || skip_all "kvbridge-serve not built (hw backend disabled)"
+command -v python3 >/dev/null || skip_all "python3 not installed"
+[ -r /proc/self/net/tcp ] || skip_all "no /proc/self/net/tcp to read listeners from"
+echo "1..9"
+# below the ephemeral range (32768+), away from test_hw_procs' and test_hw_gen2's
+boot=$((30100 + $$ % 2600))
+
+# addrs PID: the distinct addresses PID listens on; count PID: how many sockets
+addrs() { python3 "$srcdir/tests/listeners.py" "$1" | awk '{print $1}' | sort -u | tr '\n' ' ' | sed 's/ $//'; }
+count() { python3 "$srcdir/tests/listeners.py" "$1" | wc -l; }
+# on PID ADDR MIN: every socket on ADDR, at least MIN of them
+on() { [ "$(addrs "$1")" = "$2" ] && [ "$(count "$1")" -ge "$3" ]; }
+
+start prod "$serve" --role producer --http-port 0 --bootstrap-port $boot --engine-id bind-e || exit 1
+P=$last_pid
+check "gen2 producer, nothing configured: http, handshake, data, bootstrap and ROUTER on loopback only ($(addrs $P), $(count $P) sockets)" \
+	"on $P 127.0.0.1 5 && grep -q 'listening on 127.0.0.1: http' '$tmp/prod.log'"
+
+VLLM_MOONCAKE_BOOTSTRAP_PORT=$((boot + 1)) start gen0 "$serve" --vllm-protocol gen0 --role producer --http-port 0 || exit 1
+G=$last_pid
+check "gen0 producer: the side channel on loopback too ($(addrs $G), $(count $G) sockets)" \
+	"on $G 127.0.0.1 4 && [ \"\$(field gen0 side_channel)\" = $((boot + 1)) ] && grep -q 'side channel $((boot + 1))' '$tmp/gen0.log'"
+
+start cons "$serve" --role consumer --http-port 0 || exit 1
+C=$last_pid
+check "consumer, nothing configured: loopback only ($(addrs $C))" "on $C 127.0.0.1 3"
+
+start relay "$serve" --role relay --upstream "http://127.0.0.1:$(field prod http)" \
+	--upstream-bootstrap "http://127.0.0.1:$boot" --http-port 0 --bootstrap-port 0 --engine-id relay-e || exit 1
+R=$last_pid
+check "relay (and its upstream side's ports): loopback only ($(addrs $R), $(count $R) sockets)" "on $R 127.0.0.1 5"
+
+start host2 "$serve" --role producer --host 127.0.0.2 --http-port 0 --bootstrap-port $((boot + 2)) || exit 1
+H=$last_pid
+check "--host 127.0.0.2: every port there, and peers told so ($(addrs $H); segment $(field host2 segment))" \
+	"on $H 127.0.0.2 5 && case \"\$(field host2 segment)\" in 127.0.0.2:*) true ;; *) false ;; esac"
+
+VLLM_HOST_IP=127.0.0.3 start host3 "$serve" --role producer --http-port 0 --bootstrap-port $((boot + 3)) || exit 1
+V=$last_pid
+check "VLLM_HOST_IP=127.0.0.3: every port there, the worker registered there ($(addrs $V))" \
+	"on $V 127.0.0.3 5 && grep -q 'worker tcp://127.0.0.3:' '$tmp/host3.log'"
+
+start any "$serve" --role consumer --bind 0.0.0.0 --http-port 0 || exit 1
+A=$last_pid
+check "--bind 0.0.0.0: every interface, with a warning ($(addrs $A))" \
+	"python3 '$srcdir/tests/listeners.py' $A > '$tmp/any.l' && grep -q '^0.0.0.0 ' '$tmp/any.l' && grep -q 'warning: listening on every interface' '$tmp/any.log'"
+
+[ -x "$proxy" ] || { echo "ok 8 # SKIP kvbridge-proxy not built"; echo "ok 9 # SKIP kvbridge-proxy not built"; exit $fail; }
+start px "$proxy" --port 0 --prefiller-port "$(field prod http)" --decoder-port "$(field cons http)" \
+	--prefiller-bootstrap-port $boot || exit 1
+X=$last_pid
+check "proxy, nothing configured: loopback only ($(addrs $X))" "on $X 127.0.0.1 1 && ! grep -q warning '$tmp/px.log'"
+start pxany "$proxy" --host 0.0.0.0 --port 0 --prefiller-port "$(field prod http)" \
+	--decoder-port "$(field cons http)" --prefiller-bootstrap-port $boot || exit 1
+check "proxy --host 0.0.0.0: every interface, with a warning" \
+	"on $last_pid 0.0.0.0 1 && grep -q 'warning: listening on every interface' '$tmp/pxany.log'"
+exit $fail
