@@ -10,7 +10,7 @@ tmp=$(mktemp -d)
 trap cleanup EXIT
 command -v curl >/dev/null || skip_all "curl not installed"
 [ -x "$serve" ] || skip_all "kvbridge-serve not built (hw backend disabled)"
-echo "1..9"
+echo "1..10"
 # below the ephemeral range (32768+), where the kernel picks other sockets' ports
 base=$((20000 + $$ % 10000))
 export VLLM_MOONCAKE_BOOTSTRAP_PORT=$base
@@ -57,6 +57,18 @@ st=$(curl -s -o "$tmp/resp" -w '%{http_code}' --max-time 5 -H 'Content-Type: app
 check "malformed JSON: 400 with a message (HTTP $st)" "[ '$st' = 400 ] && grep -q message '$tmp/resp'"
 st=$(curl -s -o "$tmp/resp" -w '%{http_code}' --max-time 5 -H 'Transfer-Encoding: chunked' -H 'Content-Length: 5' -d 'hello' http://127.0.0.1:$X/v1/completions)
 check "request smuggling shape (TE + CL) refused by the proxy (HTTP $st)" "[ '$st' = 400 ]"
+# a stated prompt length is a count of tokens: 2^64-1, -5, 0, 2.5, "12" and
+# 10^23 are each refused naming the field, as is an empty prompt
+bad=0
+for v in 18446744073709551615 -5 0 2.5 '"12"' 99999999999999999999999; do
+	st=$(post "http://127.0.0.1:$P/v1/completions" \
+		"{\"prompt\":\"x\",\"kv_transfer_params\":{\"do_remote_decode\":true,\"kvbridge_tokens\":$v}}")
+	[ "$st" = 400 ] && grep -q 'kvbridge_tokens must be an integer in 1\.\.' "$tmp/resp" && bad=$((bad+1))
+done
+st=$(post "http://127.0.0.1:$P/v1/completions" '{"prompt":"","kv_transfer_params":{"do_remote_decode":true}}')
+[ "$st" = 400 ] && grep -q 'prompt is empty' "$tmp/resp" && bad=$((bad+1))
+check "out-of-range kvbridge_tokens and an empty prompt: 400 naming the field ($bad of 7), no block held" \
+	"[ $bad -eq 7 ] && get http://127.0.0.1:$P/stats > '$tmp/s' && grep -q '\"blocks_held\":0' '$tmp/s'"
 st=$(post "http://127.0.0.1:$X/v1/completions" "{\"prompt\":\"$(words 40)\"}")
 check "still serving after bad input (HTTP $st)" "[ '$st' = 200 ]"
 exit $fail

@@ -172,6 +172,10 @@ void gen0_transfer_id(const char *rid, const char *endpoint, char *out, size_t l
 const char *param_str(JsonObject *params, const char *name);
 bool param_true(JsonObject *params, const char *name);
 bool param_int(JsonObject *params, const char *name, int64_t *out);
+/* An integer member in [min, max]: 1 when there (*out set), 0 when absent,
+ * -1 when it is anything else (why says what was expected). */
+int param_count(JsonObject *params, const char *name, int64_t min, int64_t max, int64_t *out,
+		char *why, size_t why_len);
 /* Start a gen2 pull of transfer_id into blocks of pool (the consumer's
  * side; also the relay's upstream).  false with the reason in why. */
 bool pull_gen2(cons_req_t *r, const char *bootstrap, const char *engine_id, char *why, size_t why_len);

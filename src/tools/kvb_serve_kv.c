@@ -58,6 +58,24 @@ bool param_int(JsonObject *params, const char *name, int64_t *out)
 	return true;
 }
 
+int param_count(JsonObject *params, const char *name, int64_t min, int64_t max, int64_t *out,
+		char *why, size_t why_len)
+{
+	if (!params || !json_object_has_member(params, name))
+		return 0;
+	JsonNode *n = json_object_get_member(params, name);
+	bool is_int = JSON_NODE_HOLDS_VALUE(n) && json_node_get_value_type(n) == G_TYPE_INT64;
+	int64_t v = is_int ? json_node_get_int(n) : 0;
+	if (!is_int || v < min || v > max) {
+		/* json-glib wraps integers beyond int64: say the range, not the value */
+		g_snprintf(why, why_len, "kv_transfer_params.%s must be an integer in %" PRId64 "..%" PRId64,
+			   name, min, max);
+		return -1;
+	}
+	*out = v;
+	return 1;
+}
+
 /* vLLM's internal request id: "cmpl-<X-Request-Id>-0" for the first prompt
  * of a completion, "chatcmpl-<X-Request-Id>" for a chat (0.13.0; later
  * releases append a random suffix, which the side channel strips). */

@@ -149,7 +149,7 @@ static uint64_t prompt_tokens(JsonObject *body, JsonObject *params)
 {
 	int64_t t;
 	if (param_int(params, "kvbridge_tokens", &t))
-		return (uint64_t)MAX(0, t);
+		return (uint64_t)t; /* checked: 1..INT32_MAX */
 	JsonNode *p = json_object_get_member(body, "prompt");
 	if (p && JSON_NODE_HOLDS_ARRAY(p))
 		return json_array_get_length(json_node_get_array(p));
@@ -219,13 +219,24 @@ static void on_http(kvb_httpd_t *d, uint64_t cid, const kvb_http_msg_t *req, con
 		g_strlcpy(rid, u, sizeof(rid));
 		g_free(u);
 	}
+	/* a prompt length a client states is a count of tokens, nothing else */
+	int64_t stated;
+	char why[160];
+	if (param_count(params, "kvbridge_tokens", 1, INT32_MAX, &stated, why, sizeof(why)) < 0) {
+		kvb_httpd_respond_error(S.httpd, cid, 400, "BadRequestError", why);
+		g_object_unref(jp);
+		return;
+	}
 	if (relay_is()) {
 		relay_handle(cid, req, body, body_len, root, params, rid);
 		g_object_unref(jp);
 		return;
 	}
 	uint64_t tokens = prompt_tokens(root, params);
-	if (tokens > (uint64_t)S.pool.n_blocks * S.pool.block_tokens) {
+	if (!tokens) {
+		kvb_httpd_respond_error(S.httpd, cid, 400, "BadRequestError",
+					"the prompt is empty: there is no KV to move");
+	} else if (tokens > (uint64_t)S.pool.n_blocks * S.pool.block_tokens) {
 		kvb_httpd_respond_error(S.httpd, cid, 400, "BadRequestError",
 					"the prompt needs more KV blocks than the pool holds");
 	} else if (param_true(params, "do_remote_decode")) {
