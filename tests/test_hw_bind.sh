@@ -12,7 +12,7 @@ srcdir=${top_srcdir:-.}
 [ -x "$serve" ] || skip_all "kvbridge-serve not built (hw backend disabled)"
 command -v python3 >/dev/null || skip_all "python3 not installed"
 [ -r /proc/self/net/tcp ] || skip_all "no /proc/self/net/tcp to read listeners from"
-echo "1..9"
+echo "1..11"
 # below the ephemeral range (32768+), away from test_hw_procs' and test_hw_gen2's
 boot=$((30100 + $$ % 2600))
 
@@ -56,7 +56,12 @@ A=$last_pid
 check "--bind 0.0.0.0: every interface, with a warning ($(addrs $A))" \
 	"python3 '$srcdir/tests/listeners.py' $A > '$tmp/any.l' && grep -q '^0.0.0.0 ' '$tmp/any.l' && grep -q 'warning: listening on every interface' '$tmp/any.log'"
 
-[ -x "$proxy" ] || { echo "ok 8 # SKIP kvbridge-proxy not built"; echo "ok 9 # SKIP kvbridge-proxy not built"; exit $fail; }
+# two of a worker's own ports the same: refused at start, both named
+rc=0; "$serve" --role producer --http-port $((boot + 4)) --bootstrap-port $((boot + 4)) > /dev/null 2> "$tmp/clash.err" || rc=$?
+check "kvbridge-serve --http-port = its bootstrap port: exit 2, both named (exit $rc)" \
+	"[ $rc = 2 ] && grep -q -- '--http-port and the vLLM bootstrap port' '$tmp/clash.err'"
+
+[ -x "$proxy" ] || { for i in 9 10 11; do echo "ok $i # SKIP kvbridge-proxy not built"; done; exit $fail; }
 start px "$proxy" --port 0 --prefiller-port "$(field prod http)" --decoder-port "$(field cons http)" \
 	--prefiller-bootstrap-port $boot || exit 1
 X=$last_pid
@@ -65,4 +70,9 @@ start pxany "$proxy" --host 0.0.0.0 --port 0 --prefiller-port "$(field prod http
 	--decoder-port "$(field cons http)" --prefiller-bootstrap-port $boot || exit 1
 check "proxy --host 0.0.0.0: every interface, with a warning" \
 	"on $last_pid 0.0.0.0 1 && grep -q 'warning: listening on every interface' '$tmp/pxany.log'"
+# the proxy's port is a local prefiller's bootstrap (or a decoder's HTTP) port
+rc=0; "$proxy" --port $boot --prefiller-port "$(field prod http)" --decoder-port "$(field cons http)" \
+	--prefiller-bootstrap-port $boot > /dev/null 2> "$tmp/pclash.err" || rc=$?
+check "kvbridge-proxy --port = the prefiller's bootstrap port: exit 2, both named (exit $rc)" \
+	"[ $rc = 2 ] && grep -q -- '--port $boot is also prefiller localhost:' '$tmp/pclash.err' && grep -q 'bootstrap port' '$tmp/pclash.err'"
 exit $fail

@@ -704,6 +704,47 @@ static bool parse_endpoints(gchar **hosts, gchar **ports, const char *def_port, 
 	return ok;
 }
 
+/* Whether host names this machine as the proxy listens on it. */
+static bool same_host(const char *host, const char *listen_host)
+{
+	return !strcmp(host, listen_host) || !strcmp(host, "localhost") || !strcmp(host, "::1") ||
+	       g_str_has_prefix(host, "127.") || !strcmp(listen_host, "0.0.0.0") ||
+	       !strcmp(listen_host, "::");
+}
+
+/* A port of ours that a prefiller or decoder on this machine also uses: one
+ * of the two would fail to bind, or the proxy would talk to itself.  Said
+ * at start, naming both; false when there is a clash. */
+static bool ports_apart(const char *listen_host)
+{
+	if (!o.port)
+		return true;
+	const char *env = g_getenv("VLLM_MOONCAKE_BOOTSTRAP_PORT");
+	long base = env && *env ? strtol(env, NULL, 10) : 8998;
+	for (guint k = 0; k < 2; k++) {
+		GArray *a = k ? decoders : prefillers;
+		for (guint i = 0; i < a->len; i++) {
+			endpoint_t *e = &g_array_index(a, endpoint_t, i);
+			if (!same_host(e->host, listen_host))
+				continue;
+			const char *what = NULL;
+			if (e->port == o.port)
+				what = "HTTP port";
+			else if (!k && proto == KVB_PROXY_GEN2 && e->bootstrap_port == o.port)
+				what = "bootstrap port (--prefiller-bootstrap-port, VLLM_MOONCAKE_BOOTSTRAP_PORT)";
+			else if (!k && proto == KVB_PROXY_GEN0 && o.port >= base && o.port < base + 8)
+				what = "side-channel ports (VLLM_MOONCAKE_BOOTSTRAP_PORT + tp rank)";
+			if (what) {
+				fprintf(stderr, "kvbridge-proxy: --port %d is also %s %s:%u's %s; give the proxy "
+					"another --port\n", o.port, k ? "decoder" : "prefiller", e->host, e->port,
+					what);
+				return false;
+			}
+		}
+	}
+	return true;
+}
+
 /* --prefiller-bootstrap-port: none (8998 for all), one for all, or one per prefiller. */
 static bool parse_bootstrap_ports(gchar **items, GArray *ps)
 {
@@ -854,6 +895,8 @@ int main(int argc, char **argv)
 	if (!o.host)
 		o.host = g_strdup("127.0.0.1");
 	const char *h = o.host;
+	if (!ports_apart(h))
+		return 2;
 	int rc = getaddrinfo(h, ps, &hints, &res);
 	if (rc) {
 		fprintf(stderr, "kvbridge-proxy: --host %s: %s\n", h, gai_strerror(rc));

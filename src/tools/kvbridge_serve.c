@@ -516,6 +516,21 @@ static int setup(void)
 		hp.vllm_bootstrap_server = o.bootstrap_server ? o.bootstrap_server
 					   : hp.vllm_bootstrap_port ? NULL : local;
 	}
+	/* two of our own ports the same: say which, before one bind fails */
+	const struct { int port; const char *what; } mine[] = {
+		{o.http_port, "--http-port"},
+		{o.rpc_port, "--rpc-port"},
+		{o.data_port, "--data-port"},
+		{hp.vllm_bootstrap_port, "the vLLM bootstrap port (--bootstrap-port, VLLM_MOONCAKE_BOOTSTRAP_PORT)"},
+		{hp.side_channel_port, "the vLLM side-channel port (VLLM_MOONCAKE_BOOTSTRAP_PORT + ranks)"},
+	};
+	for (size_t i = 0; i < G_N_ELEMENTS(mine); i++)
+		for (size_t j = i + 1; j < G_N_ELEMENTS(mine); j++)
+			if (mine[i].port > 0 && mine[i].port == mine[j].port) {
+				fprintf(stderr, "kvbridge-serve: %s and %s are both port %d; give one another\n",
+					mine[i].what, mine[j].what, mine[i].port);
+				return 2;
+			}
 	if (kvb_hw_open(&hp, &S.be, &err) != KVB_OK) {
 		fprintf(stderr, "kvbridge-serve: %s\n", err.msg);
 		return 1;
