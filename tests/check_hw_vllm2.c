@@ -583,6 +583,82 @@ START_TEST(test_gen2_bad_requests_get_error)
 }
 END_TEST
 
+/* A garbage storm from one peer: its first warnings are logged, the rest
+ * counted (one line says how many), and a second peer's warnings still get
+ * through; every message is still answered. */
+typedef struct warn_log {
+	GPtrArray *lines;
+} warn_log_t;
+
+static void warn_collect(void *arg, const char *line)
+{
+	warn_log_t *w = arg;
+	g_ptr_array_add(w->lines, g_strdup(line));
+}
+
+static guint lines_with(warn_log_t *w, const char *needle)
+{
+	guint n = 0;
+	for (guint i = 0; i < w->lines->len; i++)
+		n += strstr(g_ptr_array_index(w->lines, i), needle) != NULL;
+	return n;
+}
+
+START_TEST(test_gen2_warning_storm_rate_limited)
+{
+	warn_log_t wl = {g_ptr_array_new_with_free_func(g_free)};
+	side_t P;
+	side_opts_t o = {.vllm = KVB_HW_VLLM_GEN2, .bootstrap_port = free_port(), .engine_id = "prefill-0",
+			 .warn_fn = warn_collect, .warn_arg = &wl};
+	side_open_opt(&P, KVB_ROLE_PRODUCER, 30, &o);
+	side_t *one[1] = {&P};
+	const char *worker = kvb_hw_vllm_worker_addr(P.be); /* tcp://127.0.0.1:port */
+	enum { STORM = 300 };
+	const char garbage[] = "\xc1 not msgpack";
+	/* the storm, from 127.0.0.1; then a few from 127.0.0.2 (ZMQ's
+	 * "tcp://source;destination") */
+	char ep2[128];
+	g_snprintf(ep2, sizeof(ep2), "tcp://127.0.0.2:0;%s", worker + 6);
+	const char *eps[2] = {worker, ep2};
+	int sent[2] = {STORM, 3}, answered[2] = {0, 0};
+	void *zc = zmq_ctx_new();
+	for (int k = 0; k < 2; k++) {
+		void *d = zmq_socket(zc, ZMQ_DEALER);
+		int zero = 0, wait_ms = 20;
+		zmq_setsockopt(d, ZMQ_LINGER, &zero, sizeof(zero));
+		zmq_setsockopt(d, ZMQ_RCVTIMEO, &wait_ms, sizeof(wait_ms));
+		ck_assert_int_eq(zmq_connect(d, eps[k]), 0);
+		for (int i = 0; i < sent[k]; i++)
+			ck_assert(zmq_send(d, garbage, sizeof(garbage) - 1, 0) >= 0);
+		gint64 end = g_get_monotonic_time() + 20 * G_USEC_PER_SEC;
+		while (answered[k] < sent[k] && g_get_monotonic_time() < end) {
+			step(one, 1);
+			char buf[4096];
+			while (zmq_recv(d, buf, sizeof(buf), ZMQ_DONTWAIT) >= 0)
+				answered[k]++;
+		}
+		zmq_close(d);
+	}
+	zmq_ctx_term(zc);
+	ck_assert_int_eq(answered[0], STORM); /* every message still gets its ERROR */
+	ck_assert_int_eq(answered[1], 3);
+	guint from1 = lines_with(&wl, "(127.0.0.1) answered ERROR");
+	guint from2 = lines_with(&wl, "(127.0.0.2) answered ERROR");
+	ck_assert_msg(from1 >= 1 && from1 <= 5, "%u lines about 127.0.0.1's storm", from1);
+	ck_assert_uint_eq(from2, 3); /* the other peer is not drowned */
+	kvb_hw_stats_t st;
+	kvb_hw_stats_get(P.be, &st);
+	ck_assert_uint_eq(st.warnings_suppressed, STORM - from1);
+	/* closing says what was held back, with the count */
+	side_close(&P);
+	char want[64];
+	g_snprintf(want, sizeof(want), "%u more warnings like this one", STORM - from1);
+	ck_assert_msg(lines_with(&wl, want) == 1, "no line saying \"%s\" (%u lines)", want, wl.lines->len);
+	ck_assert_uint_le(wl.lines->len, 12);
+	g_ptr_array_free(wl.lines, TRUE);
+}
+END_TEST
+
 /* A decoder TP rank this producer rank does not serve (P tp 2 rank 0, D tp 2
  * rank 1): ERROR, as vLLM's pairing check answers. */
 START_TEST(test_gen2_tp_pairing)
@@ -765,6 +841,7 @@ Suite *kvb_suite_hw_vllm2(void)
 	tcase_add_test(tc, test_gen2_heterogeneous_tp);
 	tcase_add_test(tc, test_gen2_bad_requests_get_error);
 	tcase_add_test(tc, test_gen2_tp_pairing);
+	tcase_add_test(tc, test_gen2_warning_storm_rate_limited);
 	tcase_add_test(tc, test_wrong_generation);
 	tcase_add_test(tc, test_gen2_bootstrap_http);
 	suite_add_tcase(s, tc);

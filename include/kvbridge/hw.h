@@ -291,6 +291,7 @@ typedef struct kvb_hw_stats {
 	uint64_t vllm_descriptors_reused; /* gen2 producer: messages served on a decoder's kept
 					 * descriptor and data connections */
 	uint64_t vllm_batched_pulls;    /* gen2 consumer: pulls sent in a message with others */
+	uint64_t warnings_suppressed;   /* warnings not logged (rate limit), counted */
 } kvb_hw_stats_t;
 
 KVB_API void kvb_hw_stats_get(kvb_backend_t *be, kvb_hw_stats_t *out);

@@ -240,6 +240,7 @@ static void hw_free_all(hw_t *hw)
 	/* after their owners (peers, sessions, endpoints, probes) have cancelled
 	 * theirs: what is left has no owner (fire-and-forget acks) */
 	hw_calls_free_all(hw);
+	hw_warn_fini(hw);
 	hw_events_fini(hw);
 }
 

@@ -19,6 +19,8 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -57,6 +59,7 @@ typedef struct boot_conn {
 	GByteArray *tx;
 	size_t tx_off;
 	bool close_after;           /* the last response said Connection: close */
+	char peer_ip[64];           /* the client's address, for warnings */
 } boot_conn_t;
 
 static void conn_free(boot_conn_t *c)
@@ -161,7 +164,8 @@ static bool conn_parse(boot_conn_t *c)
 		if (rc == KVB_INPROGRESS)
 			return true;
 		if (rc != KVB_OK) {
-			hw_warn(c->b->hw, "vLLM bootstrap: not an HTTP request, answered 400: %s", err.msg);
+			hw_warn_from(c->b->hw, c->peer_ip, "vLLM bootstrap: not an HTTP request from %s, "
+				     "answered 400: %s", c->peer_ip, err.msg);
 			respond(c, 400, "text/plain; charset=utf-8", "Invalid HTTP request received.", false);
 			g_byte_array_set_size(c->rx, 0);
 			return false;
@@ -195,7 +199,8 @@ static bool conn_parse(boot_conn_t *c)
 			}
 		}
 		if (rc != KVB_OK) {
-			hw_warn(c->b->hw, "vLLM bootstrap: request body refused, answered 400: %s", err.msg);
+			hw_warn_from(c->b->hw, c->peer_ip, "vLLM bootstrap: request body from %s refused, "
+				     "answered 400: %s", c->peer_ip, err.msg);
 			respond(c, 400, "text/plain; charset=utf-8", "Invalid HTTP request received.", false);
 			g_byte_array_unref(body);
 			kvb_http_msg_clear(&m);
@@ -253,11 +258,17 @@ static bool boot_accept(void *obj, GIOCondition cond)
 	struct hw_vllm_boot *b = obj;
 	(void)cond;
 	for (int i = 0; i < 64; i++) {
-		int fd = accept(b->fd, NULL, NULL);
+		struct sockaddr_storage sa;
+		socklen_t sl = sizeof(sa);
+		int fd = accept(b->fd, (struct sockaddr *)&sa, &sl);
 		if (fd < 0)
 			break;
 		hw_sock_tune(fd);
 		boot_conn_t *c = g_new0(boot_conn_t, 1);
+		const void *ip = sa.ss_family == AF_INET6 ? (const void *)&((struct sockaddr_in6 *)&sa)->sin6_addr
+							  : (const void *)&((struct sockaddr_in *)&sa)->sin_addr;
+		if (!inet_ntop(sa.ss_family, ip, c->peer_ip, sizeof(c->peer_ip)))
+			c->peer_ip[0] = 0;
 		c->b = b;
 		c->fd = fd;
 		c->rx = g_byte_array_new();

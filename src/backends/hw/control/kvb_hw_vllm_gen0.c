@@ -361,8 +361,9 @@ static void router_message(struct hw_vllm *v, zmq_msg_t *frames, int n, size_t n
 	if (n_total > (size_t)n || kvb_vllm_envelope_classify(sizes, (size_t)n, &env, &pi, &err) != KVB_OK) {
 		hw_set_error(hw, "vLLM side channel: %s",
 			     n_total > (size_t)n ? "too many frames" : err.msg);
-		hw_warn(hw, "vLLM side channel: message refused with trans_error: %s",
-			n_total > (size_t)n ? "too many frames" : err.msg);
+		hw_warn_from(hw, hw_zmq_peer(&frames[n - 1]), "vLLM side channel: message from %s refused "
+			     "with trans_error: %s", hw_zmq_peer(&frames[n - 1]),
+			     n_total > (size_t)n ? "too many frames" : err.msg);
 		router_reply(v, identity, n == 3 ? KVB_VLLM_ENV_REQ : KVB_VLLM_ENV_DEALER,
 			     KVB_VLLM_REPLY_ERROR);
 		g_bytes_unref(identity);

@@ -78,6 +78,7 @@ static const hw_peer_ops_t session_ops;
 typedef struct v2sess {
 	struct hw_vllm2 *v;
 	GBytes *identity;
+	char peer_ip[64];           /* where the message came from, as ZMQ saw it */
 	kvb_vllm_xfer_meta_t meta;
 	uint32_t *pair;             /* our region i -> the decoder's region pair[i] */
 	hw_call_t *call;
@@ -219,9 +220,11 @@ static void router_reply(struct hw_vllm2 *v, GBytes *identity, const kvb_vllm_xf
 
 /* The whole message refused: one ERROR reply naming no request, as a vLLM
  * P answers decode and validation errors. */
-static void router_error(struct hw_vllm2 *v, GBytes *identity, const char *from, const char *why)
+static void router_error(struct hw_vllm2 *v, GBytes *identity, const char *peer_ip, const char *from,
+			 const char *why)
 {
-	hw_warn(v->hw, "vLLM request %s answered ERROR: %s", from, why);
+	hw_warn_from(v->hw, peer_ip, "vLLM request %s (%s) answered ERROR: %s", from,
+		     *peer_ip ? peer_ip : "address unknown", why);
 	hw_set_error(v->hw, "vLLM request %s: %s", from, why);
 	kvb_vllm_xfer_resp_t resp;
 	kvb_vllm_xfer_resp_init(&resp, KVB_VLLM_XFER_ERROR);
@@ -276,7 +279,7 @@ static void sess_fail(v2sess_t *s, const char *why)
 {
 	char from[KVB_VLLM_HOST_MAX + 32];
 	g_snprintf(from, sizeof(from), "from %s:%u", s->meta.remote_hostname, s->meta.remote_port);
-	router_error(s->v, s->identity, from, why);
+	router_error(s->v, s->identity, s->peer_ip, from, why);
 	sess_end(s);
 }
 
@@ -725,7 +728,7 @@ static void router_message(struct hw_vllm2 *v, zmq_msg_t *frames, int n, size_t 
 		char why[96];
 		g_snprintf(why, sizeof(why), "message of %zu frames (a vLLM decoder's DEALER sends one)",
 			   n_total - 1);
-		router_error(v, identity, "(unframed)", why);
+		router_error(v, identity, hw_zmq_peer(&frames[n - 1]), "(unframed)", why);
 		g_bytes_unref(identity);
 		return;
 	}
@@ -740,6 +743,7 @@ static void router_message(struct hw_vllm2 *v, zmq_msg_t *frames, int n, size_t 
 	v2sess_t *s = g_new0(v2sess_t, 1);
 	s->v = v;
 	s->identity = identity;
+	g_strlcpy(s->peer_ip, hw_zmq_peer(&frames[n - 1]), sizeof(s->peer_ip));
 	s->open = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
 	s->ok = g_ptr_array_new_with_free_func(g_free);
 	s->err = g_ptr_array_new_with_free_func(g_free);
@@ -749,7 +753,7 @@ static void router_message(struct hw_vllm2 *v, zmq_msg_t *frames, int n, size_t 
 	kvb_err_t err;
 	char why[KVB_ERR_MSG_MAX + 128];
 	if (kvb_vllm_xfer_meta_decode(KVB_VLLM_XFER_ANY, payload, plen, &s->meta, &err) != KVB_OK) {
-		router_error(v, identity, req_env ? "(REQ envelope)" : "(undecodable)", err.msg);
+		router_error(v, identity, s->peer_ip, req_env ? "(REQ envelope)" : "(undecodable)", err.msg);
 		sess_free(s);
 		return;
 	}

@@ -56,22 +56,6 @@ void hw_log(hw_t *hw, const char *fmt, ...)
 	va_end(ap);
 }
 
-void hw_warn(hw_t *hw, const char *fmt, ...)
-{
-	const kvb_hw_params_t *prm = &hw->p;
-	if (!prm->warn_fn && !hw->debug)
-		return;
-	char line[KVB_ERR_MSG_MAX + 256];
-	va_list ap;
-	va_start(ap, fmt);
-	g_vsnprintf(line, sizeof(line), fmt, ap);
-	va_end(ap);
-	if (prm->warn_fn)
-		prm->warn_fn(prm->warn_arg, line);
-	else
-		fprintf(stderr, "kvbridge-hw[%s]: warning: %s\n", hw->segment, line);
-}
-
 /* ------------------------------------------------------------------------ */
 /* GSource helpers                                                          */
 struct hw_watch {

@@ -87,6 +87,7 @@ struct hw {
 	struct hw_vllm *vllm;
 	struct hw_vllm2 *vllm2;
 	struct hw_vllm_boot *vllm_boot;
+	struct hw_warn_state *warn; /* events/kvb_hw_warn.c; NULL until a warning */
 };
 
 /* ---- instance ------------------------------------------------------------ */
@@ -109,8 +110,12 @@ static inline kvb_hw_stats_t *hw_stats(hw_t *hw)
 
 void hw_set_error(hw_t *hw, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
 void hw_log(hw_t *hw, const char *fmt, ...) G_GNUC_PRINTF(2, 3); /* KVB_HW_DEBUG=1 */
-/* A peer-caused problem worth a line in the application's log (params.warn_fn). */
+/* A problem worth a line in the application's log (params.warn_fn), rate-
+ * limited per call site and peer (events/kvb_hw_warn.c); peer: the address
+ * the problem came from, NULL or "" when unknown. */
 void hw_warn(hw_t *hw, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+void hw_warn_from(hw_t *hw, const char *peer, const char *fmt, ...) G_GNUC_PRINTF(3, 4);
+void hw_warn_fini(hw_t *hw); /* says what is still held back */
 
 /* ---- GSource helpers ----------------------------------------------------- */
 

@@ -62,3 +62,9 @@ int hw_zmq_fd(void *sock)
 	zmq_getsockopt(sock, ZMQ_FD, &fd, &sz);
 	return fd;
 }
+
+const char *hw_zmq_peer(zmq_msg_t *frame)
+{
+	const char *a = zmq_msg_gets(frame, "Peer-Address");
+	return a ? a : "";
+}

@@ -23,6 +23,8 @@ void *hw_zmq_ctx(void);
  * of frames kept (> 0), 0 when nothing is ready, -1 on error; frames beyond
  * HW_ZMQ_MAX_FRAMES are drained and only counted in *n_total. */
 int hw_zmq_recv(void *sock, zmq_msg_t *frames, size_t *n_total);
+/* The sender's IP address of a received frame ("" when ZMQ does not say). */
+const char *hw_zmq_peer(zmq_msg_t *frame);
 void hw_zmq_frames_close(zmq_msg_t *frames, int n);
 /* A message is waiting (ZMQ_EVENTS has POLLIN). */
 bool hw_zmq_readable(void *sock);
