@@ -15,7 +15,7 @@ command -v curl >/dev/null || skip_all "curl not installed"
 command -v python3 >/dev/null || skip_all "python3 not installed"
 [ -x "$proxy" ] || skip_all "kvbridge-proxy not built (hw backend disabled)"
 fake_py="${top_srcdir:-.}/tests/proxy/fake_vllm.py"
-echo "1..19"
+echo "1..22"
 
 # wait_line NAME PATTERN [TENTHS]: until $tmp/NAME.out holds PATTERN
 wait_line() {
@@ -216,6 +216,35 @@ check "P answers 500: the client still gets D's answer (HTTP $st); logged with P
 	"[ '$st' = 200 ] && grep -q ' decoded' '$tmp/resp' && grep -q '$RID: prefill leg on 127.0.0.1:$A_P (dp [01]) answered 500: {\"error\":\"prefill exploded: marker-4711\"}' '$tmp/px.log' && [ \$(json_num '$tmp/stats' prefill_failed) -eq 1 ] && [ \$(json_num '$tmp/stats' prefill_legs) -eq 8 ]"
 ctl $A_P '{"p_status":200,"p_body":null}'
 
+# ---- gen2: P's KV pool is full (503) ---------------------------------------------
+ctl $A_P '{"p_busy_n":3}'
+r0=$(get "http://127.0.0.1:$X/stats" | sed -n 's/.*"busy_retries":\([0-9]*\).*/\1/p')
+st=$(post "http://127.0.0.1:$X/v1/completions" '{"prompt":"p-busy","max_tokens":4}')
+i=0 # the P leg retries on its own thread: the client may have D's answer first
+while :; do
+	r1=$(get "http://127.0.0.1:$X/stats" | sed -n 's/.*"busy_retries":\([0-9]*\).*/\1/p')
+	i=$((i+1)); [ $((r1 - r0)) -ge 3 ] || [ $i -gt 50 ] && break; sleep 0.1
+done
+sleep 0.3
+pycheck $A_P > /dev/null <<'PY'
+print(len([r for r in posts("p") if "p-busy" in json.dumps(r["body"])]))
+PY
+np=$(cat "$tmp/out")
+check "P answers 503 three times: the proxy retries the P leg, the client gets D's answer (HTTP $st, busy_retries +$((r1 - r0)), $np legs seen)" \
+	"[ '$st' = 200 ] && grep -q ' decoded' '$tmp/resp' && [ $((r1 - r0)) -eq 3 ] && [ $np -eq 4 ]"
+ctl $A_P '{"p_busy_n":1000,"d_delay":30}'
+proxy_bg pxb --port 0 --busy-wait 1 --prefiller-host 127.0.0.1 --prefiller-port $A_P --prefiller-bootstrap-port $A_B \
+	--decoder-host 127.0.0.1 --decoder-port $A_D
+wait_line pxb 'ready on' 50
+XB=$(port_of pxb)
+t0=$(date +%s)
+curl -s -D "$tmp/hdr" -o "$tmp/resp" --max-time 25 -H 'Content-Type: application/json' -d '{"prompt":"p-full"}' \
+	"http://127.0.0.1:$XB/v1/completions" > /dev/null
+t1=$(date +%s)
+check "P stays full past --busy-wait 1: 503 with Retry-After within seconds, the decode leg closed ($((t1 - t0)) s)" \
+	"grep -q '^HTTP/1.1 503' '$tmp/hdr' && grep -qi '^Retry-After: 1' '$tmp/hdr' && grep -q 'KV pool is full' '$tmp/resp' && [ $((t1 - t0)) -le 10 ] && get http://127.0.0.1:$XB/stats | grep -q '\"busy\":1'"
+ctl $A_P '{"p_busy_n":0,"d_delay":0}'
+
 # ---- gen2: the decoder is down -------------------------------------------------
 DEAD=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 proxy_bg px2 --port 0 --prefiller-host 127.0.0.1 --prefiller-port $A_P --prefiller-bootstrap-port $A_B --decoder-host 127.0.0.1 --decoder-port $DEAD
@@ -265,6 +294,19 @@ expect(d["t0"] >= p["t1"], "gen0 D leg at %.3f before P answered at %.3f" % (d["
 PY
 check "gen0: P answered first, then D got the client's body with P's kv_transfer_params (HTTP $st)" \
 	"[ $? -eq 0 ] && [ '$st' = 200 ] && head -n 1 '$tmp/px6.out' | grep -q 'vllm protocol gen0'"
+
+ctl $FP '{"p_busy_n":1000}'
+proxy_bg px7 --vllm-protocol gen0 --busy-wait 0.5 --port 0 --prefiller-port $FP --decoder-host 127.0.0.1 --decoder-port $FD
+wait_line px7 'ready on' 50
+curl -s -D "$tmp/hdr" -o "$tmp/resp" --max-time 20 -H 'Content-Type: application/json' -d '{"prompt":"gen0-full"}' \
+	"http://127.0.0.1:$(port_of px7)/v1/completions" > /dev/null
+pycheck $FP > /dev/null <<'PY'
+print(len([r for r in posts("d") if "gen0-full" in json.dumps(r["body"])]))
+PY
+nd=$(cat "$tmp/out")
+check "gen0: P stays full past --busy-wait: 503 with Retry-After naming P's words, nothing sent to D ($nd D legs)" \
+	"grep -q '^HTTP/1.1 503' '$tmp/hdr' && grep -qi '^Retry-After: 1' '$tmp/hdr' && grep -q 'is busy' '$tmp/resp' && grep -q 'not enough free KV blocks' '$tmp/resp' && [ $nd -eq 0 ]"
+ctl $FP '{"p_busy_n":0}'
 
 st=$(post "http://127.0.0.1:$X/v1/completions" '{"prompt":"still there"}')
 check "the gen2 proxy still serves (HTTP $st)" "[ '$st' = 200 ]"

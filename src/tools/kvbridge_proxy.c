@@ -76,6 +76,10 @@ typedef struct pleg {
 	char rid[64];
 	char target[KVB_HTTP_TARGET_MAX];
 	char *body;
+	gint refs;                  /* the P leg's thread and the client's */
+	GMutex lock;
+	int dfd;                    /* the decode leg's connection; -1 once closed */
+	gint busy;                  /* P stayed busy (503) past --busy-wait */
 } pleg_t;
 
 static struct {
@@ -86,8 +90,10 @@ static struct {
 	gint timeout_s;
 	gint startup_timeout_s;
 	gint max_clients;
+	gdouble busy_wait_s;
 	gboolean verbose;
-} o = {.port = 8000, .timeout_s = 600, .startup_timeout_s = G_MININT, .max_clients = 256};
+} o = {.port = 8000, .timeout_s = 600, .startup_timeout_s = G_MININT, .max_clients = 256,
+       .busy_wait_s = 10};
 
 #define STARTUP_TIMEOUT_DEFAULT_S 600
 #define BOOTSTRAP_PORT_DEFAULT "8998"
@@ -103,6 +109,7 @@ static int listen_fd = -1;
 static GThreadPool *client_pool, *pleg_pool;
 static gint rr_p, rr_d;
 static gint64 n_requests, n_errors, n_prefill_legs, n_prefill_failed, n_decode_failed;
+static gint64 n_busy, n_busy_retries; /* 503s given after --busy-wait; retries of a busy P */
 
 static void logv(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
 static void logv(const char *fmt, ...)
@@ -168,6 +175,48 @@ static void reply(int fd, int status, const char *type, const char *msg)
 		g_atomic_pointer_add(&n_errors, 1);
 }
 
+/* 503 with Retry-After: the prefillers are full, the client may come back. */
+static void reply_busy(int fd, const char *msg)
+{
+	GString *b = g_string_new("{\"error\":{\"message\":\"");
+	for (const char *p = msg; *p; p++) {
+		if (*p == '"' || *p == '\\')
+			g_string_append_c(b, '\\');
+		if ((unsigned char)*p >= 0x20)
+			g_string_append_c(b, *p);
+	}
+	g_string_append(b, "\",\"type\":\"ServiceUnavailable\",\"code\":503}}\n");
+	GString *out = g_string_new(NULL);
+	g_string_printf(out, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+			"Retry-After: %d\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n%s",
+			MAX(1, (int)(o.busy_wait_s + 0.5)), b->len, b->str);
+	send_all(fd, out->str, out->len);
+	g_string_free(out, TRUE);
+	g_string_free(b, TRUE);
+	g_atomic_pointer_add(&n_errors, 1);
+	g_atomic_pointer_add(&n_busy, 1);
+}
+
+/* POST to a prefiller; while it answers 503 (its KV pool is full), again
+ * after a growing pause (50 ms doubling to 1 s) for at most --busy-wait
+ * seconds.  What kvb_http_request returns, for the last try. */
+static bool prefill_post(const endpoint_t *pe, const char *target, const char *const *fields,
+			 const char *body, int *status, GByteArray *resp, GError **gerr)
+{
+	gint64 end = g_get_monotonic_time() + (gint64)(o.busy_wait_s * G_USEC_PER_SEC);
+	gulong pause_us = 50000;
+	for (;;) {
+		g_byte_array_set_size(resp, 0);
+		bool ok = kvb_http_request(pe->host, pe->port, "POST", target, fields, "application/json",
+					   body, strlen(body), o.timeout_s * 1000, status, resp, gerr);
+		if (!ok || *status != 503 || g_get_monotonic_time() + (gint64)pause_us > end)
+			return ok;
+		g_atomic_pointer_add(&n_busy_retries, 1);
+		g_usleep(pause_us);
+		pause_us = MIN(pause_us * 2, 1000000ul);
+	}
+}
+
 /* A peer's answer as one log line: controls become spaces, at most max bytes. */
 static char *one_line(const guint8 *p, size_t len, size_t max)
 {
@@ -197,8 +246,28 @@ static int decoder_connect(int cfd, const endpoint_t *d, const char *why_extra)
 
 /* Send the request on dfd (closed here) and relay the decoder's response
  * as it arrives. */
+static void pleg_unref(pleg_t *j)
+{
+	if (!g_atomic_int_dec_and_test(&j->refs))
+		return;
+	g_mutex_clear(&j->lock);
+	g_free(j->body);
+	g_free(j);
+}
+
+/* The decode leg's connection is over: no shutdown() may reach its number. */
+static void decoder_close(int dfd, pleg_t *j)
+{
+	if (j) {
+		g_mutex_lock(&j->lock);
+		j->dfd = -1;
+		g_mutex_unlock(&j->lock);
+	}
+	close(dfd);
+}
+
 static void decoder_relay(int cfd, int dfd, const endpoint_t *d, const char *target,
-			  const char *const *fields, const char *body)
+			  const char *const *fields, const char *body, pleg_t *j)
 {
 	char hostf[300];
 	g_snprintf(hostf, sizeof(hostf), "%s:%u", d->host, d->port);
@@ -209,7 +278,7 @@ static void decoder_relay(int cfd, int dfd, const endpoint_t *d, const char *tar
 	if (!ok) {
 		reply(cfd, 502, "DecoderUnavailable", "could not send the request to the decoder");
 		g_atomic_pointer_add(&n_decode_failed, 1);
-		close(dfd);
+		decoder_close(dfd, j);
 		return;
 	}
 	char buf[65536];
@@ -224,11 +293,16 @@ static void decoder_relay(int cfd, int dfd, const endpoint_t *d, const char *tar
 			break; /* the client left */
 		relayed += (uint64_t)n;
 	}
-	if (!relayed) {
+	if (!relayed && j && g_atomic_int_get(&j->busy)) {
+		char m[300];
+		g_snprintf(m, sizeof(m), "every try of the prefill leg for %.0f s got 503 (the prefiller's KV "
+			   "pool is full); the decode leg was closed", o.busy_wait_s);
+		reply_busy(cfd, m);
+	} else if (!relayed) {
 		reply(cfd, 502, "DecoderUnavailable", "the decoder closed without a response");
 		g_atomic_pointer_add(&n_decode_failed, 1);
 	}
-	close(dfd);
+	decoder_close(dfd, j);
 }
 
 /* gen0: prefill, wait, then decode with P's kv_transfer_params. */
@@ -256,9 +330,16 @@ static void route_gen0(int cfd, const kvb_http_msg_t *msg, JsonNode *root)
 	GByteArray *presp = g_byte_array_new();
 	logv("%s: prefill on %s:%u, decode on %s:%u", rid, pe->host, pe->port, de->host, de->port);
 	g_atomic_pointer_add(&n_prefill_legs, 1);
-	bool ok = kvb_http_request(pe->host, pe->port, "POST", msg->target, fields, "application/json",
-				   pbody, strlen(pbody), o.timeout_s * 1000, &status, presp, &gerr);
+	bool ok = prefill_post(pe, msg->target, fields, pbody, &status, presp, &gerr);
 	g_free(pbody);
+	if (ok && status == 503) {
+		char m[1200];
+		g_snprintf(m, sizeof(m), "prefiller %s:%u is busy (503 for %.0f s): %.*s", pe->host, pe->port,
+			   o.busy_wait_s, (int)MIN(presp->len, 1000u), (const char *)presp->data);
+		reply_busy(cfd, m);
+		g_byte_array_unref(presp);
+		return;
+	}
 	if (!ok || status / 100 != 2) {
 		char m[1200];
 		if (!ok)
@@ -283,7 +364,7 @@ static void route_gen0(int cfd, const kvb_http_msg_t *msg, JsonNode *root)
 	const char *dfields[] = {idf, "Connection: close", NULL};
 	int dfd = decoder_connect(cfd, de, NULL);
 	if (dfd >= 0)
-		decoder_relay(cfd, dfd, de, msg->target, dfields, dbody);
+		decoder_relay(cfd, dfd, de, msg->target, dfields, dbody, NULL);
 	g_free(dbody);
 }
 
@@ -300,8 +381,15 @@ static void prefill_leg(gpointer data, gpointer user)
 	int status = 0;
 	GError *gerr = NULL;
 	GByteArray *resp = g_byte_array_new();
-	bool ok = kvb_http_request(pe->host, pe->port, "POST", j->target, fields, "application/json",
-				   j->body, strlen(j->body), o.timeout_s * 1000, &status, resp, &gerr);
+	bool ok = prefill_post(pe, j->target, fields, j->body, &status, resp, &gerr);
+	if (ok && status == 503) {
+		/* still full: end the decode leg, whose client gets 503 and Retry-After */
+		g_atomic_int_set(&j->busy, 1);
+		g_mutex_lock(&j->lock);
+		if (j->dfd >= 0)
+			shutdown(j->dfd, SHUT_RDWR);
+		g_mutex_unlock(&j->lock);
+	}
 	if (!ok || status / 100 != 2) {
 		g_atomic_pointer_add(&n_prefill_failed, 1);
 		char *words = ok ? one_line(resp->data, resp->len, 1000) : g_strdup(gerr->message);
@@ -320,8 +408,7 @@ static void prefill_leg(gpointer data, gpointer user)
 		     status);
 	}
 	g_byte_array_unref(resp);
-	g_free(j->body);
-	g_free(j);
+	pleg_unref(j);
 }
 
 /* gen2: P and D legs at once; D's answer to the client. */
@@ -358,8 +445,12 @@ static void route_gen2(int cfd, const kvb_http_msg_t *msg, JsonNode *root)
 		g_snprintf(idf, sizeof(idf), "X-Request-Id: %s", j->rid);
 		const char *dfields[] = {idf, "Connection: close", auth_field, NULL};
 		g_atomic_pointer_add(&n_prefill_legs, 1);
-		g_thread_pool_push(pleg_pool, j, NULL); /* j is the pool's now */
-		decoder_relay(cfd, dfd, de, msg->target, dfields, dbody);
+		g_mutex_init(&j->lock);
+		j->dfd = dfd;
+		j->refs = 2; /* the pool's and ours */
+		g_thread_pool_push(pleg_pool, j, NULL);
+		decoder_relay(cfd, dfd, de, msg->target, dfields, dbody, j);
+		pleg_unref(j);
 	}
 	g_free(dbody);
 	g_free(xfer);
@@ -380,6 +471,7 @@ static void reply_stats(int cfd)
 	} c[] = {
 		{"requests", &n_requests}, {"errors", &n_errors}, {"prefill_legs", &n_prefill_legs},
 		{"prefill_failed", &n_prefill_failed}, {"decode_failed", &n_decode_failed},
+		{"busy", &n_busy}, {"busy_retries", &n_busy_retries},
 	};
 	for (size_t i = 0; i < G_N_ELEMENTS(c); i++) {
 		json_builder_set_member_name(b, c[i].name);
@@ -770,6 +862,10 @@ static GOptionEntry entries[] = {
 	{"vllm-protocol", 0, 0, G_OPTION_ARG_STRING, &o.protocol, "router contract: gen2 (vLLM 0.16.0 and later; gen1 is the same; default) or gen0 (vLLM 0.13.0 - 0.15.1)", "gen0|gen2"},
 	{"host", 0, 0, G_OPTION_ARG_STRING, &o.host, "listen address (default 127.0.0.1; 0.0.0.0 = every interface, warned about)", "IP"},
 	{"port", 0, 0, G_OPTION_ARG_INT, &o.port, "listen port (default 8000; 0 = any free port)", "PORT"},
+	{"busy-wait", 0, 0, G_OPTION_ARG_DOUBLE, &o.busy_wait_s,
+	 "seconds to keep retrying a prefiller that answers 503 (KV pool full), pausing 50 ms "
+	 "doubling to 1 s, before answering the client 503 with Retry-After (default 10; 0 = no retry)",
+	 "S"},
 	{"prefiller-host", 0, 0, G_OPTION_ARG_STRING_ARRAY, &o.p_hosts, "prefiller host (repeat or comma list; default localhost)", "HOST"},
 	{"prefiller-hosts", 0, G_OPTION_FLAG_HIDDEN, G_OPTION_ARG_STRING_ARRAY, &o.p_hosts, NULL, NULL},
 	{"prefiller-port", 0, 0, G_OPTION_ARG_STRING_ARRAY, &o.p_ports, "prefiller HTTP port (repeat or comma list; default 8100)", "PORT"},
@@ -892,6 +988,10 @@ int main(int argc, char **argv)
 	struct addrinfo *res = NULL;
 	char ps[8];
 	g_snprintf(ps, sizeof(ps), "%d", o.port);
+	if (!(o.busy_wait_s >= 0 && o.busy_wait_s <= 3600)) {
+		fprintf(stderr, "kvbridge-proxy: --busy-wait %g: expected seconds in 0..3600\n", o.busy_wait_s);
+		return 2;
+	}
 	if (!o.host)
 		o.host = g_strdup("127.0.0.1");
 	const char *h = o.host;

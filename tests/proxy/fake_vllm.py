@@ -15,6 +15,9 @@ X-Request-Id).  Behaviour is set with POST /_ctl {key: value}:
   query         the /query body (a string as is, anything else as JSON)
   p_delay       seconds P waits before answering (0)
   p_status      P's status (200); p_body its body
+  p_busy_n      P answers the next N requests 503 "KV pool full" (0)
+  d_delay       seconds D waits before answering (0); it stops waiting
+                when the proxy closes the connection
   gen0          P answers kv_transfer_params {remote_host, remote_port, ...}
   d_stream      D answers text/event-stream in chunks, with pauses
   d_wait_for_p  D answers only once the P leg of the same X-Request-Id has
@@ -24,6 +27,8 @@ Prints "ports p=N b=N d=N" when listening.
 import argparse
 import json
 import os
+import select
+import socket
 import sys
 import threading
 import time
@@ -32,7 +37,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 lock = threading.Lock()
 cfg = {
     "health": 200, "query_status": 200, "query": "{}", "p_delay": 0.0, "p_status": 200,
-    "p_body": None, "gen0": False, "d_stream": False, "d_wait_for_p": False,
+    "p_body": None, "gen0": False, "d_stream": False, "d_wait_for_p": False, "p_busy_n": 0,
+    "d_delay": 0.0,
 }
 log = []
 p_started = {}  # X-Request-Id -> threading.Event
@@ -121,6 +127,15 @@ class Handler(BaseHTTPRequestHandler):
             c = dict(cfg)
         rid = self.headers.get("X-Request-Id", "")
         if self.role == "p":
+            with lock:
+                busy = cfg["p_busy_n"] > 0
+                if busy:
+                    cfg["p_busy_n"] -= 1
+            if busy:
+                self.json(503, {"error": {"message": "not enough free KV blocks", "type": "KVPoolFull",
+                                          "code": 503}})
+                rec["t1"] = time.time()
+                return
             p_event(rid).set()
             time.sleep(c["p_delay"])
             if c["p_body"] is not None:
@@ -134,6 +149,13 @@ class Handler(BaseHTTPRequestHandler):
                                   "kv_transfer_params": None}).encode()
             self.send_raw(raw_response(c["p_status"], "application/json", out))
         elif self.role == "d":
+            end = time.time() + c["d_delay"]
+            while time.time() < end:  # until then, or until the proxy hangs up
+                r, _, _ = select.select([self.connection], [], [], 0.05)
+                if r and not self.connection.recv(1, socket.MSG_PEEK):
+                    rec["hung_up"] = True
+                    rec["t1"] = time.time()
+                    return
             saw_p = None
             if c["d_wait_for_p"]:
                 saw_p = p_event(rid).wait(5.0)
