@@ -210,6 +210,62 @@ START_TEST(test_vllm_gen0_transfer)
 }
 END_TEST
 
+/* A Gen 0 producer that dies while the decoder waits for its reply is
+ * noticed within seconds (the DEALER's monitor sees the connection close),
+ * not at the lease + 60 s; a producer that is not there at all fails the
+ * pull after connect_timeout (2 s here). */
+START_TEST(test_vllm_gen0_producer_dies_noticed)
+{
+	uint16_t port = (uint16_t)(38000 + getpid() % 1000);
+	side_t D;
+	side_open(&D, KVB_ROLE_CONSUMER, 120, 1, 0);
+	side_t *one[1] = {&D};
+	/* the producer: a bare ROUTER that takes the message and then dies
+	 * without a word, as a SIGKILLed vLLM would */
+	void *zc = zmq_ctx_new();
+	void *router = zmq_socket(zc, ZMQ_ROUTER);
+	int zero = 0;
+	zmq_setsockopt(router, ZMQ_LINGER, &zero, sizeof(zero));
+	char ep[64];
+	g_snprintf(ep, sizeof(ep), "tcp://127.0.0.1:%u", port);
+	ck_assert_int_eq(zmq_bind(router, ep), 0);
+	uint32_t b[4] = {1, 2, 3, 4};
+	char addr[64];
+	g_snprintf(addr, sizeof(addr), "vllm://127.0.0.1:%u", port);
+	pull(&D, addr, "dies-1", b, 4);
+	bool got = false;
+	for (int i = 0; i < 2000 && !got; i++) {
+		step(one, 1);
+		char buf[8192];
+		got = zmq_recv(router, buf, sizeof(buf), ZMQ_DONTWAIT) >= 0;
+	}
+	ck_assert_msg(got, "the decoder's message never reached the producer");
+	for (int i = 0; i < 50; i++)
+		step(one, 1);
+	ck_assert_uint_eq(D.fin->len, 0);
+	gint64 t0 = g_get_monotonic_time();
+	zmq_close(router);
+	zmq_ctx_term(zc);
+	ck_assert_msg(run_until(one, 1, &D, 1, 10), "the consumer did not notice the dead producer in 10 s");
+	double took = (double)(g_get_monotonic_time() - t0) / 1e6;
+	kvb_finished_t *f = &g_array_index(D.fin, kvb_finished_t, 0);
+	ck_assert_int_eq(f->state, KVB_CONSUMER_FAILED);
+	ck_assert_msg(strstr(f->reason, "closed the side channel"), "%s", f->reason);
+	ck_assert_msg(took < 5, "noticed after %.1f s", took);
+
+	/* nobody listening: the pull fails after connect_timeout */
+	t0 = g_get_monotonic_time();
+	pull(&D, addr, "nobody-1", b, 4);
+	ck_assert_msg(run_until(one, 1, &D, 2, 10), "no answer for a producer that is not there");
+	took = (double)(g_get_monotonic_time() - t0) / 1e6;
+	f = &g_array_index(D.fin, kvb_finished_t, 1);
+	ck_assert_int_eq(f->state, KVB_CONSUMER_FAILED);
+	ck_assert_msg(strstr(f->reason, "no connection"), "%s", f->reason);
+	ck_assert_msg(took >= 1.5 && took < 5, "failed after %.1f s", took);
+	side_close(&D);
+}
+END_TEST
+
 START_TEST(test_lease_expiry_refuses_late_pull)
 {
 	side_t P, D;
@@ -480,6 +536,7 @@ Suite *kvb_suite_hw_backend(void)
 	tcase_add_test(tc, test_kvb_transfer);
 	tcase_add_test(tc, test_kvb_transfer_two_nics);
 	tcase_add_test(tc, test_vllm_gen0_transfer);
+	tcase_add_test(tc, test_vllm_gen0_producer_dies_noticed);
 	tcase_add_test(tc, test_lease_expiry_refuses_late_pull);
 	tcase_add_test(tc, test_consumer_dies_producer_frees_at_lease);
 	tcase_add_test(tc, test_handshake_bad_frames);

@@ -22,6 +22,9 @@
  * Gen 0 has no cancel: a cancelled pull is ended at once, and the blocks it
  * named are fenced in the TCP server so that a producer still writing cannot
  * touch them once they are reused; the next pull naming them lifts the fence.
+ * A socket monitor on each DEALER ends its pull when the producer cannot be
+ * reached within connect_timeout, or closes the connection before its
+ * reply (a producer that died), within seconds rather than at the lease.
  */
 #include "config.h"
 
@@ -81,6 +84,10 @@ typedef struct vpull {
 	void *sock;
 	int fd;
 	hw_watch_t *w;
+	void *mon;                  /* PAIR end of the DEALER's socket monitor */
+	hw_watch_t *mon_w;
+	bool connected;
+	hw_deadline_t *connect_timer; /* no connection within connect_timeout: failed */
 	GArray *ranges;             /* uint64_t pairs: destination ranges (for fences) */
 } vpull_t;
 
@@ -475,8 +482,14 @@ static void vpull_free(vpull_t *vp)
 {
 	g_queue_remove(&vp->vc->pulls, vp);
 	hw_watch_free(vp->w);
-	if (vp->sock)
+	hw_watch_free(vp->mon_w);
+	hw_deadline_free(vp->connect_timer);
+	if (vp->sock) {
+		zmq_socket_monitor(vp->sock, NULL, 0);
 		zmq_close(vp->sock);
+	}
+	if (vp->mon)
+		zmq_close(vp->mon);
 	if (vp->ranges)
 		g_array_free(vp->ranges, TRUE);
 	g_free(vp);
@@ -493,7 +506,20 @@ static void vclient_done(vclient_t *vc, const char *transfer_id, const char *req
 	g_byte_array_unref(out);
 }
 
-static void vpull_check(vpull_t *vp)
+/* End vp with a failure; its blocks fenced, as the producer may be alive. */
+static void vpull_fail(vpull_t *vp, int status, const char *why)
+{
+	hw_t *hw = vp->vc->peer->hw;
+	for (guint i = 0; i + 1 < vp->ranges->len; i += 2)
+		hw_fence_add(hw, g_array_index(vp->ranges, uint64_t, i),
+			     g_array_index(vp->ranges, uint64_t, i + 1));
+	hw_set_error(hw, "vLLM producer %s: %s", vp->vc->endpoint, why);
+	vclient_done(vp->vc, vp->transfer_id, vp->request_id, status, 0, why);
+	vpull_free(vp);
+}
+
+/* true when vp ended (freed) */
+static bool vpull_check(vpull_t *vp)
 {
 	vclient_t *vc = vp->vc;
 	for (int i = 0; i < 16 && hw_zmq_readable(vp->sock); i++) {
@@ -501,7 +527,7 @@ static void vpull_check(vpull_t *vp)
 		size_t total;
 		int n = hw_zmq_recv(vp->sock, frames, &total);
 		if (n <= 0)
-			return;
+			return false;
 		/* REQ-style: ["", reply] */
 		zmq_msg_t *last = &frames[n - 1];
 		kvb_vllm_reply_t reply;
@@ -517,8 +543,57 @@ static void vpull_check(vpull_t *vp)
 				     "the vLLM producer answered trans_error (see its log)");
 		hw_zmq_frames_close(frames, n);
 		vpull_free(vp);
-		return;
+		return true;
 	}
+	return false;
+}
+
+/* Monitor events (u16 event first); true when vp ended (freed). */
+static bool vpull_monitor(vpull_t *vp)
+{
+	while (vp->mon && hw_zmq_readable(vp->mon)) {
+		zmq_msg_t frames[HW_ZMQ_MAX_FRAMES];
+		size_t total;
+		int n = hw_zmq_recv(vp->mon, frames, &total);
+		if (n <= 0)
+			return false;
+		uint16_t ev = 0;
+		if (zmq_msg_size(&frames[0]) >= 2)
+			memcpy(&ev, zmq_msg_data(&frames[0]), 2);
+		hw_zmq_frames_close(frames, n);
+		if (ev == ZMQ_EVENT_CONNECTED) {
+			vp->connected = true;
+			hw_deadline_disarm(vp->connect_timer);
+		} else if (ev == ZMQ_EVENT_DISCONNECTED && vp->connected) {
+			if (vpull_check(vp)) /* the reply came before the close */
+				return true;
+			vpull_fail(vp, KVB_ERR_PEER, "the vLLM producer closed the side channel before its "
+				   "reply (did it exit?)");
+			return true;
+		}
+	}
+	return false;
+}
+
+static bool vpull_mon_io(void *obj, GIOCondition cond)
+{
+	(void)cond;
+	vpull_t *vp = obj;
+	hw_watch_t *w = vp->mon_w;
+	hw_watch_ref(w);
+	vpull_monitor(vp);
+	bool alive = !hw_watch_gone(w);
+	hw_watch_unref(w);
+	return alive;
+}
+
+static void vpull_connect_timeout(void *obj)
+{
+	vpull_t *vp = obj;
+	char why[160];
+	g_snprintf(why, sizeof(why), "no connection to the vLLM producer's side channel within %.1f s",
+		   (double)vp->vc->peer->hw->p.connect_timeout_ns / 1e9);
+	vpull_fail(vp, KVB_ERR_PEER, why);
 }
 
 static bool vpull_io(void *obj, GIOCondition cond)
@@ -539,7 +614,8 @@ static void vclient_kick(void *obj)
 	GList *l = vc->pulls.head;
 	while (l) {
 		GList *next = l->next;
-		vpull_check(l->data);
+		if (!vpull_monitor(l->data))
+			vpull_check(l->data);
 		l = next;
 	}
 }
@@ -644,6 +720,16 @@ static int vclient_pull(vclient_t *vc, const void *buf, size_t len)
 	vp->sock = zmq_socket(hw_zmq_ctx(), ZMQ_DEALER);
 	int zero = 0;
 	zmq_setsockopt(vp->sock, ZMQ_LINGER, &zero, sizeof(zero));
+	char mon_ep[64];
+	static uint64_t mon_seq;
+	g_snprintf(mon_ep, sizeof(mon_ep), "inproc://kvb-vllm0-mon-%p-%" PRIu64, (void *)vp, ++mon_seq);
+	if (zmq_socket_monitor(vp->sock, mon_ep, ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED) == 0) {
+		vp->mon = zmq_socket(hw_zmq_ctx(), ZMQ_PAIR);
+		if (vp->mon && zmq_connect(vp->mon, mon_ep) != 0) {
+			zmq_close(vp->mon);
+			vp->mon = NULL;
+		}
+	}
 	if (zmq_connect(vp->sock, vc->endpoint) != 0 ||
 	    zmq_send(vp->sock, "", 0, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
 	    zmq_send(vp->sock, payload->data, payload->len, ZMQ_DONTWAIT) < 0) {
@@ -656,6 +742,10 @@ static int vclient_pull(vclient_t *vc, const void *buf, size_t len)
 	size_t sz = sizeof(vp->fd);
 	zmq_getsockopt(vp->sock, ZMQ_FD, &vp->fd, &sz);
 	vp->w = hw_watch_new(hw, vp->fd, G_IO_IN, vpull_io, vp);
+	if (vp->mon)
+		vp->mon_w = hw_watch_new(hw, hw_zmq_fd(vp->mon), G_IO_IN, vpull_mon_io, vp);
+	vp->connect_timer = hw_deadline_new(hw, vpull_connect_timeout, vp);
+	hw_deadline_arm(vp->connect_timer, hw->p.connect_timeout_ns);
 	hw_deadline_arm(vc->kick, 0);
 	return KVB_OK;
 }
