@@ -659,6 +659,96 @@ START_TEST(test_gen2_warning_storm_rate_limited)
 }
 END_TEST
 
+/* allow_peers 127.0.0.1/32: a decoder's message from 127.0.0.2 gets no
+ * answer and no session (counted), one from 127.0.0.1 its ERROR; the
+ * bootstrap closes a connection from 127.0.0.2 unread; and a consumer so
+ * configured refuses to dial a producer address outside the list, at once,
+ * saying why. */
+START_TEST(test_gen2_allowed_peers)
+{
+	uint16_t bport = free_port();
+	side_t P, D;
+	side_opts_t o = {.vllm = KVB_HW_VLLM_GEN2, .bootstrap_port = bport, .engine_id = "prefill-0",
+			 .allow_peers = "127.0.0.1/32"};
+	side_open_opt(&P, KVB_ROLE_PRODUCER, 30, &o);
+	side_opts_t dopt = {.vllm = KVB_HW_VLLM_GEN2, .allow_peers = "127.0.0.1/32"};
+	side_open_opt(&D, KVB_ROLE_CONSUMER, 30, &dopt);
+	side_t *both[2] = {&P, &D};
+	const char *worker = kvb_hw_vllm_worker_addr(P.be);
+	char ep2[128];
+	g_snprintf(ep2, sizeof(ep2), "tcp://127.0.0.2:0;%s", worker + 6);
+	const char *eps[2] = {ep2, worker};
+	int answered[2] = {0, 0};
+	void *zc = zmq_ctx_new();
+	for (int k = 0; k < 2; k++) {
+		void *d = zmq_socket(zc, ZMQ_DEALER);
+		int zero = 0;
+		zmq_setsockopt(d, ZMQ_LINGER, &zero, sizeof(zero));
+		ck_assert_int_eq(zmq_connect(d, eps[k]), 0);
+		ck_assert(zmq_send(d, "\xc1", 1, 0) >= 0);
+		gint64 end = g_get_monotonic_time() + 2 * G_USEC_PER_SEC;
+		while (!answered[k] && g_get_monotonic_time() < end) {
+			step(both, 2);
+			char buf[4096];
+			answered[k] += zmq_recv(d, buf, sizeof(buf), ZMQ_DONTWAIT) >= 0;
+		}
+		zmq_close(d);
+	}
+	zmq_ctx_term(zc);
+	ck_assert_msg(!answered[0], "a message from 127.0.0.2 was answered");
+	ck_assert_msg(answered[1], "a message from 127.0.0.1 got no answer");
+	kvb_hw_stats_t st;
+	kvb_hw_stats_get(P.be, &st);
+	ck_assert_uint_eq(st.peers_refused, 1);
+
+	/* the bootstrap: 127.0.0.2 is closed at accept, unread */
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in src = {.sin_family = AF_INET};
+	inet_pton(AF_INET, "127.0.0.2", &src.sin_addr);
+	ck_assert_int_eq(bind(fd, (struct sockaddr *)&src, sizeof(src)), 0);
+	struct sockaddr_in dst = {.sin_family = AF_INET, .sin_port = htons(bport)};
+	inet_pton(AF_INET, "127.0.0.1", &dst.sin_addr);
+	ck_assert_int_eq(connect(fd, (struct sockaddr *)&dst, sizeof(dst)), 0);
+	const char q[] = "GET /query HTTP/1.1\r\nHost: x\r\n\r\n";
+	(void)!write(fd, q, sizeof(q) - 1);
+	char buf[256];
+	ssize_t got = 1;
+	gint64 end = g_get_monotonic_time() + 2 * G_USEC_PER_SEC;
+	while (g_get_monotonic_time() < end) {
+		step(both, 2);
+		got = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
+		if (got >= 0)
+			break;
+	}
+	close(fd);
+	ck_assert_msg(got == 0, "the bootstrap answered 127.0.0.2 (%zd bytes)", got);
+	kvb_hw_stats_get(P.be, &st);
+	ck_assert_uint_eq(st.peers_refused, 2);
+
+	/* the consumer will not dial outside its list */
+	uint32_t db[2] = {1, 2};
+	const char *prods[1] = {"vllm2://127.0.0.3:5555"};
+	kvb_block_list_t g = {db, 2};
+	kvb_pull_params_t pp = {.request_id = "r-out", .transfer_id = "x-out", .producers = prods,
+				.n_producers = 1, .producer_tp_size = 1, .groups = &g, .n_groups = 1};
+	kvb_err_t err;
+	int rc = kvb_consumer_pull(D.c, &pp, &err);
+	if (rc == KVB_OK) {
+		ck_assert(run_until(both, 2, &D, 1, 5));
+		kvb_finished_t *f = &g_array_index(D.fin, kvb_finished_t, 0);
+		ck_assert_int_eq(f->state, KVB_CONSUMER_FAILED);
+		ck_assert_msg(strstr(f->reason, "not among the allowed peers"), "%s", f->reason);
+	} else {
+		ck_assert_msg(strstr(err.msg, "not among the allowed peers"), "%s", err.msg);
+	}
+	char why[256];
+	ck_assert(!kvb_hw_peer_allowed(D.be, "127.0.0.3", why, sizeof(why)));
+	ck_assert(kvb_hw_peer_allowed(D.be, "127.0.0.1", why, sizeof(why)));
+	side_close(&D);
+	side_close(&P);
+}
+END_TEST
+
 /* A decoder TP rank this producer rank does not serve (P tp 2 rank 0, D tp 2
  * rank 1): ERROR, as vLLM's pairing check answers. */
 START_TEST(test_gen2_tp_pairing)
@@ -842,6 +932,7 @@ Suite *kvb_suite_hw_vllm2(void)
 	tcase_add_test(tc, test_gen2_bad_requests_get_error);
 	tcase_add_test(tc, test_gen2_tp_pairing);
 	tcase_add_test(tc, test_gen2_warning_storm_rate_limited);
+	tcase_add_test(tc, test_gen2_allowed_peers);
 	tcase_add_test(tc, test_wrong_generation);
 	tcase_add_test(tc, test_gen2_bootstrap_http);
 	suite_add_tcase(s, tc);

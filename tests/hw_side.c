@@ -58,6 +58,7 @@ void side_open_opt(side_t *s, kvb_role_t role, double lease_s, const side_opts_t
 	p.side_channel_host = "127.0.0.1";
 	p.connect_timeout_ns = S_NS(2);
 	p.warn_fn = o->warn_fn;
+	p.allow_peers = o->allow_peers;
 	p.warn_arg = o->warn_arg;
 	kvb_err_t err;
 	ck_assert_msg(kvb_hw_open(&p, &s->be, &err) == KVB_OK, "open: %s", err.msg);

@@ -12,7 +12,7 @@ srcdir=${top_srcdir:-.}
 [ -x "$serve" ] || skip_all "kvbridge-serve not built (hw backend disabled)"
 command -v python3 >/dev/null || skip_all "python3 not installed"
 [ -r /proc/self/net/tcp ] || skip_all "no /proc/self/net/tcp to read listeners from"
-echo "1..11"
+echo "1..15"
 # below the ephemeral range (32768+), away from test_hw_procs' and test_hw_gen2's
 boot=$((30100 + $$ % 2600))
 
@@ -61,7 +61,24 @@ rc=0; "$serve" --role producer --http-port $((boot + 4)) --bootstrap-port $((boo
 check "kvbridge-serve --http-port = its bootstrap port: exit 2, both named (exit $rc)" \
 	"[ $rc = 2 ] && grep -q -- '--http-port and the vLLM bootstrap port' '$tmp/clash.err'"
 
-[ -x "$proxy" ] || { for i in 9 10 11; do echo "ok $i # SKIP kvbridge-proxy not built"; done; exit $fail; }
+# who may connect, whom a worker dials (--allow-peers)
+start acl "$serve" --role consumer --http-port 0 --allow-peers 127.0.0.1/32 || exit 1
+AP=$(field acl http)
+st2=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 --interface 127.0.0.2 "http://127.0.0.1:$AP/health")
+st1=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 --interface 127.0.0.1 "http://127.0.0.1:$AP/health")
+check "--allow-peers 127.0.0.1/32: HTTP from 127.0.0.2 gets nothing, from 127.0.0.1 200 (HTTP $st2, $st1); counted" \
+	"[ '$st2' = 000 ] && [ '$st1' = 200 ] && get http://127.0.0.1:$AP/stats | grep -q '\"peers_refused\":[1-9]' && grep -q 'peers allowed: 127.0.0.1/32' '$tmp/acl.log'"
+# a client names a producer outside the allowed peers: 403, nothing dialled
+C=$(field cons http)
+st=$(post "http://127.0.0.1:$C/v1/completions" '{"prompt":"x","kv_transfer_params":{"do_remote_prefill":true,"remote_bootstrap_addr":"http://192.0.2.1:8998","remote_engine_id":"e","transfer_id":"t-acl"}}')
+check "decode leg naming remote_bootstrap_addr 192.0.2.1: 403 naming the field (HTTP $st)" \
+	"[ '$st' = 403 ] && grep -q 'remote_bootstrap_addr: 192.0.2.1' '$tmp/resp' && grep -q 'not among the allowed peers' '$tmp/resp' && get http://127.0.0.1:$C/stats | grep -q '\"blocks_held\":0'"
+start cons0 "$serve" --vllm-protocol gen0 --role consumer --http-port 0 || exit 1
+st=$(post "http://127.0.0.1:$(field cons0 http)/v1/completions" '{"prompt":"x","kv_transfer_params":{"do_remote_prefill":true,"remote_host":"192.0.2.7","remote_port":5557,"remote_engine_id":"e"}}')
+check "gen0 decode leg naming remote_host 192.0.2.7: 403 naming the field (HTTP $st)" \
+	"[ '$st' = 403 ] && grep -q 'remote_host: 192.0.2.7' '$tmp/resp'"
+
+[ -x "$proxy" ] || { for i in 12 13 14 15; do echo "ok $i # SKIP kvbridge-proxy not built"; done; exit $fail; }
 start px "$proxy" --port 0 --prefiller-port "$(field prod http)" --decoder-port "$(field cons http)" \
 	--prefiller-bootstrap-port $boot || exit 1
 X=$last_pid
@@ -75,4 +92,11 @@ rc=0; "$proxy" --port $boot --prefiller-port "$(field prod http)" --decoder-port
 	--prefiller-bootstrap-port $boot > /dev/null 2> "$tmp/pclash.err" || rc=$?
 check "kvbridge-proxy --port = the prefiller's bootstrap port: exit 2, both named (exit $rc)" \
 	"[ $rc = 2 ] && grep -q -- '--port $boot is also prefiller localhost:' '$tmp/pclash.err' && grep -q 'bootstrap port' '$tmp/pclash.err'"
+start pxacl "$proxy" --allow-peers 127.0.0.1/32 --port 0 --prefiller-port "$(field prod http)" \
+	--decoder-port "$(field cons http)" --prefiller-bootstrap-port $boot || exit 1
+XA=$(sed -n 's/.*ready on [^:]*:\([0-9]*\).*/\1/p' "$tmp/pxacl.out")
+st2=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 --interface 127.0.0.2 "http://127.0.0.1:$XA/health")
+st1=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 --interface 127.0.0.1 "http://127.0.0.1:$XA/stats")
+check "proxy --allow-peers 127.0.0.1/32: 127.0.0.2 gets nothing, 127.0.0.1 is served (HTTP $st2, $st1)" \
+	"[ '$st2' = 000 ] && [ '$st1' = 200 ]"
 exit $fail

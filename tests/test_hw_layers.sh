@@ -11,7 +11,7 @@ hw = sys.argv[1]
 # rank: a file may include headers whose rank is <= its own (same rank only
 # for its own header).  Lower numbers are lower layers.
 rank = {
-    'kvb_mc_wire': 0, 'kvb_vllm_wire': 0, 'kvb_http': 0, 'kvb_vllm_xfer_wire': 0,
+    'kvb_mc_wire': 0, 'kvb_vllm_wire': 0, 'kvb_http': 0, 'kvb_acl': 0, 'kvb_vllm_xfer_wire': 0,
     'kvb_vllm_bootstrap_wire': 0, 'kvb_msgpack': 0, 'kvb_vllm_xfer_decode': 0,
     'events/kvb_hw_events': 10, 'events/kvb_hw_warn': 11, 'events/kvb_hw_net': 11, 'events/kvb_hw_zmq': 11,
     'transport/kvb_hw_mem': 20, 'transport/kvb_hw_link': 20, 'transport/kvb_hw_gpu': 21,

@@ -81,6 +81,12 @@ typedef struct kvb_hw_params {
 				     * bootstrap, Gen 0 side channel); NULL or "" = host,
 				     * so loopback unless host is set.  "0.0.0.0" or "::"
 				     * listens on every interface, with a warning. */
+	const char *allow_peers;    /* who may connect to any port, and whom this worker may
+				     * dial (peer addresses come from messages and clients):
+				     * "10.0.0.0/8,fd00::/8,1.2.3.4", "*" = anyone (warned).
+				     * NULL = loopback and the network of host's interface.
+				     * KVB_ALLOW_PEERS.  Connections from elsewhere are closed
+				     * at accept (vLLM ZMQ messages dropped), dials refused. */
 	uint16_t rpc_port;          /* handshake port; 0 = random free port in
 				     * [rpc_port_min, rpc_port_max], as Mooncake P2P */
 	uint16_t data_port;         /* TCP transport port; 0 = random in the same range */
@@ -187,6 +193,11 @@ KVB_API const char *kvb_hw_segment_name(kvb_backend_t *be);
 KVB_API uint16_t kvb_hw_rpc_port(kvb_backend_t *be);
 /* The address the listeners are bound to (params.bind_host, else host). */
 KVB_API const char *kvb_hw_bind_host(kvb_backend_t *be);
+/* The allowed peers (params.allow_peers) as "net/bits,net/bits". */
+KVB_API void kvb_hw_allowed_peers(kvb_backend_t *be, char *out, size_t len);
+/* Whether host (an address or a name; every address it resolves to) is
+ * among them; why says otherwise. */
+KVB_API bool kvb_hw_peer_allowed(kvb_backend_t *be, const char *host, char *why, size_t why_len);
 KVB_API uint16_t kvb_hw_data_port(kvb_backend_t *be);
 KVB_API uint16_t kvb_hw_side_channel_port(kvb_backend_t *be);
 
@@ -292,6 +303,7 @@ typedef struct kvb_hw_stats {
 					 * descriptor and data connections */
 	uint64_t vllm_batched_pulls;    /* gen2 consumer: pulls sent in a message with others */
 	uint64_t warnings_suppressed;   /* warnings not logged (rate limit), counted */
+	uint64_t peers_refused;         /* connections, messages and dials outside allow_peers */
 } kvb_hw_stats_t;
 
 KVB_API void kvb_hw_stats_get(kvb_backend_t *be, kvb_hw_stats_t *out);

@@ -30,6 +30,7 @@ typedef struct serve_opts {
 	gint block_tokens;
 	gchar *host;
 	gchar *bind;
+	gchar *allow_peers;
 	gint http_port;
 	gint rpc_port;
 	gint data_port;

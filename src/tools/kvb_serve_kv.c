@@ -87,6 +87,35 @@ void gen0_transfer_id(const char *rid, const char *endpoint, char *out, size_t l
 		g_snprintf(out, len, "cmpl-%s-0", rid);
 }
 
+/* The host of "http://h:p/x", "h:p", "[v6]:p" or "h", into out. */
+static void addr_host(const char *addr, char *out, size_t len)
+{
+	const char *a = strstr(addr, "://");
+	a = a ? a + 3 : addr;
+	const char *end;
+	if (*a == '[') {
+		a++;
+		end = strchr(a, ']');
+	} else {
+		end = a + strcspn(a, ":/");
+	}
+	size_t n = end ? (size_t)(end - a) : strlen(a);
+	g_snprintf(out, len, "%.*s", (int)MIN(n, len - 1), a);
+}
+
+/* A client named addr for us to dial: 403 unless the allowed peers hold it. */
+static bool dial_allowed(uint64_t cid, const char *field, const char *addr)
+{
+	char host[256], why[KVB_ERR_MSG_MAX], msg[KVB_ERR_MSG_MAX + 128];
+	addr_host(addr, host, sizeof(host));
+	if (kvb_hw_peer_allowed(S.be, host, why, sizeof(why)))
+		return true;
+	g_snprintf(msg, sizeof(msg), "kv_transfer_params.%s: %s; this worker dials only the peers "
+		   "--allow-peers names", field, why);
+	kvb_httpd_respond_error(S.httpd, cid, 403, "PermissionDenied", msg);
+	return false;
+}
+
 static bool valid_id(const char *id)
 {
 	return id && *id && strlen(id) < KVB_ID_MAX;
@@ -283,6 +312,8 @@ void handle_consume(uint64_t cid, const char *rid, const char *endpoint, uint64_
 			return;
 		}
 		g_strlcpy(tid, t, sizeof(tid));
+		if (!dial_allowed(cid, "remote_bootstrap_addr", boot))
+			return;
 	} else {
 		const char *host = param_str(params, "remote_host");
 		const char *seg = param_str(params, "kvbridge_segment");
@@ -300,6 +331,8 @@ void handle_consume(uint64_t cid, const char *rid, const char *endpoint, uint64_
 						"producer's side channel) for a remote prefill");
 			return;
 		}
+		if (!dial_allowed(cid, use_kvb ? "kvbridge_segment" : "remote_host", use_kvb ? seg : host))
+			return;
 		if (use_kvb)
 			g_snprintf(addr, sizeof(addr), "kvb://%s", seg);
 		else

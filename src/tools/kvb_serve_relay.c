@@ -196,6 +196,8 @@ int relay_open_upstream(void (*warn)(void *, const char *), void (*notify)(void 
 		hp.host = o.host;
 	if (o.bind)
 		hp.bind_host = o.bind;
+	if (o.allow_peers)
+		hp.allow_peers = o.allow_peers;
 	hp.n_nics = (uint32_t)o.nics;
 	for (guint i = 0; o.nic_addrs && o.nic_addrs[i] && i < KVB_HW_MAX_NICS; i++)
 		hp.nic_addrs[i] = o.nic_addrs[i];

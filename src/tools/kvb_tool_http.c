@@ -43,6 +43,9 @@ struct kvb_httpd {
 	uint64_t next_id;
 	kvb_httpd_handler handler;
 	void *user;
+	kvb_acl_t acl;          /* who may connect */
+	bool has_acl;
+	uint64_t refused;
 };
 
 static void hconn_free(hconn_t *c)
@@ -196,9 +199,16 @@ static gboolean accept_io(gint fd, GIOCondition cond, gpointer data)
 	kvb_httpd_t *d = data;
 	(void)cond;
 	for (int i = 0; i < 64; i++) {
-		int cfd = accept(fd, NULL, NULL);
+		struct sockaddr_storage sa;
+		socklen_t sl = sizeof(sa);
+		int cfd = accept(fd, (struct sockaddr *)&sa, &sl);
 		if (cfd < 0)
 			break;
+		if (d->has_acl && !kvb_acl_allows(&d->acl, (struct sockaddr *)&sa)) {
+			d->refused++; /* closed before a byte is read */
+			close(cfd);
+			continue;
+		}
 		fcntl(cfd, F_SETFL, fcntl(cfd, F_GETFL, 0) | O_NONBLOCK);
 		fcntl(cfd, F_SETFD, FD_CLOEXEC);
 		int one = 1;
@@ -457,4 +467,15 @@ out:
 	g_string_free(req, TRUE);
 	close(fd);
 	return ok;
+}
+
+void kvb_httpd_set_acl(kvb_httpd_t *d, const kvb_acl_t *acl)
+{
+	d->acl = *acl;
+	d->has_acl = true;
+}
+
+uint64_t kvb_httpd_refused(const kvb_httpd_t *d)
+{
+	return d->refused;
 }

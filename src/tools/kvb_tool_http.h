@@ -13,6 +13,7 @@
 
 #include <glib.h>
 
+#include "kvb_acl.h"
 #include "kvb_http.h"
 
 typedef struct kvb_httpd kvb_httpd_t;
@@ -26,6 +27,9 @@ typedef void (*kvb_httpd_handler)(kvb_httpd_t *d, uint64_t conn_id, const kvb_ht
 kvb_httpd_t *kvb_httpd_new(GMainContext *ctx, const char *bind_host, uint16_t port,
 			   kvb_httpd_handler handler, void *user, GError **error);
 uint16_t kvb_httpd_port(const kvb_httpd_t *d);
+/* Only peers acl allows may connect (others are closed at accept, counted). */
+void kvb_httpd_set_acl(kvb_httpd_t *d, const kvb_acl_t *acl);
+uint64_t kvb_httpd_refused(const kvb_httpd_t *d);
 void kvb_httpd_free(kvb_httpd_t *d); /* NULL is a no-op */
 
 /* Send the response and close.  false when the client is gone. */

@@ -91,6 +91,7 @@ static struct {
 	gint startup_timeout_s;
 	gint max_clients;
 	gdouble busy_wait_s;
+	gchar *allow_peers;
 	gboolean verbose;
 } o = {.port = 8000, .timeout_s = 600, .startup_timeout_s = G_MININT, .max_clients = 256,
        .busy_wait_s = 10};
@@ -110,6 +111,8 @@ static GThreadPool *client_pool, *pleg_pool;
 static gint rr_p, rr_d;
 static gint64 n_requests, n_errors, n_prefill_legs, n_prefill_failed, n_decode_failed;
 static gint64 n_busy, n_busy_retries; /* 503s given after --busy-wait; retries of a busy P */
+static gint64 n_refused;              /* connections from outside --allow-peers */
+static kvb_acl_t allowed;             /* who may send requests */
 
 static void logv(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
 static void logv(const char *fmt, ...)
@@ -471,7 +474,7 @@ static void reply_stats(int cfd)
 	} c[] = {
 		{"requests", &n_requests}, {"errors", &n_errors}, {"prefill_legs", &n_prefill_legs},
 		{"prefill_failed", &n_prefill_failed}, {"decode_failed", &n_decode_failed},
-		{"busy", &n_busy}, {"busy_retries", &n_busy_retries},
+		{"busy", &n_busy}, {"busy_retries", &n_busy_retries}, {"peers_refused", &n_refused},
 	};
 	for (size_t i = 0; i < G_N_ELEMENTS(c); i++) {
 		json_builder_set_member_name(b, c[i].name);
@@ -862,6 +865,9 @@ static GOptionEntry entries[] = {
 	{"vllm-protocol", 0, 0, G_OPTION_ARG_STRING, &o.protocol, "router contract: gen2 (vLLM 0.16.0 and later; gen1 is the same; default) or gen0 (vLLM 0.13.0 - 0.15.1)", "gen0|gen2"},
 	{"host", 0, 0, G_OPTION_ARG_STRING, &o.host, "listen address (default 127.0.0.1; 0.0.0.0 = every interface, warned about)", "IP"},
 	{"port", 0, 0, G_OPTION_ARG_INT, &o.port, "listen port (default 8000; 0 = any free port)", "PORT"},
+	{"allow-peers", 0, 0, G_OPTION_ARG_STRING, &o.allow_peers,
+	 "networks that may send requests: CIDR list (10.0.0.0/8,fd00::/8), * = anyone (default "
+	 "KVB_ALLOW_PEERS, else loopback and --host's network)", "NETS"},
 	{"busy-wait", 0, 0, G_OPTION_ARG_DOUBLE, &o.busy_wait_s,
 	 "seconds to keep retrying a prefiller that answers 503 (KV pool full), pausing 50 ms "
 	 "doubling to 1 s, before answering the client 503 with Retry-After (default 10; 0 = no retry)",
@@ -997,6 +1003,21 @@ int main(int argc, char **argv)
 	const char *h = o.host;
 	if (!ports_apart(h))
 		return 2;
+	const char *allow = o.allow_peers ? o.allow_peers : g_getenv("KVB_ALLOW_PEERS");
+	kvb_err_t aerr;
+	if (allow && *allow) {
+		if (kvb_acl_parse(&allowed, allow, &aerr) != KVB_OK) {
+			fprintf(stderr, "kvbridge-proxy: --allow-peers: %s\n", aerr.msg);
+			return 2;
+		}
+	} else {
+		kvb_acl_default(&allowed, h);
+	}
+	char nets[512];
+	kvb_acl_describe(&allowed, nets, sizeof(nets));
+	note("peers allowed: %s", nets);
+	if (kvb_acl_is_open(&allowed))
+		fprintf(stderr, "kvbridge-proxy: warning: --allow-peers lets any address send requests\n");
 	int rc = getaddrinfo(h, ps, &hints, &res);
 	if (rc) {
 		fprintf(stderr, "kvbridge-proxy: --host %s: %s\n", h, gai_strerror(rc));
@@ -1031,7 +1052,14 @@ int main(int argc, char **argv)
 		g_thread_unref(g_thread_new("discover", discover, GINT_TO_POINTER(bound)));
 	}
 	for (;;) {
-		int cfd = accept(lfd, NULL, NULL);
+		struct sockaddr_storage from;
+		socklen_t from_len = sizeof(from);
+		int cfd = accept(lfd, (struct sockaddr *)&from, &from_len);
+		if (cfd >= 0 && !kvb_acl_allows(&allowed, (struct sockaddr *)&from)) {
+			g_atomic_pointer_add(&n_refused, 1); /* closed before a byte is read */
+			close(cfd);
+			continue;
+		}
 		if (cfd < 0) {
 			if (g_atomic_int_get(&discovery_failed)) {
 				fprintf(stderr, "kvbridge-proxy: giving up: the prefillers' dp ranks are unknown\n");

@@ -284,6 +284,10 @@ static GOptionEntry entries[] = {
 	{"host", 0, 0, G_OPTION_ARG_STRING, &o.host,
 	 "address peers use to reach this worker, and where every port listens unless --bind "
 	 "(default MC_TCP_BIND_ADDRESS, else VLLM_HOST_IP, else 127.0.0.1)", "IP"},
+	{"allow-peers", 0, 0, G_OPTION_ARG_STRING, &o.allow_peers,
+	 "networks that may connect to any port and that this worker may dial when a message or a "
+	 "client names them: CIDR list (10.0.0.0/8,fd00::/8), * = anyone (default KVB_ALLOW_PEERS, "
+	 "else loopback and --host's network)", "NETS"},
 	{"bind", 0, 0, G_OPTION_ARG_STRING, &o.bind,
 	 "listen address of every port (default --host; 0.0.0.0 = every interface, warned about)", "IP"},
 	{"http-port", 0, 0, G_OPTION_ARG_INT, &o.http_port, "HTTP front port (default 8100)", "PORT"},
@@ -478,6 +482,8 @@ static int setup(void)
 		hp.host = o.host;
 	if (o.bind)
 		hp.bind_host = o.bind;
+	if (o.allow_peers)
+		hp.allow_peers = o.allow_peers;
 	g_strlcpy(S.host, hp.host, sizeof(S.host));
 	hp.rpc_port = (uint16_t)o.rpc_port;
 	hp.data_port = (uint16_t)o.data_port;
@@ -559,6 +565,12 @@ static int setup(void)
 		fprintf(stderr, "kvbridge-serve: %s\n", gerr->message);
 		return 1;
 	}
+	/* the HTTP front admits whom the backend's ports admit */
+	char nets[512];
+	kvb_hw_allowed_peers(S.be, nets, sizeof(nets));
+	kvb_acl_t acl;
+	if (kvb_acl_parse(&acl, nets, &err) == KVB_OK)
+		kvb_httpd_set_acl(S.httpd, &acl);
 	S.prod = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, g_free);
 	S.cons = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, g_free);
 	return 0;
@@ -697,8 +709,11 @@ int main(int argc, char **argv)
 	if (S.up_be)
 		g_string_append_printf(ports, ", upstream handshake %u, upstream data %u",
 				       kvb_hw_rpc_port(S.up_be), kvb_hw_data_port(S.up_be));
-	fprintf(stderr, "kvbridge-serve: listening on %s: %s%s%s\n", kvb_hw_bind_host(S.be), ports->str,
-		*kvb_hw_vllm_worker_addr(S.be) ? "; worker ROUTER " : "", kvb_hw_vllm_worker_addr(S.be));
+	char nets[512];
+	kvb_hw_allowed_peers(S.be, nets, sizeof(nets));
+	fprintf(stderr, "kvbridge-serve: listening on %s: %s%s%s; peers allowed: %s\n",
+		kvb_hw_bind_host(S.be), ports->str, *kvb_hw_vllm_worker_addr(S.be) ? "; worker ROUTER " : "",
+		kvb_hw_vllm_worker_addr(S.be), nets);
 	g_string_free(ports, TRUE);
 	printf("kvbridge-serve: ready role=%s http=%u segment=%s data_port=%u side_channel=%u "
 	       "bootstrap=%u vllm=%s model=%s blocks=%d lease_s=%.1f\n",

@@ -147,6 +147,14 @@ static int op_conn_connect(kvb_backend_t *be, kvb_conn_t *conn, const char *peer
 		hw_set_error(hw, "peer address %s: %s", peer_address, err.msg);
 		return KVB_ERR_INVALID;
 	}
+	char why[KVB_ERR_MSG_MAX];
+	if (!kvb_acl_allows_host(&hw->acl, host, why, sizeof(why))) {
+		/* a peer address comes from a message or a client: dial only what
+		 * the configuration allows */
+		hw->stats.peers_refused++;
+		hw_set_error(hw, "not dialling %s: %s", peer_address, why);
+		return KVB_ERR_PEER;
+	}
 	int rc = connect(hw, conn, peer_address, host, port);
 	return rc < 0 ? rc : KVB_INPROGRESS;
 }
@@ -305,6 +313,14 @@ static int op_instance_open(kvb_backend_t *be, const void *args, kvb_err_t *err)
 	if (p->vllm_protocol == KVB_HW_VLLM_GEN0 && !p->side_channel_port)
 		return kvb_err_set(err, KVB_ERR_CONFIG, "vLLM gen0 needs a side-channel port "
 				   "(VLLM_MOONCAKE_BOOTSTRAP_PORT + dp_rank * tp_size + tp_rank)");
+	if (p->allow_peers) {
+		int rc = kvb_acl_parse(&hw->acl, p->allow_peers, err);
+		if (rc != KVB_OK)
+			return rc;
+	} else {
+		kvb_acl_default(&hw->acl, hw->host);
+	}
+	p->allow_peers = NULL; /* parsed: the caller's string is not kept */
 	hw_events_init(hw);
 	if (hw_handshake_start(hw, err) != KVB_OK || hw_transport_open(hw, err) != KVB_OK)
 		goto fail;
@@ -313,6 +329,9 @@ static int op_instance_open(kvb_backend_t *be, const void *args, kvb_err_t *err)
 	if (p->vllm_protocol == KVB_HW_VLLM_GEN2 && hw_vllm2_start(hw, err) != KVB_OK)
 		goto fail;
 	hw_log(hw, "up: handshake port %u, data port %u", hw->rpc_port, hw_transport_data_port(hw));
+	if (kvb_acl_is_open(&hw->acl))
+		hw_warn(hw, "allowed peers include every address: anyone who can reach a port may use it, "
+			    "and peers may make this worker dial anywhere");
 	if (hw_is_wildcard(hw->bind_host))
 		hw_warn(hw, "listening on every interface (%s): anyone who can reach this host can "
 			    "connect to the handshake, data and vLLM ports; bind the address peers use "
@@ -381,6 +400,16 @@ const char *kvb_hw_segment_name(kvb_backend_t *be)
 const char *kvb_hw_bind_host(kvb_backend_t *be)
 {
 	return hw_of(be)->bind_host;
+}
+
+void kvb_hw_allowed_peers(kvb_backend_t *be, char *out, size_t len)
+{
+	kvb_acl_describe(&hw_of(be)->acl, out, len);
+}
+
+bool kvb_hw_peer_allowed(kvb_backend_t *be, const char *host, char *why, size_t why_len)
+{
+	return kvb_acl_allows_host(&hw_of(be)->acl, host, why, why_len);
 }
 
 uint16_t kvb_hw_rpc_port(kvb_backend_t *be)

@@ -145,6 +145,9 @@ int kvb_hw_params_apply_env(kvb_hw_params_t *p, char **envp, kvb_err_t *err)
 		else
 			p->vllm_connector_timeout_ns = (uint64_t)(sec * 1e9);
 	}
+	const char *allow = envp ? g_environ_getenv(envp, "KVB_ALLOW_PEERS") : g_getenv("KVB_ALLOW_PEERS");
+	if (allow && *allow)
+		p->allow_peers = allow; /* borrowed from the environment, parsed at open */
 	const char *devs = envp ? g_environ_getenv(envp, "KVB_RDMA_DEVICES") : g_getenv("KVB_RDMA_DEVICES");
 	if (devs)
 		p->rdma_devices = devs; /* borrowed, copied at open */

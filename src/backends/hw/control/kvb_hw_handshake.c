@@ -194,9 +194,13 @@ static bool rpc_accept(void *obj, GIOCondition cond)
 	hw_t *hw = obj;
 	(void)cond;
 	for (int i = 0; i < 64; i++) {
-		int fd = accept(hw->handshake->fd, NULL, NULL);
+		struct sockaddr_storage sa;
+		socklen_t sl = sizeof(sa);
+		int fd = accept(hw->handshake->fd, (struct sockaddr *)&sa, &sl);
 		if (fd < 0)
 			break;
+		if (!hw_accept_allowed(hw, fd, (struct sockaddr *)&sa, "handshake"))
+			continue;
 		hw_sock_tune(fd);
 		rpc_session_t *s = g_new0(rpc_session_t, 1);
 		s->hw = hw;

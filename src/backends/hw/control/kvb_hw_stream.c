@@ -155,7 +155,7 @@ int hw_stream_connect(hw_t *hw, kvb_conn_t *conn, const char *addr, const char *
 		      uint16_t port)
 {
 	kvb_err_t err;
-	int fd = hw_tcp_connect(host, port, NULL, &err);
+	int fd = hw_tcp_connect(host, port, NULL, &hw->acl, &err);
 	if (fd < 0) {
 		hw_set_error(hw, "%s", err.msg);
 		return KVB_ERR_PEER;

@@ -263,6 +263,8 @@ static bool boot_accept(void *obj, GIOCondition cond)
 		int fd = accept(b->fd, (struct sockaddr *)&sa, &sl);
 		if (fd < 0)
 			break;
+		if (!hw_accept_allowed(b->hw, fd, (struct sockaddr *)&sa, "vLLM bootstrap"))
+			continue;
 		hw_sock_tune(fd);
 		boot_conn_t *c = g_new0(boot_conn_t, 1);
 		const void *ip = sa.ss_family == AF_INET6 ? (const void *)&((struct sockaddr_in6 *)&sa)->sin6_addr
@@ -560,7 +562,7 @@ static void call_attempt(hw_vllm_boot_call_t *c)
 	hw_t *hw = c->b->hw;
 	kvb_err_t err;
 	c->tries++;
-	c->fd = hw_tcp_connect(c->host, c->port, NULL, &err);
+	c->fd = hw_tcp_connect(c->host, c->port, NULL, &hw->acl, &err);
 	if (c->fd < 0) {
 		call_retry(c, err.msg);
 		return;

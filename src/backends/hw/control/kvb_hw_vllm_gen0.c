@@ -364,6 +364,14 @@ static void router_message(struct hw_vllm *v, zmq_msg_t *frames, int n, size_t n
 	kvb_err_t err;
 	if (n < 1 || !sizes[0])
 		return; /* no identity: nobody to answer */
+	const char *ip = hw_zmq_peer(&frames[n - 1]);
+	if (!kvb_acl_allows_ip(&hw->acl, ip)) {
+		/* nothing for a peer that may not be here: no answer, no session */
+		hw->stats.peers_refused++;
+		hw_warn_from(hw, ip, "vLLM side channel: message from %s dropped: not among the allowed "
+			     "peers", *ip ? ip : "an unknown address");
+		return;
+	}
 	GBytes *identity = g_bytes_new(zmq_msg_data(&frames[0]), sizes[0]);
 	if (n_total > (size_t)n || kvb_vllm_envelope_classify(sizes, (size_t)n, &env, &pi, &err) != KVB_OK) {
 		hw_set_error(hw, "vLLM side channel: %s",

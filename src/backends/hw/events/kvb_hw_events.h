@@ -22,6 +22,7 @@
 #include <kvbridge/backend.h>
 #include <kvbridge/hw.h>
 
+#include "kvb_acl.h"
 #include "kvb_mc_wire.h"
 
 typedef struct hw hw_t;
@@ -88,6 +89,7 @@ struct hw {
 	struct hw_vllm2 *vllm2;
 	struct hw_vllm_boot *vllm_boot;
 	struct hw_warn_state *warn; /* events/kvb_hw_warn.c; NULL until a warning */
+	kvb_acl_t acl;              /* who may connect, whom we may dial */
 };
 
 /* ---- instance ------------------------------------------------------------ */

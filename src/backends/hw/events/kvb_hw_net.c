@@ -3,6 +3,7 @@
  */
 #include "config.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -26,7 +27,8 @@ void hw_sock_tune(int fd)
 	fcntl(fd, F_SETFD, FD_CLOEXEC);
 }
 
-int hw_tcp_connect(const char *host, uint16_t port, const char *src, kvb_err_t *err)
+int hw_tcp_connect(const char *host, uint16_t port, const char *src, const kvb_acl_t *acl,
+		   kvb_err_t *err)
 {
 	struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_family = AF_UNSPEC};
 	struct addrinfo *res = NULL;
@@ -38,7 +40,12 @@ int hw_tcp_connect(const char *host, uint16_t port, const char *src, kvb_err_t *
 		return -1;
 	}
 	int fd = -1, last = 0;
+	bool refused = false;
 	for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+		if (acl && !kvb_acl_allows(acl, ai->ai_addr)) {
+			refused = true; /* never dialled: a peer named it, configuration did not */
+			continue;
+		}
 		fd = socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
 		if (fd < 0) {
 			last = errno;
@@ -67,6 +74,14 @@ int hw_tcp_connect(const char *host, uint16_t port, const char *src, kvb_err_t *
 		fd = -1;
 	}
 	freeaddrinfo(res);
+	if (fd < 0 && refused && !last) {
+		char nets[256];
+		kvb_acl_describe(acl, nets, sizeof(nets));
+		kvb_err_set(err, KVB_ERR_PEER, "not dialling %s:%u: not among the allowed peers (%s)", host,
+			    port, nets);
+		errno = EACCES;
+		return -1;
+	}
 	if (fd < 0) {
 		kvb_err_set(err, KVB_ERR_PEER, "cannot connect to %s:%u%s%s: %s", host, port,
 			    src && *src ? " from " : "", src && *src ? src : "", g_strerror(last));
@@ -317,7 +332,7 @@ hw_call_t *hw_call_start(hw_t *hw, const char *host, uint16_t port, kvb_mc_msg_t
 	c->rx = g_byte_array_new();
 	kvb_mc_frame_encode(c->tx, type, payload, len);
 	kvb_err_t err;
-	c->fd = hw_tcp_connect(host, port, NULL, &err);
+	c->fd = hw_tcp_connect(host, port, NULL, &hw->acl, &err);
 	g_queue_push_tail(&hw->calls, c);
 	if (c->fd < 0) {
 		/* report from the loop, never from inside the caller */
@@ -353,4 +368,20 @@ void hw_sock_peer_host(int fd, char *host, size_t len)
 	if (getpeername(fd, (struct sockaddr *)&ss, &sl) == 0)
 		getnameinfo((struct sockaddr *)&ss, sl, h, sizeof(h), NULL, 0, NI_NUMERICHOST);
 	g_strlcpy(host, h, len);
+}
+
+bool hw_accept_allowed(hw_t *hw, int fd, const struct sockaddr *sa, const char *what)
+{
+	if (kvb_acl_allows(&hw->acl, sa))
+		return true;
+	char ip[INET6_ADDRSTRLEN] = "?";
+	const void *a = sa->sa_family == AF_INET6 ? (const void *)&((const struct sockaddr_in6 *)sa)->sin6_addr
+						  : (const void *)&((const struct sockaddr_in *)sa)->sin_addr;
+	if (sa->sa_family == AF_INET || sa->sa_family == AF_INET6)
+		inet_ntop(sa->sa_family, a, ip, sizeof(ip));
+	hw->stats.peers_refused++;
+	hw_warn_from(hw, ip, "connection from %s to the %s port refused: not among the allowed peers", ip,
+		     what);
+	close(fd);
+	return false;
 }

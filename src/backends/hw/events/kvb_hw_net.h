@@ -10,6 +10,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 
 #include <glib.h>
@@ -23,7 +24,13 @@ void hw_sock_tune(int fd);
 /* Non-blocking TCP connect to host:port (IPv4/IPv6 by getaddrinfo), bound to
  * src (NULL or "" = any).  Returns the fd (connect may be in progress) or -1
  * with the reason in err. */
-int hw_tcp_connect(const char *host, uint16_t port, const char *src, kvb_err_t *err);
+/* Dial host:port (from src when given); only addresses acl allows (NULL =
+ * any), else -1 with err naming the refusal. */
+int hw_tcp_connect(const char *host, uint16_t port, const char *src, const kvb_acl_t *acl,
+		   kvb_err_t *err);
+/* A connection accept() gave us from sa: true when acl lets it in; else it is
+ * closed, counted (peers_refused) and warned about (what: our port's name). */
+bool hw_accept_allowed(hw_t *hw, int fd, const struct sockaddr *sa, const char *what);
 /* After POLLOUT on a connecting socket: 0, or the connect's errno. */
 int hw_tcp_connect_result(int fd);
 /* Listening socket on bind_host:port (port 0 = try [min, max] at random,

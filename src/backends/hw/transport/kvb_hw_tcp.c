@@ -130,7 +130,7 @@ static void lane_connect(hw_lane_t *l)
 	hw_t *hw = p->hw;
 	kvb_err_t err;
 	const char *src = hw_params(hw)->nic_addrs[l->nic];
-	l->fd = hw_tcp_connect(p->data_host, p->data_port, src, &err);
+	l->fd = hw_tcp_connect(p->data_host, p->data_port, src, &hw->acl, &err);
 	if (l->fd < 0) {
 		lane_fail(l, lane_errno_status(errno), err.msg);
 		return;
@@ -785,9 +785,13 @@ static bool server_accept(void *obj, GIOCondition cond)
 	struct hw_tcp_server *srv = obj;
 	(void)cond;
 	for (int i = 0; i < 64; i++) {
-		int fd = accept(srv->fd, NULL, NULL);
+		struct sockaddr_storage sa;
+		socklen_t sl = sizeof(sa);
+		int fd = accept(srv->fd, (struct sockaddr *)&sa, &sl);
 		if (fd < 0)
 			break;
+		if (!hw_accept_allowed(srv->hw, fd, (struct sockaddr *)&sa, "TCP data"))
+			continue;
 		int one = 1;
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 		fcntl(fd, F_SETFL, fcntl(fd, F_GETFL, 0) | O_NONBLOCK);
