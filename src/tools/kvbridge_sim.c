@@ -47,6 +47,17 @@ typedef struct cli {
 
 static int fail(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
 
+static gboolean flow_model_parse(const char *s, kvb_sim_flow_model_t *fm)
+{
+	if (strcmp(s, "merged") == 0)
+		*fm = KVB_SIM_FLOWS_MERGED;
+	else if (strcmp(s, "per-slice") == 0)
+		*fm = KVB_SIM_FLOWS_PER_SLICE;
+	else
+		return FALSE;
+	return TRUE;
+}
+
 static int fail(const char *fmt, ...)
 {
 	va_list ap;
@@ -59,8 +70,10 @@ static int fail(const char *fmt, ...)
 }
 
 /* The config file may hold [platform], [study], [workload] and the
- * connector's own groups; the connector loader sees only its groups. */
-static gboolean load_config(const char *path, kvb_study_params_t *p, cli_t *c, GError **err)
+ * connector's own groups; the connector loader sees only its groups.  The
+ * file's values go into p (and the model's name into *model), where the
+ * command line, applied after, overrides them. */
+static gboolean load_config(const char *path, kvb_study_params_t *p, gchar **model, GError **err)
 {
 	GKeyFile *kf = g_key_file_new();
 	if (!g_key_file_load_from_file(kf, path, G_KEY_FILE_NONE, err)) {
@@ -75,21 +88,26 @@ static gboolean load_config(const char *path, kvb_study_params_t *p, cli_t *c, G
 		for (gchar **k = keys; ok && k && *k; k++) {
 			GError *e = NULL;
 			if (strcmp(*k, "model") == 0) {
-				g_free(c->model);
-				c->model = g_key_file_get_string(kf, "study", *k, &e);
+				g_free(*model);
+				*model = g_key_file_get_string(kf, "study", *k, &e);
 			} else if (strcmp(*k, "kv_pool_gbytes") == 0) {
-				c->kv_pool = g_key_file_get_double(kf, "study", *k, &e);
+				p->kv_pool_gbytes = g_key_file_get_double(kf, "study", *k, &e);
 			} else if (strcmp(*k, "decode_tpot") == 0) {
-				c->tpot = g_key_file_get_double(kf, "study", *k, &e);
+				p->decode_tpot_s = g_key_file_get_double(kf, "study", *k, &e);
 			} else if (strcmp(*k, "abort_prob") == 0) {
-				c->abort_prob = g_key_file_get_double(kf, "study", *k, &e);
+				p->abort_prob = g_key_file_get_double(kf, "study", *k, &e);
 			} else if (strcmp(*k, "late_prob") == 0) {
-				c->late_prob = g_key_file_get_double(kf, "study", *k, &e);
+				p->late_prob = g_key_file_get_double(kf, "study", *k, &e);
 			} else if (strcmp(*k, "late_delay") == 0) {
-				c->late_delay = g_key_file_get_double(kf, "study", *k, &e);
+				p->late_delay_mean_s = g_key_file_get_double(kf, "study", *k, &e);
 			} else if (strcmp(*k, "flow_model") == 0) {
-				g_free(c->flow_model);
-				c->flow_model = g_key_file_get_string(kf, "study", *k, &e);
+				gchar *fm = g_key_file_get_string(kf, "study", *k, &e);
+				if (fm && !flow_model_parse(fm, &p->flow_model)) {
+					g_set_error(err, G_KEY_FILE_ERROR, G_KEY_FILE_ERROR_INVALID_VALUE,
+						    "%s: [study] flow_model = '%s': expected merged or per-slice", path, fm);
+					ok = FALSE;
+				}
+				g_free(fm);
 			} else {
 				g_set_error(err, G_KEY_FILE_ERROR, G_KEY_FILE_ERROR_KEY_NOT_FOUND,
 					    "%s: [study] unknown key '%s' (model, kv_pool_gbytes, decode_tpot, "
@@ -388,13 +406,15 @@ int main(int argc, char **argv)
 	kvb_study_params_defaults(&p);
 	int rc = 0;
 	kvb_workload_t *wl = NULL;
-	if (c.config && !load_config(c.config, &p, &c, &err)) {
+	gchar *file_model = NULL;
+	if (c.config && !load_config(c.config, &p, &file_model, &err)) {
 		rc = fail("%s", err->message);
 		goto out;
 	}
 	/* command line over file */
-	if (c.model && !(p.model = kvb_model_find(c.model))) {
-		fprintf(stderr, "kvbridge-sim: unknown model '%s'; known presets:\n", c.model);
+	const char *model = c.model ? c.model : file_model;
+	if (model && !(p.model = kvb_model_find(model))) {
+		fprintf(stderr, "kvbridge-sim: unknown model '%s'; known presets:\n", model);
 		list_models();
 		rc = 2;
 		goto out;
@@ -440,15 +460,9 @@ int main(int argc, char **argv)
 		p.conn.slice_size = (uint64_t)c.slice_size;
 		p.conn.fragment_limit = p.conn.slice_size / 4;
 	}
-	if (c.flow_model) {
-		if (strcmp(c.flow_model, "merged") == 0)
-			p.flow_model = KVB_SIM_FLOWS_MERGED;
-		else if (strcmp(c.flow_model, "per-slice") == 0)
-			p.flow_model = KVB_SIM_FLOWS_PER_SLICE;
-		else {
-			rc = fail("--flow-model '%s': expected merged or per-slice", c.flow_model);
-			goto out;
-		}
+	if (c.flow_model && !flow_model_parse(c.flow_model, &p.flow_model)) {
+		rc = fail("--flow-model '%s': expected merged or per-slice", c.flow_model);
+		goto out;
 	}
 	if (c.seed >= 0) {
 		p.seed = (uint64_t)c.seed;
@@ -566,6 +580,7 @@ out:
 	kvb_workload_free(wl);
 	kvb_study_params_clear(&p);
 	g_clear_error(&err);
+	g_free(file_model);
 	g_free(c.config);
 	g_free(c.trace);
 	g_free(c.format);
