@@ -35,7 +35,8 @@ check "malformed trace line: error names file, line, field (rc $rc)" "[ $rc -ne 
 "$sim" -q --no-plots -m no-such-model -o "$tmp/d" >"$tmp/out" 2>&1; rc=$?
 check "unknown model preset (rc $rc)" "[ $rc -eq 2 ] && grep -q \"unknown model 'no-such-model'\" '$tmp/out'"
 
-"$sim" -q --no-plots --nics 0 -o "$tmp/d" >"$tmp/out" 2>&1; rc=$?
+printf '[platform]\nnics_per_node = 0\n' > "$tmp/zero.ini"
+"$sim" -q --no-plots -c "$tmp/zero.ini" -o "$tmp/d" >"$tmp/out" 2>&1; rc=$?
 check "platform with zero NICs (rc $rc)" "[ $rc -ne 0 ] && grep -q 'nics_per_node' '$tmp/out'"
 
 cat > "$tmp/split.xml" <<'XML'
