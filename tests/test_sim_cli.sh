@@ -10,7 +10,7 @@ n=0; fail=0
 ok() { n=$((n+1)); echo "ok $n - $1"; }
 notok() { n=$((n+1)); fail=1; echo "not ok $n - $1"; sed 's/^/# /' "$tmp/out" 2>/dev/null | tail -n 20; }
 check() { if eval "$2"; then ok "$1"; else notok "$1"; fi; }
-echo "1..12"
+echo "1..13"
 
 "$sim" --help >"$tmp/out" 2>&1
 check "--help explains the outputs and options" "grep -q -- '--nic-policy' '$tmp/out' && grep -q 'requests.csv' '$tmp/out'"
@@ -35,7 +35,8 @@ check "malformed trace line: error names file, line, field (rc $rc)" "[ $rc -ne 
 "$sim" -q --no-plots -m no-such-model -o "$tmp/d" >"$tmp/out" 2>&1; rc=$?
 check "unknown model preset (rc $rc)" "[ $rc -eq 2 ] && grep -q \"unknown model 'no-such-model'\" '$tmp/out'"
 
-"$sim" -q --no-plots --nics 0 -o "$tmp/d" >"$tmp/out" 2>&1; rc=$?
+printf '[platform]\nnics_per_node = 0\n' > "$tmp/zero.ini"
+"$sim" -q --no-plots -c "$tmp/zero.ini" -o "$tmp/d" >"$tmp/out" 2>&1; rc=$?
 check "platform with zero NICs (rc $rc)" "[ $rc -ne 0 ] && grep -q 'nics_per_node' '$tmp/out'"
 
 cat > "$tmp/split.xml" <<'XML'
@@ -67,6 +68,10 @@ check "bad fault spec (rc $rc)" "[ $rc -eq 2 ] && grep -q 'crash:ROLE:NODE@T' '$
 printf '[platform]\nnics_per_node = 4\nbogus = 1\n' > "$tmp/bad.ini"
 "$sim" -q --no-plots -c "$tmp/bad.ini" -o "$tmp/d" >"$tmp/out" 2>&1; rc=$?
 check "unknown config key names file, group, key (rc $rc)" "[ $rc -ne 0 ] && grep -q 'bad.ini' '$tmp/out' && grep -q 'bogus' '$tmp/out'"
+
+printf '[study]\nmodel = llama-3-8b\nabort_prob = 0.5\n' > "$tmp/study.ini"
+run -s 7 -c "$tmp/study.ini" -m qwen2.5-0.5b --abort-prob 0 -o "$tmp/f"; rc=$?
+check "the command line beats the study file (rc $rc)" "[ $rc -eq 0 ] && grep -q '^summary (qwen2.5-0.5b' '$tmp/out' && grep -q ' 0 aborted' '$tmp/out'"
 
 run -s 7 --fault crash:decode:1@3 --lease-policy heartbeat --heartbeat 1 -o "$tmp/e"; rc=$?
 check "decode crash with heartbeat leases: requests lost, no stale read (rc $rc)" "[ $rc -eq 0 ] && grep -q 'lost to crashes' '$tmp/out' && grep -q 'stale reads *0' '$tmp/out'"

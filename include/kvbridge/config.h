@@ -91,6 +91,8 @@ KVB_API int kvb_lease_policy_parse(const char *name, kvb_lease_policy_t *p);
 #define KVB_DEFAULT_ABORT_TIMEOUT_S 480u
 #define KVB_CONSUMER_TIMEOUT_EXTRA_S 60u
 #define KVB_ENGINE_ID_MAX 128u
+#define KVB_SLICE_SIZE_MIN 4096u        /* [transfer] slice_size, bytes */
+#define KVB_SLICE_SIZE_MAX (1u << 30)
 
 /* A topology entry by NIC name, resolved to indices when the connector
  * learns the backend's NICs. */

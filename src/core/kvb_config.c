@@ -22,8 +22,8 @@
 
 #define NS_PER_S UINT64_C(1000000000)
 #define SECONDS_MAX UINT64_C(1000000000) /* 1e9 s, about 31.7 years */
-#define SLICE_MIN UINT64_C(4096)
-#define SLICE_MAX (UINT64_C(1) << 30)
+#define SLICE_MIN ((uint64_t)KVB_SLICE_SIZE_MIN)
+#define SLICE_MAX ((uint64_t)KVB_SLICE_SIZE_MAX)
 #define QUEUE_DEPTH_MAX (UINT64_C(1) << 24)
 
 #define GROUP_CONNECTOR "connector"

@@ -27,6 +27,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
@@ -45,6 +46,13 @@
 #include <kvbridge/hw.h>
 
 #include "kvb_bench.h"
+#include "kvb_cli.h"
+
+#define PROG "kvbridge-bench"
+#define BATCH_MAX 4096
+#define THREADS_MAX 64
+#define DURATION_MAX 86400.0 /* seconds per block size */
+#define MAX_REPEAT 15
 
 typedef struct opts {
 	gchar *mode;
@@ -63,10 +71,12 @@ typedef struct opts {
 	gchar *csv;
 	gboolean loopback;
 	gboolean no_baseline;
-	gint64 fill_seed;
-	gint64 count;
-	gint64 check_seed;
-	gchar *remote_addr;
+	uint64_t fill_seed;
+	uint64_t count;          /* 0: --duration */
+	uint64_t check_seed;
+	bool check_set;
+	uint64_t remote_addr;
+	bool remote_set;
 	gboolean quiet;
 	gchar *rdma_devices;
 	gint lanes;
@@ -76,8 +86,13 @@ typedef struct opts {
 
 static opts_t o = {
 	.op = NULL, .batch = 16, .threads = 1, .nics = 1, .duration = 1.0, .repeat = 0, .fill_seed = 1,
-	.check_seed = -1,
 };
+
+/* The numeric options as typed; bench_options() checks them into o. */
+static struct bench_args {
+	gchar *batch, *threads, *nics, *lanes, *duration, *repeat, *rpc_port, *data_port;
+	gchar *fill_seed, *count, *check_seed, *remote_addr;
+} args;
 
 static uint64_t now_ns(void)
 {
@@ -86,12 +101,13 @@ static uint64_t now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+/* "4096", "64K", "1.5M", "1GiB": a byte count >= 1 that fits 64 bits. */
 static bool parse_size(const char *s, uint64_t *out)
 {
 	char *end;
 	errno = 0;
 	double v = g_ascii_strtod(s, &end);
-	if (errno || end == s || v <= 0)
+	if (errno || end == s || !(v > 0) || !isfinite(v))
 		return false;
 	uint64_t mul = 1;
 	if (*end == 'K' || *end == 'k')
@@ -104,7 +120,7 @@ static bool parse_size(const char *s, uint64_t *out)
 		end++;
 	if (*end == 'B')
 		end++;
-	if (*end)
+	if (*end || v * (double)mul >= 0x1p64)
 		return false;
 	*out = (uint64_t)(v * (double)mul);
 	return *out > 0;
@@ -214,7 +230,7 @@ static int run_target(uint64_t buf_len)
 	kvb_backend_t *be = open_backend((uint16_t)o.rpc_port, (uint16_t)o.data_port, NULL);
 	target_be = be;
 	uint8_t *buf = alloc_buffer(buf_len);
-	fill(buf, buf_len, (uint64_t)o.fill_seed);
+	fill(buf, buf_len, o.fill_seed);
 	kvb_mem_attr_t attr = {KVB_MEM_HOST, -1};
 	uint8_t *reg = buf;
 	if (o.memory && !strcmp(o.memory, "emulated")) {
@@ -356,8 +372,8 @@ static gpointer worker_run(gpointer arg)
 	/* each thread writes into its own slice of the target's buffer (or of
 	 * the range at --remote-addr) */
 	uint64_t span = rlen / (uint64_t)o.threads;
-	if (o.remote_addr) {
-		raddr = g_ascii_strtoull(o.remote_addr, NULL, 0);
+	if (o.remote_set) {
+		raddr = o.remote_addr;
 		span = w->buf_len;
 	}
 	uint64_t rbase = raddr + span * (uint64_t)w->index;
@@ -383,7 +399,7 @@ static gpointer worker_run(gpointer arg)
 	uint64_t slot = 0, inflight = 0, nic = 0;
 	uint64_t t0 = now_ns(), stop = t0 + w->duration_ns;
 	bool posting = true;
-	uint64_t limit = o.count > 0 ? (uint64_t)o.count : UINT64_MAX;
+	uint64_t limit = o.count > 0 ? o.count : UINT64_MAX;
 	while (posting || inflight) {
 		while (posting && inflight < w->batch && slot < limit) {
 			uint64_t cookie = free_cookies[n_free - 1];
@@ -440,17 +456,17 @@ static gpointer worker_run(gpointer arg)
 			posting = false;
 	}
 	w->duration_ns = now_ns() - t0;
-	if (o.check_seed >= 0 && w->op == KVB_XFER_READ && !w->rc) {
+	if (o.check_set && w->op == KVB_XFER_READ && !w->rc) {
 		/* what was read must be the peer's pattern at the same offsets */
 		uint8_t *expect = alloc_buffer(w->buf_len);
-		fill(expect, w->buf_len, (uint64_t)o.check_seed);
+		fill(expect, w->buf_len, o.check_seed);
 		uint64_t n = MIN(slot, nslots) * w->block, bad = 0;
 		for (uint64_t i = 0; i < n; i++)
 			bad += buf[i] != expect[i];
 		munmap(expect, w->buf_len);
 		if (bad) {
 			g_snprintf(w->error, sizeof(w->error), "%" PRIu64 " of %" PRIu64 " bytes read differ from "
-				   "the pattern of seed %" PRId64, bad, n, o.check_seed);
+				   "the pattern of seed %" PRIu64, bad, n, o.check_seed);
 			w->rc = 1;
 		} else {
 			w->checked = n;
@@ -654,8 +670,6 @@ static double socket_ceiling(uint16_t port, bool write, uint64_t block, uint64_t
 
 /* ------------------------------------------------------------------------ */
 
-#define MAX_REPEAT 15
-
 static int cmp_double(const void *a, const void *b)
 {
 	double x = *(const double *)a, y = *(const double *)b;
@@ -721,28 +735,28 @@ static GOptionEntry entries[] = {
 	{"op", 'o', 0, G_OPTION_ARG_STRING, &o.op, "write or read (default write)", "OP"},
 	{"block-sizes", 'b', 0, G_OPTION_ARG_STRING, &o.block_sizes,
 	 "comma list (4K,64K,1M) or 'sweep' (4 KiB to 64 MiB by 4x, the default)", "LIST"},
-	{"batch", 'B', 0, G_OPTION_ARG_INT, &o.batch, "requests in flight per thread (default 16)", "N"},
-	{"threads", 'T', 0, G_OPTION_ARG_INT, &o.threads, "initiator threads, one connection each (default 1)", "N"},
-	{"nics", 'n', 0, G_OPTION_ARG_INT, &o.nics, "NICs per thread (TCP: source addresses, default 1)", "N"},
-	{"lanes", 0, 0, G_OPTION_ARG_INT, &o.lanes,
-	 "TCP connections per peer per NIC (default 4 as Mooncake's pool; MC_TCP_LANES_PER_PEER)", "N"},
+	{"batch", 'B', 0, G_OPTION_ARG_STRING, &args.batch, "requests in flight per thread, 1 to 4096 (default 16)", "N"},
+	{"threads", 'T', 0, G_OPTION_ARG_STRING, &args.threads, "initiator threads, one connection each, 1 to 64 (default 1)", "N"},
+	{"nics", 'n', 0, G_OPTION_ARG_STRING, &args.nics, "NICs per thread, 1 to 16 (TCP: source addresses, default 1)", "N"},
+	{"lanes", 0, 0, G_OPTION_ARG_STRING, &args.lanes,
+	 "TCP connections per peer per NIC, 1 to 16 (default 4 as Mooncake's pool; MC_TCP_LANES_PER_PEER)", "N"},
 	{"rdma-devices", 0, 0, G_OPTION_ARG_STRING, &o.rdma_devices,
 	 "RDMA devices to use (rxe0,rxe1 or auto; default TCP; also KVB_RDMA_DEVICES); requests go "
 	 "round-robin over them, device i to the peer's device i", "LIST"},
 	{"memory", 0, 0, G_OPTION_ARG_STRING, &o.memory,
 	 "target: host (default) or emulated (the buffer in emulated GPU memory)", "KIND"},
-	{"duration", 'd', 0, G_OPTION_ARG_DOUBLE, &o.duration, "seconds per block size (default 1)", "S"},
-	{"repeat", 'r', 0, G_OPTION_ARG_INT, &o.repeat,
-	 "measure each size N times (kvbridge and the socket ceiling interleaved) and report the median run "
-	 "(default 1, 3 with --loopback)", "N"},
+	{"duration", 'd', 0, G_OPTION_ARG_STRING, &args.duration, "seconds per block size, > 0 (default 1)", "S"},
+	{"repeat", 'r', 0, G_OPTION_ARG_STRING, &args.repeat,
+	 "measure each size N times, 1 to 15 (kvbridge and the socket ceiling interleaved) and report the "
+	 "median run (default 1, 3 with --loopback)", "N"},
 	{"buffer-size", 0, 0, G_OPTION_ARG_STRING, &o.buffer_size, "registered buffer (default 1G target, 256M initiator)", "SIZE"},
 	{"host", 0, 0, G_OPTION_ARG_STRING, &o.host, "address peers use to reach this process (default 127.0.0.1)", "HOST"},
-	{"rpc-port", 0, 0, G_OPTION_ARG_INT, &o.rpc_port, "target: handshake port (default random 15000-17000)", "PORT"},
-	{"data-port", 0, 0, G_OPTION_ARG_INT, &o.data_port, "target: TCP transport port (default random)", "PORT"},
-	{"fill-seed", 0, 0, G_OPTION_ARG_INT64, &o.fill_seed, "target: pattern seed of the buffer (default 1)", "N"},
-	{"count", 0, 0, G_OPTION_ARG_INT64, &o.count, "post exactly N requests per thread per size (instead of --duration)", "N"},
-	{"remote-addr", 0, 0, G_OPTION_ARG_STRING, &o.remote_addr, "initiator: remote address to use (default: the peer's first buffer)", "ADDR"},
-	{"check-pattern", 0, 0, G_OPTION_ARG_INT64, &o.check_seed, "initiator, reads: check the bytes read against the pattern of SEED (a target filled with --fill-seed SEED)", "SEED"},
+	{"rpc-port", 0, 0, G_OPTION_ARG_STRING, &args.rpc_port, "target: handshake port, 0 to 65535 (default 0: random 15000-17000)", "PORT"},
+	{"data-port", 0, 0, G_OPTION_ARG_STRING, &args.data_port, "target: TCP transport port, 0 to 65535 (default 0: random)", "PORT"},
+	{"fill-seed", 0, 0, G_OPTION_ARG_STRING, &args.fill_seed, "target: pattern seed of the buffer (default 1)", "N"},
+	{"count", 0, 0, G_OPTION_ARG_STRING, &args.count, "post exactly N >= 1 requests per thread per size (instead of --duration)", "N"},
+	{"remote-addr", 0, 0, G_OPTION_ARG_STRING, &args.remote_addr, "initiator: remote address to use, decimal or 0x hex (default: the peer's first buffer)", "ADDR"},
+	{"check-pattern", 0, 0, G_OPTION_ARG_STRING, &args.check_seed, "initiator, reads: check the bytes read against the pattern of SEED (a target filled with --fill-seed SEED)", "SEED"},
 	{"csv", 0, 0, G_OPTION_ARG_FILENAME, &o.csv, "append one CSV row per block size", "FILE"},
 	{"control", 0, 0, G_OPTION_ARG_STRING, &o.control,
 	 "loopback: one-sided (default: each request a write posted to the backend) or gen2 (each "
@@ -752,6 +766,69 @@ static GOptionEntry entries[] = {
 	{"quiet", 'q', 0, G_OPTION_ARG_NONE, &o.quiet, "less output", NULL},
 	{NULL},
 };
+
+/* An address: decimal, or hex after 0x. */
+static bool parse_addr(const char *opt, const char *text, uint64_t *out)
+{
+	if (!text || !(text[0] == '0' && (text[1] == 'x' || text[1] == 'X')))
+		return kvb_cli_parse_uint64(PROG, opt, text, 0, UINT64_MAX, out);
+	guint64 v;
+	if (!g_ascii_string_to_unsigned(text + 2, 16, 0, G_MAXUINT64, &v, NULL)) {
+		fprintf(stderr, PROG ": %s %s: not an address (decimal, or hex after 0x)\n", opt, text);
+		return false;
+	}
+	*out = v;
+	return true;
+}
+
+/* Every option checked before anything starts: numbers against their
+ * ranges, names against the names accepted; false when refused. */
+static bool bench_options(uint64_t *buf_len, GArray *sizes, kvb_xfer_opcode_t *op, bool *gen2)
+{
+	static const char *const modes[] = {"initiator", "target", NULL};
+	static const char *const ops[] = {"write", "read", NULL};
+	static const char *const memories[] = {"host", "emulated", NULL};
+	static const char *const controls[] = {"one-sided", "gen2", NULL};
+	int mode = 0, opi = 0, memory = 0, control = 0;
+	if (!kvb_cli_parse_choice(PROG, "--mode", o.mode, modes, &mode) ||
+	    !kvb_cli_parse_choice(PROG, "--op", o.op, ops, &opi) ||
+	    !kvb_cli_parse_choice(PROG, "--memory", o.memory, memories, &memory) ||
+	    !kvb_cli_parse_choice(PROG, "--control", o.control, controls, &control) ||
+	    !kvb_cli_parse_int(PROG, "--batch", args.batch, 1, BATCH_MAX, &o.batch) ||
+	    !kvb_cli_parse_int(PROG, "--threads", args.threads, 1, THREADS_MAX, &o.threads) ||
+	    !kvb_cli_parse_int(PROG, "--nics", args.nics, 1, KVB_HW_MAX_NICS, &o.nics) ||
+	    !kvb_cli_parse_int(PROG, "--lanes", args.lanes, 1, KVB_HW_MAX_LANES, &o.lanes) ||
+	    !kvb_cli_parse_double(PROG, "--duration", args.duration, 0, DURATION_MAX, KVB_CLI_ABOVE_MIN,
+				  &o.duration) ||
+	    !kvb_cli_parse_int(PROG, "--repeat", args.repeat, 1, MAX_REPEAT, &o.repeat) ||
+	    !kvb_cli_parse_int(PROG, "--rpc-port", args.rpc_port, 0, 65535, &o.rpc_port) ||
+	    !kvb_cli_parse_int(PROG, "--data-port", args.data_port, 0, 65535, &o.data_port) ||
+	    !kvb_cli_parse_uint64(PROG, "--fill-seed", args.fill_seed, 0, UINT64_MAX, &o.fill_seed) ||
+	    !kvb_cli_parse_uint64(PROG, "--count", args.count, 1, UINT64_MAX, &o.count) ||
+	    !kvb_cli_parse_uint64(PROG, "--check-pattern", args.check_seed, 0, UINT64_MAX, &o.check_seed) ||
+	    !parse_addr("--remote-addr", args.remote_addr, &o.remote_addr))
+		return false;
+	o.check_set = args.check_seed != NULL;
+	o.remote_set = args.remote_addr != NULL;
+	*op = opi ? KVB_XFER_READ : KVB_XFER_WRITE;
+	*gen2 = control == 1;
+	if (*gen2 && (!o.loopback || o.threads != 1 || *op != KVB_XFER_WRITE || o.rdma_devices || o.nics != 1)) {
+		fprintf(stderr, "kvbridge-bench: --control gen2 runs with --loopback, writes, one thread, one "
+			"TCP NIC (the producer writes into the decoder, as vLLM's)\n");
+		return false;
+	}
+	if (o.buffer_size && !parse_size(o.buffer_size, buf_len)) {
+		fprintf(stderr, "kvbridge-bench: --buffer-size %s: expected a size of at least 1 byte, "
+			"like 256M or 1G\n", o.buffer_size);
+		return false;
+	}
+	if (!parse_sizes(o.block_sizes, sizes)) {
+		fprintf(stderr, "kvbridge-bench: --block-sizes %s: expected sizes of at least 1 byte, "
+			"like 4K,64K,1M, or 'sweep'\n", o.block_sizes);
+		return false;
+	}
+	return true;
+}
 
 int main(int argc, char **argv)
 {
@@ -768,71 +845,36 @@ int main(int argc, char **argv)
 		"                                                  vLLM Gen 2 transfers vs one-sided vs sockets\n"
 		"\nOutput: one line per block size: GB/s (1e9 bytes/s), p50 and p99 request latency,\n"
 		"and with --loopback the plain-socket rate and kvbridge's ratio to it.\n"
+		"A value out of range or an unknown name stops it with exit status 2 before it starts.\n"
 		"Environment: Mooncake's MC_* variables (MC_TCP_PROTO, MC_MIN_RPC_PORT, ...).\n");
 	if (!g_option_context_parse(oc, &argc, &argv, &gerr)) {
 		fprintf(stderr, "kvbridge-bench: %s (try --help)\n", gerr->message);
-		return 2;
+		return KVB_CLI_USAGE;
 	}
 	g_option_context_free(oc);
+	if (argc > 1) {
+		fprintf(stderr, "kvbridge-bench: unexpected argument '%s' (try --help)\n", argv[1]);
+		return KVB_CLI_USAGE;
+	}
 	bool target_mode = o.mode && !strcmp(o.mode, "target");
+	uint64_t buf_len = target_mode || o.loopback ? (1ull << 30) : (256ull << 20);
+	GArray *sizes = g_array_new(FALSE, FALSE, sizeof(uint64_t));
+	kvb_xfer_opcode_t op = KVB_XFER_WRITE;
+	bool gen2 = false;
+	if (!bench_options(&buf_len, sizes, &op, &gen2))
+		return KVB_CLI_USAGE;
 	if (o.repeat == 0)
 		o.repeat = o.loopback ? 3 : 1;
-	if (o.lanes <= 0) { /* the default the backend will use: MC_TCP_LANES_PER_PEER or 4 */
+	if (o.lanes == 0) { /* the default the backend will use: MC_TCP_LANES_PER_PEER or 4 */
 		kvb_hw_params_t dp;
 		kvb_hw_params_default(&dp);
 		kvb_err_t e;
 		kvb_hw_params_apply_env(&dp, NULL, &e);
 		o.lanes = (int)dp.tcp_lanes;
 	}
-	bool gen2 = false;
-	if (o.control && !strcmp(o.control, "gen2"))
-		gen2 = true;
-	else if (o.control && strcmp(o.control, "one-sided")) {
-		fprintf(stderr, "kvbridge-bench: --control must be one-sided or gen2 (got %s)\n", o.control);
-		return 2;
-	}
-	if (gen2 && (!o.loopback || o.threads != 1 || (o.op && strcmp(o.op, "write")) || o.rdma_devices ||
-		     o.nics != 1)) {
-		fprintf(stderr, "kvbridge-bench: --control gen2 runs with --loopback, writes, one thread, one "
-			"TCP NIC (the producer writes into the decoder, as vLLM's)\n");
-		return 2;
-	}
-	if (o.memory && strcmp(o.memory, "host") && strcmp(o.memory, "emulated")) {
-		fprintf(stderr, "kvbridge-bench: --memory must be host or emulated (got %s)\n", o.memory);
-		return 2;
-	}
-	if (o.mode && !target_mode && strcmp(o.mode, "initiator")) {
-		fprintf(stderr, "kvbridge-bench: --mode must be target or initiator (got %s)\n", o.mode);
-		return 2;
-	}
-	if (o.batch < 1 || o.batch > 4096 || o.threads < 1 || o.threads > 64 || o.nics < 1 ||
-	    o.nics > (int)KVB_HW_MAX_NICS || o.duration <= 0 || o.repeat < 0 || o.repeat > MAX_REPEAT) {
-		fprintf(stderr, "kvbridge-bench: --batch 1..4096, --threads 1..64, --nics 1..%u, --duration > 0, "
-			"--repeat 1..%d\n", KVB_HW_MAX_NICS, MAX_REPEAT);
-		return 2;
-	}
-	uint64_t buf_len = target_mode || o.loopback ? (1ull << 30) : (256ull << 20);
-	if (o.buffer_size && !parse_size(o.buffer_size, &buf_len)) {
-		fprintf(stderr, "kvbridge-bench: --buffer-size %s: expected a size like 256M or 1G\n",
-			o.buffer_size);
-		return 2;
-	}
 	if (target_mode)
 		return run_target(buf_len);
 
-	kvb_xfer_opcode_t op = KVB_XFER_WRITE;
-	if (o.op && !strcmp(o.op, "read"))
-		op = KVB_XFER_READ;
-	else if (o.op && strcmp(o.op, "write")) {
-		fprintf(stderr, "kvbridge-bench: --op must be write or read (got %s)\n", o.op);
-		return 2;
-	}
-	GArray *sizes = g_array_new(FALSE, FALSE, sizeof(uint64_t));
-	if (!parse_sizes(o.block_sizes, sizes)) {
-		fprintf(stderr, "kvbridge-bench: --block-sizes %s: expected sizes like 4K,64K,1M or 'sweep'\n",
-			o.block_sizes);
-		return 2;
-	}
 	pid_t target_pid = 0, sink_pid = 0;
 	uint16_t sink_port = 0;
 	char target_addr[128];
@@ -936,7 +978,7 @@ int main(int argc, char **argv)
 			if (gen2) {
 				kvb_bench_gen2_t g = {.block = b, .batch = (uint32_t)o.batch,
 						      .duration_ns = (uint64_t)(o.duration * 1e9),
-						      .count = o.count > 0 ? (uint64_t)o.count : 0,
+						      .count = o.count,
 						      .lanes = (uint32_t)o.lanes, .quiet = o.quiet};
 				if (kvb_bench_gen2_point(&g, &g2runs[k]))
 					rc = 1;
@@ -972,7 +1014,7 @@ int main(int argc, char **argv)
 			printf("%10s %10.3f %10.1f %10.1f\n", label, r.gbps, r.p50_us, r.p99_us);
 		fflush(stdout);
 		if (r.checked)
-			printf("kvbridge-bench: verified %" PRIu64 " bytes read against the pattern of seed %" PRId64 "\n",
+			printf("kvbridge-bench: verified %" PRIu64 " bytes read against the pattern of seed %" PRIu64 "\n",
 			       r.checked, o.check_seed);
 		if (csv)
 			fprintf(csv, "%s,%" PRIu64 ",%d,%d,%d,%" PRIu64 ",%.4f,%.1f,%.1f,%.4f,%.3f\n",

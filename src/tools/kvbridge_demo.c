@@ -19,7 +19,20 @@
 #include <kvbridge/kvbridge.h>
 #include <kvbridge/loop.h>
 
+#include "kvb_cli.h"
 #include "kvb_pattern.h"
+
+#define PROG "kvbridge-demo"
+#define TOKENS_MAX (1u << 24)     /* per request, as the simulator's workloads */
+#define REQUESTS_MAX 65536
+#define BLOCK_TOKENS_MAX 65536
+#define NIC_GBPS_MAX 1e6
+#define INTERVAL_MS_MAX 1e6
+
+/* Numbers as typed (checked by demo_options) */
+typedef struct demo_args {
+	gchar *tokens, *requests, *block_tokens, *nics, *nic_gbps, *slice_size, *seed, *interval_ms;
+} demo_args_t;
 
 typedef struct demo_opts {
 	gchar *model;
@@ -29,8 +42,9 @@ typedef struct demo_opts {
 	gint nics;
 	gdouble nic_gbps;
 	gchar *policy;
-	gint64 slice_size;
-	gint64 seed;
+	uint64_t slice_size;      /* 0: the config's */
+	uint64_t seed;
+	bool seed_set;            /* false: the config's */
 	gdouble interval_ms;
 	gchar *config;
 	gchar *events;
@@ -142,6 +156,33 @@ static void list_models(void)
 
 static int demo_run(demo_opts_t *o);
 
+/* Check every number against its range and the policy against the
+ * registry's names; false when refused (the reason printed). */
+static bool demo_options(const demo_args_t *a, demo_opts_t *o)
+{
+	if (!kvb_cli_parse_int(PROG, "--tokens", a->tokens, 1, TOKENS_MAX, &o->tokens) ||
+	    !kvb_cli_parse_int(PROG, "--requests", a->requests, 1, REQUESTS_MAX, &o->requests) ||
+	    !kvb_cli_parse_int(PROG, "--block-tokens", a->block_tokens, 1, BLOCK_TOKENS_MAX, &o->block_tokens) ||
+	    !kvb_cli_parse_int(PROG, "--nics", a->nics, 1, KVB_MAX_NICS, &o->nics) ||
+	    !kvb_cli_parse_double(PROG, "--nic-gbps", a->nic_gbps, 0, NIC_GBPS_MAX, KVB_CLI_ABOVE_MIN, &o->nic_gbps) ||
+	    !kvb_cli_parse_uint64(PROG, "--slice-size", a->slice_size, KVB_SLICE_SIZE_MIN, KVB_SLICE_SIZE_MAX,
+				  &o->slice_size) ||
+	    !kvb_cli_parse_uint64(PROG, "--seed", a->seed, 0, UINT64_MAX, &o->seed) ||
+	    !kvb_cli_parse_double(PROG, "--interval-ms", a->interval_ms, 0, INTERVAL_MS_MAX, 0, &o->interval_ms))
+		return false;
+	o->seed_set = a->seed != NULL;
+	if (o->policy && !kvb_nic_policy_find(o->policy))
+		return kvb_cli_bad_choice(PROG, "--policy", o->policy, kvb_nic_policy_names());
+	/* the block ids of all requests are uint32_t */
+	uint64_t blocks = (uint64_t)((o->tokens + o->block_tokens - 1) / o->block_tokens) * (uint64_t)o->requests;
+	if (blocks > UINT32_MAX) {
+		fprintf(stderr, PROG ": --tokens %d --block-tokens %d --requests %d: %" G_GUINT64_FORMAT
+			" blocks, more than %u\n", o->tokens, o->block_tokens, o->requests, blocks, UINT32_MAX);
+		return false;
+	}
+	return true;
+}
+
 int main(int argc, char **argv)
 {
 	demo_opts_t o = {
@@ -153,21 +194,23 @@ int main(int argc, char **argv)
 		.nic_gbps = 200,
 		.policy = NULL,
 		.slice_size = 0,
-		.seed = -1,
 		.interval_ms = 1.0,
 	};
+	demo_args_t a = {0};
+	char *policies = kvb_cli_choices(kvb_nic_policy_names());
+	char *policy_help = g_strdup_printf("NIC policy: %s (default: the config's, round_robin)", policies);
 	GOptionEntry entries[] = {
 		{"model", 'm', 0, G_OPTION_ARG_STRING, &o.model, "Model preset (default qwen2.5-0.5b; see --list-models)", "NAME"},
 		{"list-models", 0, 0, G_OPTION_ARG_NONE, &o.list_models, "List model presets and exit", NULL},
-		{"tokens", 't', 0, G_OPTION_ARG_INT, &o.tokens, "Prompt tokens per request (default 2048)", "N"},
-		{"requests", 'n', 0, G_OPTION_ARG_INT, &o.requests, "Requests (default 8)", "N"},
-		{"block-tokens", 0, 0, G_OPTION_ARG_INT, &o.block_tokens, "Tokens per KV block (default 16)", "N"},
-		{"nics", 0, 0, G_OPTION_ARG_INT, &o.nics, "NICs per side (default 2)", "N"},
-		{"nic-gbps", 0, 0, G_OPTION_ARG_DOUBLE, &o.nic_gbps, "Line rate of each modelled NIC in Gb/s (default 200)", "GBPS"},
-		{"policy", 'p', 0, G_OPTION_ARG_STRING, &o.policy, "NIC policy: round_robin, random, least_loaded, topology", "NAME"},
-		{"slice-size", 0, 0, G_OPTION_ARG_INT64, &o.slice_size, "Slice bytes (default 65536; the fragment limit becomes a quarter of it)", "BYTES"},
-		{"seed", 's', 0, G_OPTION_ARG_INT64, &o.seed, "Seed for data and policies (default: the config's, 1)", "N"},
-		{"interval-ms", 0, 0, G_OPTION_ARG_DOUBLE, &o.interval_ms, "Gap between request arrivals (default 1 ms)", "MS"},
+		{"tokens", 't', 0, G_OPTION_ARG_STRING, &a.tokens, "Prompt tokens per request (default 2048)", "N"},
+		{"requests", 'n', 0, G_OPTION_ARG_STRING, &a.requests, "Requests (default 8)", "N"},
+		{"block-tokens", 0, 0, G_OPTION_ARG_STRING, &a.block_tokens, "Tokens per KV block (default 16)", "N"},
+		{"nics", 0, 0, G_OPTION_ARG_STRING, &a.nics, "NICs per side, 1 to 64 (default 2)", "N"},
+		{"nic-gbps", 0, 0, G_OPTION_ARG_STRING, &a.nic_gbps, "Line rate of each modelled NIC in Gb/s (default 200)", "GBPS"},
+		{"policy", 'p', 0, G_OPTION_ARG_STRING, &o.policy, policy_help, "NAME"},
+		{"slice-size", 0, 0, G_OPTION_ARG_STRING, &a.slice_size, "Slice bytes, 4096 to 1 GiB (default: the config's, 65536; the fragment limit becomes a quarter of it)", "BYTES"},
+		{"seed", 's', 0, G_OPTION_ARG_STRING, &a.seed, "Seed for data and policies (default: the config's, 1)", "N"},
+		{"interval-ms", 0, 0, G_OPTION_ARG_STRING, &a.interval_ms, "Gap between request arrivals, ms, 0 or more (default 1)", "MS"},
 		{"config", 'c', 0, G_OPTION_ARG_FILENAME, &o.config, "Connector configuration file (GKeyFile)", "FILE"},
 		{"events", 'e', 0, G_OPTION_ARG_FILENAME, &o.events, "Write one JSON line per transfer to FILE", "FILE"},
 		{"quiet", 'q', 0, G_OPTION_ARG_NONE, &o.quiet, "Print only the summary", NULL},
@@ -179,20 +222,22 @@ int main(int argc, char **argv)
 		"Two kvbridge connectors (kv_producer and kv_consumer) on the in-process loop backend\n"
 		"move the KV blocks of N requests of a real model's shape, striped over modelled NICs,\n"
 		"then every byte is compared.  Times are virtual (the NIC model), except 'wall'.\n\n"
+		"A value out of range or an unknown name stops it with exit status 2 before it runs.\n\n"
 		"Example: kvbridge-demo --model llama-3-8b --tokens 4096 --requests 4 --nics 4\n");
 	GError *gerr = NULL;
+	int rc = KVB_CLI_USAGE;
 	if (!g_option_context_parse(ctx, &argc, &argv, &gerr)) {
 		fprintf(stderr, "kvbridge-demo: %s (try --help)\n", gerr->message);
 		g_error_free(gerr);
-		g_option_context_free(ctx);
-		return 2;
+	} else if (argc > 1) {
+		fprintf(stderr, "kvbridge-demo: unexpected argument '%s' (try --help)\n", argv[1]);
+	} else if (demo_options(&a, &o)) {
+		rc = demo_run(&o);
 	}
 	g_option_context_free(ctx);
-	int rc = demo_run(&o);
-	g_free(o.model);
-	g_free(o.policy);
-	g_free(o.config);
-	g_free(o.events);
+	kvb_cli_free_strings(entries);
+	g_free(policy_help);
+	g_free(policies);
 	return rc;
 }
 
@@ -211,13 +256,6 @@ static int demo_run(demo_opts_t *o)
 		list_models();
 		return 2;
 	}
-	if (o->tokens < 1 || o->requests < 1 || o->block_tokens < 1 || o->nics < 1 ||
-	    (uint32_t)o->nics > KVB_MAX_NICS || o->nic_gbps <= 0 || o->interval_ms < 0) {
-		fprintf(stderr, "kvbridge-demo: --tokens, --requests, --block-tokens must be >= 1, "
-				"--nics 1..%u, --nic-gbps > 0, --interval-ms >= 0\n", KVB_MAX_NICS);
-		return 2;
-	}
-
 	kvb_config_t cfg;
 	kvb_config_init(&cfg);
 	GError *gerr = NULL;
@@ -231,11 +269,11 @@ static int demo_run(demo_opts_t *o)
 	if (o->policy)
 		g_strlcpy(cfg.nic_policy, o->policy, sizeof(cfg.nic_policy));
 	if (o->slice_size) {
-		cfg.slice_size = (uint64_t)o->slice_size;
+		cfg.slice_size = o->slice_size;
 		cfg.fragment_limit = cfg.slice_size / 4;
 	}
-	if (o->seed >= 0)
-		cfg.seed = (uint64_t)o->seed;
+	if (o->seed_set)
+		cfg.seed = o->seed;
 	kvb_err_t err;
 	if (kvb_config_validate(&cfg, &err) != KVB_OK) {
 		fprintf(stderr, "kvbridge-demo: %s\n", err.msg);

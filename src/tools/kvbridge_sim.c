@@ -17,35 +17,58 @@
 #include <kvbridge/kvbridge.h>
 
 #include "../backends/sim/kvb_study.h"
+#include "kvb_cli.h"
 
+#define PROG "kvbridge-sim"
+
+/* The options as GOption leaves them.  Numbers stay text until
+ * apply_options() checks each against its range, so that an option not
+ * given leaves the default (or the study file's value) alone and any value
+ * given is either in range or refused. */
 typedef struct cli {
-	gchar *config;
-	gchar *trace;
-	gchar *format;
-	gdouble rate_mult;
-	gint64 limit;
-	gint64 gen_requests;
-	gdouble gen_rate;
-	gchar *model;
-	gint prefill_nodes, decode_nodes, gpus, nics;
-	gdouble nic_gbps, nic_eff, pcie, mem, latency_us, oversub;
-	gchar *topology;
-	gchar *platform_xml;
+	gchar *config, *trace, *format, *model, *topology, *platform_xml;
 	gchar *nic_policy, *lease_policy, *flow_model;
-	gdouble lease_s, heartbeat_s;
-	gint64 slice_size;
-	gdouble abort_prob, late_prob, late_delay;
 	gchar **faults;
-	gchar *out;
-	gboolean events, no_plots, quiet, list_models;
-	gint64 seed;
-	gdouble kv_pool, tpot;
-	gchar *transfer_bench;
-	gint concurrency;
-	gboolean no_prefill_cache, no_decode_cache;
+	gchar *out, *transfer_bench;
+	gboolean events, no_plots, quiet, list_models, no_prefill_cache, no_decode_cache;
+	gchar *rate_mult, *limit, *requests, *rate;
+	gchar *prefill_nodes, *decode_nodes, *gpus, *nics;
+	gchar *nic_gbps, *nic_eff, *pcie, *mem, *latency_us, *oversub;
+	gchar *lease_s, *heartbeat_s, *slice_size;
+	gchar *abort_prob, *late_prob, *late_delay;
+	gchar *seed, *kv_pool, *tpot, *concurrency;
 } cli_t;
 
+/* What the workload and transfer-bench options resolve to. */
+typedef struct run_opts {
+	kvb_wl_format_t format;
+	double rate_mult;
+	uint64_t limit;          /* 0: all requests */
+	kvb_wl_gen_params_t gen; /* the built-in generator */
+	uint32_t concurrency;
+} run_opts_t;
+
+/* Ranges shared by an option and its [study] key, and the largest values
+ * other options take (the library's own limits where it has them). */
+#define PROB_MIN 0.0
+#define PROB_MAX 1.0
+#define SECONDS_MAX 1e9 /* the connector config's limit on a duration */
+#define GBYTES_MAX 1e6  /* a KV pool or a transfer-bench size, GB */
+#define RATE_MAX 1e6    /* arrivals per second, replay speed-up */
+#define BENCH_CONCURRENCY_MAX 65536
+
 static int fail(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
+
+static gboolean flow_model_parse(const char *s, kvb_sim_flow_model_t *fm)
+{
+	if (strcmp(s, "merged") == 0)
+		*fm = KVB_SIM_FLOWS_MERGED;
+	else if (strcmp(s, "per-slice") == 0)
+		*fm = KVB_SIM_FLOWS_PER_SLICE;
+	else
+		return FALSE;
+	return TRUE;
+}
 
 static int fail(const char *fmt, ...)
 {
@@ -58,9 +81,23 @@ static int fail(const char *fmt, ...)
 	return 2;
 }
 
+static gboolean study_range(const char *path, const char *key, double v, double min, double max,
+			    unsigned flags, GError **err)
+{
+	char why[128], val[G_ASCII_DTOSTR_BUF_SIZE];
+	if (kvb_cli_range_double(v, min, max, flags, why, sizeof(why)))
+		return TRUE;
+	g_ascii_formatd(val, sizeof(val), "%.15g", v);
+	g_set_error(err, G_KEY_FILE_ERROR, G_KEY_FILE_ERROR_INVALID_VALUE, "%s: [study] %s = %s: %s", path, key,
+		    val, why);
+	return FALSE;
+}
+
 /* The config file may hold [platform], [study], [workload] and the
- * connector's own groups; the connector loader sees only its groups. */
-static gboolean load_config(const char *path, kvb_study_params_t *p, cli_t *c, GError **err)
+ * connector's own groups; the connector loader sees only its groups.  The
+ * file's values go into p (and the model's name into *model), where the
+ * command line, applied after, overrides them. */
+static gboolean load_config(const char *path, kvb_study_params_t *p, gchar **model, GError **err)
 {
 	GKeyFile *kf = g_key_file_new();
 	if (!g_key_file_load_from_file(kf, path, G_KEY_FILE_NONE, err)) {
@@ -75,21 +112,37 @@ static gboolean load_config(const char *path, kvb_study_params_t *p, cli_t *c, G
 		for (gchar **k = keys; ok && k && *k; k++) {
 			GError *e = NULL;
 			if (strcmp(*k, "model") == 0) {
-				g_free(c->model);
-				c->model = g_key_file_get_string(kf, "study", *k, &e);
+				g_free(*model);
+				*model = g_key_file_get_string(kf, "study", *k, &e);
 			} else if (strcmp(*k, "kv_pool_gbytes") == 0) {
-				c->kv_pool = g_key_file_get_double(kf, "study", *k, &e);
+				p->kv_pool_gbytes = g_key_file_get_double(kf, "study", *k, &e);
+				if (!e)
+					ok = study_range(path, *k, p->kv_pool_gbytes, 0, GBYTES_MAX,
+							 KVB_CLI_ABOVE_MIN, err);
 			} else if (strcmp(*k, "decode_tpot") == 0) {
-				c->tpot = g_key_file_get_double(kf, "study", *k, &e);
+				p->decode_tpot_s = g_key_file_get_double(kf, "study", *k, &e);
+				if (!e)
+					ok = study_range(path, *k, p->decode_tpot_s, 0, SECONDS_MAX, 0, err);
 			} else if (strcmp(*k, "abort_prob") == 0) {
-				c->abort_prob = g_key_file_get_double(kf, "study", *k, &e);
+				p->abort_prob = g_key_file_get_double(kf, "study", *k, &e);
+				if (!e)
+					ok = study_range(path, *k, p->abort_prob, PROB_MIN, PROB_MAX, 0, err);
 			} else if (strcmp(*k, "late_prob") == 0) {
-				c->late_prob = g_key_file_get_double(kf, "study", *k, &e);
+				p->late_prob = g_key_file_get_double(kf, "study", *k, &e);
+				if (!e)
+					ok = study_range(path, *k, p->late_prob, PROB_MIN, PROB_MAX, 0, err);
 			} else if (strcmp(*k, "late_delay") == 0) {
-				c->late_delay = g_key_file_get_double(kf, "study", *k, &e);
+				p->late_delay_mean_s = g_key_file_get_double(kf, "study", *k, &e);
+				if (!e)
+					ok = study_range(path, *k, p->late_delay_mean_s, 0, SECONDS_MAX, 0, err);
 			} else if (strcmp(*k, "flow_model") == 0) {
-				g_free(c->flow_model);
-				c->flow_model = g_key_file_get_string(kf, "study", *k, &e);
+				gchar *fm = g_key_file_get_string(kf, "study", *k, &e);
+				if (fm && !flow_model_parse(fm, &p->flow_model)) {
+					g_set_error(err, G_KEY_FILE_ERROR, G_KEY_FILE_ERROR_INVALID_VALUE,
+						    "%s: [study] flow_model = '%s': expected merged or per-slice", path, fm);
+					ok = FALSE;
+				}
+				g_free(fm);
 			} else {
 				g_set_error(err, G_KEY_FILE_ERROR, G_KEY_FILE_ERROR_KEY_NOT_FOUND,
 					    "%s: [study] unknown key '%s' (model, kv_pool_gbytes, decode_tpot, "
@@ -241,22 +294,18 @@ static void write_plots(const char *dir, bool quiet)
 }
 
 /* --transfer-bench: latency and bandwidth of one transfer per size. */
-static int run_transfer_bench(kvb_study_params_t *p, const cli_t *c)
+static int run_transfer_bench(kvb_study_params_t *p, const cli_t *c, const run_opts_t *r)
 {
 	gchar **parts = g_strsplit(c->transfer_bench, ",", -1);
 	guint n = g_strv_length(parts);
 	double *sizes = g_new0(double, n ? n : 1), *secs = g_new0(double, n ? n : 1);
-	int rc = 0;
-	for (guint i = 0; i < n; i++) {
-		char *end = NULL;
-		sizes[i] = g_ascii_strtod(parts[i], &end);
-		if (!end || *end || !(sizes[i] > 0)) {
-			rc = fail("--transfer-bench: '%s' is not a size in GB", parts[i]);
-			break;
-		}
-	}
+	int rc = n ? 0 : fail("--transfer-bench '': expected sizes in GB, such as 1,10,40");
+	for (guint i = 0; i < n && !rc; i++)
+		if (!kvb_cli_parse_double(PROG, "--transfer-bench", parts[i], 0, GBYTES_MAX, KVB_CLI_ABOVE_MIN,
+					  &sizes[i]))
+			rc = KVB_CLI_USAGE;
 	GError *err = NULL;
-	uint32_t conc = c->concurrency > 0 ? (uint32_t)c->concurrency : 64;
+	uint32_t conc = r->concurrency;
 	kvb_sim_stats_t st;
 	memset(&st, 0, sizeof(st));
 	gint64 t0 = g_get_monotonic_time();
@@ -297,60 +346,142 @@ static int run_transfer_bench(kvb_study_params_t *p, const cli_t *c)
 	return rc;
 }
 
+/* Apply the command line over the defaults and the study file: every
+ * number checked against its range, every name against the names its
+ * parser accepts.  False: refused, the reason printed. */
+static bool apply_options(const cli_t *c, kvb_study_params_t *p, run_opts_t *r)
+{
+	static const char *const formats[] = {"auto", "mooncake", "azure", NULL};
+	static const kvb_wl_format_t format_of[] = {KVB_WL_AUTO, KVB_WL_MOONCAKE, KVB_WL_AZURE};
+	static const char *const flow_models[] = {"merged", "per-slice", NULL};
+	const char *topologies[] = {kvb_topology_name(KVB_TOPO_SWITCH), kvb_topology_name(KVB_TOPO_RAIL),
+				    kvb_topology_name(KVB_TOPO_FATTREE), NULL};
+	const char *lease_policies[] = {kvb_lease_policy_name(KVB_LEASE_FIXED),
+					kvb_lease_policy_name(KVB_LEASE_HEARTBEAT),
+					kvb_lease_policy_name(KVB_LEASE_ADAPTIVE), NULL};
+	kvb_platform_desc_t *pl = &p->platform;
+	double lease_s = 0, heartbeat_s = 0;
+	int fmt = 0, flows = 0;
+
+	if (!kvb_cli_parse_double(PROG, "--rate-mult", c->rate_mult, 0, RATE_MAX, KVB_CLI_ABOVE_MIN, &r->rate_mult) ||
+	    !kvb_cli_parse_uint64(PROG, "--limit", c->limit, 1, UINT64_MAX, &r->limit) ||
+	    !kvb_cli_parse_uint64(PROG, "--requests", c->requests, 1, KVB_WL_MAX_REQUESTS, &r->gen.n_requests) ||
+	    !kvb_cli_parse_double(PROG, "--rate", c->rate, 0, RATE_MAX, KVB_CLI_ABOVE_MIN, &r->gen.rate_per_s) ||
+	    !kvb_cli_parse_uint32(PROG, "--prefill-nodes", c->prefill_nodes, 1, KVB_PLATFORM_MAX_NODES,
+				  &pl->prefill_nodes) ||
+	    !kvb_cli_parse_uint32(PROG, "--decode-nodes", c->decode_nodes, 1, KVB_PLATFORM_MAX_NODES,
+				  &pl->decode_nodes) ||
+	    !kvb_cli_parse_uint32(PROG, "--gpus", c->gpus, 1, KVB_PLATFORM_MAX_GPUS, &pl->gpus_per_node) ||
+	    !kvb_cli_parse_uint32(PROG, "--nics", c->nics, 1, KVB_PLATFORM_MAX_NICS, &pl->nics_per_node) ||
+	    !kvb_cli_parse_double(PROG, "--nic-gbps", c->nic_gbps, 0, KVB_PLATFORM_MAX_GBPS, KVB_CLI_ABOVE_MIN,
+				  &pl->nic_gbps) ||
+	    !kvb_cli_parse_double(PROG, "--nic-efficiency", c->nic_eff, 0, 1, KVB_CLI_ABOVE_MIN,
+				  &pl->nic_efficiency) ||
+	    !kvb_cli_parse_double(PROG, "--pcie-gbytes", c->pcie, 0, KVB_PLATFORM_MAX_GBPS, 0, &pl->pcie_gbytes) ||
+	    !kvb_cli_parse_double(PROG, "--mem-gbytes", c->mem, 0, KVB_PLATFORM_MAX_GBPS, 0, &pl->mem_gbytes) ||
+	    !kvb_cli_parse_double(PROG, "--latency-us", c->latency_us, 0, KVB_PLATFORM_MAX_LATENCY_US, 0,
+				  &pl->latency_us) ||
+	    !kvb_cli_parse_double(PROG, "--oversubscription", c->oversub, 1, KVB_PLATFORM_MAX_NODES, 0,
+				  &pl->oversubscription) ||
+	    !kvb_cli_parse_double(PROG, "--lease", c->lease_s, 0, SECONDS_MAX, KVB_CLI_ABOVE_MIN, &lease_s) ||
+	    !kvb_cli_parse_double(PROG, "--heartbeat", c->heartbeat_s, 1e-6, SECONDS_MAX, 0, &heartbeat_s) ||
+	    !kvb_cli_parse_uint64(PROG, "--slice-size", c->slice_size, KVB_SLICE_SIZE_MIN, KVB_SLICE_SIZE_MAX,
+				  &p->conn.slice_size) ||
+	    !kvb_cli_parse_double(PROG, "--abort-prob", c->abort_prob, PROB_MIN, PROB_MAX, 0, &p->abort_prob) ||
+	    !kvb_cli_parse_double(PROG, "--late-prob", c->late_prob, PROB_MIN, PROB_MAX, 0, &p->late_prob) ||
+	    !kvb_cli_parse_double(PROG, "--late-delay", c->late_delay, 0, SECONDS_MAX, 0, &p->late_delay_mean_s) ||
+	    !kvb_cli_parse_double(PROG, "--kv-pool", c->kv_pool, 0, GBYTES_MAX, KVB_CLI_ABOVE_MIN,
+				  &p->kv_pool_gbytes) ||
+	    !kvb_cli_parse_double(PROG, "--tpot", c->tpot, 0, SECONDS_MAX, 0, &p->decode_tpot_s) ||
+	    !kvb_cli_parse_uint64(PROG, "--seed", c->seed, 0, UINT64_MAX, &p->seed) ||
+	    !kvb_cli_parse_uint32(PROG, "--concurrency", c->concurrency, 1, BENCH_CONCURRENCY_MAX,
+				  &r->concurrency) ||
+	    !kvb_cli_parse_choice(PROG, "--format", c->format, formats, &fmt) ||
+	    !kvb_cli_parse_choice(PROG, "--flow-model", c->flow_model, flow_models, &flows))
+		return false;
+	r->format = format_of[fmt];
+	if (c->flow_model)
+		p->flow_model = flows ? KVB_SIM_FLOWS_PER_SLICE : KVB_SIM_FLOWS_MERGED;
+	if (c->lease_s)
+		p->conn.abort_timeout_ns = (uint64_t)(lease_s * 1e9);
+	if (c->heartbeat_s)
+		p->conn.heartbeat_interval_ns = (uint64_t)(heartbeat_s * 1e9);
+	if (c->slice_size)
+		p->conn.fragment_limit = p->conn.slice_size / 4;
+	if (c->seed)
+		p->conn.seed = p->seed;
+	if (c->topology && !kvb_topology_parse(c->topology, &pl->topology))
+		return kvb_cli_bad_choice(PROG, "--topology", c->topology, topologies);
+	if (c->nic_policy) {
+		if (!kvb_nic_policy_find(c->nic_policy))
+			return kvb_cli_bad_choice(PROG, "--nic-policy", c->nic_policy, kvb_nic_policy_names());
+		g_strlcpy(p->conn.nic_policy, c->nic_policy, sizeof(p->conn.nic_policy));
+	}
+	if (c->lease_policy && kvb_lease_policy_parse(c->lease_policy, &p->conn.lease_policy) != KVB_OK)
+		return kvb_cli_bad_choice(PROG, "--lease-policy", c->lease_policy, lease_policies);
+	if (c->no_prefill_cache)
+		p->prefill_prefix_cache = false;
+	if (c->no_decode_cache)
+		p->decode_prefix_cache = false;
+	if (c->platform_xml)
+		p->platform_xml = g_strdup(c->platform_xml);
+	return true;
+}
+
 int main(int argc, char **argv)
 {
-	cli_t c = {
-		.rate_mult = 1.0,
-		.gen_requests = -1,
-		.gen_rate = -1,
-		.prefill_nodes = -1, .decode_nodes = -1, .gpus = -1, .nics = -1,
-		.nic_gbps = -1, .nic_eff = -1, .pcie = -1, .mem = -1, .latency_us = -1, .oversub = -1,
-		.lease_s = -1, .heartbeat_s = -1,
-		.abort_prob = -1, .late_prob = -1, .late_delay = -1,
-		.seed = -1, .kv_pool = -1, .tpot = -1,
-	};
+	cli_t c = {0};
+	char *policies = kvb_cli_choices(kvb_nic_policy_names());
+	char *nic_policy_help = g_strdup_printf("NIC policy: %s (default round_robin; docs/configuration.md)",
+						policies);
 	GOptionEntry entries[] = {
 		{"config", 'c', 0, G_OPTION_ARG_FILENAME, &c.config, "Study file: [platform], [study], [connector], [transfer] groups", "FILE"},
 		{"trace", 't', 0, G_OPTION_ARG_FILENAME, &c.trace, "Replay a Mooncake JSONL or Azure CSV trace (default: built-in generator)", "FILE"},
 		{"format", 0, 0, G_OPTION_ARG_STRING, &c.format, "Trace format: auto (default), mooncake, azure", "FMT"},
-		{"rate-mult", 0, 0, G_OPTION_ARG_DOUBLE, &c.rate_mult, "Replay speed: 2 = twice as fast (default 1)", "X"},
-		{"limit", 'n', 0, G_OPTION_ARG_INT64, &c.limit, "Use only the first N requests", "N"},
-		{"requests", 0, 0, G_OPTION_ARG_INT64, &c.gen_requests, "Generator: number of requests (default 2000)", "N"},
-		{"rate", 0, 0, G_OPTION_ARG_DOUBLE, &c.gen_rate, "Generator: arrivals per second (default 3.4, the conversation trace)", "R"},
+		{"rate-mult", 0, 0, G_OPTION_ARG_STRING, &c.rate_mult, "Replay speed, > 0: 2 = twice as fast (default 1)", "X"},
+		{"limit", 'n', 0, G_OPTION_ARG_STRING, &c.limit, "Use only the first N requests (default: all)", "N"},
+		{"requests", 0, 0, G_OPTION_ARG_STRING, &c.requests, "Generator: number of requests (default 2000)", "N"},
+		{"rate", 0, 0, G_OPTION_ARG_STRING, &c.rate, "Generator: arrivals per second (default 3.4, the conversation trace)", "R"},
 		{"model", 'm', 0, G_OPTION_ARG_STRING, &c.model, "Model preset (default llama-3-70b; --list-models)", "NAME"},
 		{"list-models", 0, 0, G_OPTION_ARG_NONE, &c.list_models, "List model presets and exit", NULL},
-		{"prefill-nodes", 'P', 0, G_OPTION_ARG_INT, &c.prefill_nodes, "Prefill nodes (default 16)", "N"},
-		{"decode-nodes", 'D', 0, G_OPTION_ARG_INT, &c.decode_nodes, "Decode nodes (default 16)", "N"},
-		{"gpus", 0, 0, G_OPTION_ARG_INT, &c.gpus, "GPUs per node (default 8)", "N"},
-		{"nics", 0, 0, G_OPTION_ARG_INT, &c.nics, "NICs per node (default 8)", "N"},
-		{"nic-gbps", 0, 0, G_OPTION_ARG_DOUBLE, &c.nic_gbps, "NIC line rate, Gb/s (default 200)", "G"},
-		{"nic-efficiency", 0, 0, G_OPTION_ARG_DOUBLE, &c.nic_eff, "Goodput / line rate (default 1)", "F"},
-		{"pcie-gbytes", 0, 0, G_OPTION_ARG_DOUBLE, &c.pcie, "PCIe cap per NIC path, GB/s (0 = none)", "G"},
-		{"mem-gbytes", 0, 0, G_OPTION_ARG_DOUBLE, &c.mem, "Host memory cap per node, GB/s (0 = none)", "G"},
-		{"latency-us", 0, 0, G_OPTION_ARG_DOUBLE, &c.latency_us, "NIC-to-NIC latency, us (default 2)", "US"},
+		{"prefill-nodes", 'P', 0, G_OPTION_ARG_STRING, &c.prefill_nodes, "Prefill nodes (default 16)", "N"},
+		{"decode-nodes", 'D', 0, G_OPTION_ARG_STRING, &c.decode_nodes, "Decode nodes (default 16)", "N"},
+		{"gpus", 0, 0, G_OPTION_ARG_STRING, &c.gpus, "GPUs per node (default 8)", "N"},
+		{"nics", 0, 0, G_OPTION_ARG_STRING, &c.nics, "NICs per node (default 8)", "N"},
+		{"nic-gbps", 0, 0, G_OPTION_ARG_STRING, &c.nic_gbps, "NIC line rate, Gb/s (default 200)", "G"},
+		{"nic-efficiency", 0, 0, G_OPTION_ARG_STRING, &c.nic_eff, "Goodput / line rate, in (0, 1] (default 1)", "F"},
+		{"pcie-gbytes", 0, 0, G_OPTION_ARG_STRING, &c.pcie, "PCIe cap per NIC path, GB/s (default 0 = none)", "G"},
+		{"mem-gbytes", 0, 0, G_OPTION_ARG_STRING, &c.mem, "Host memory cap per node, GB/s (default 0 = none)", "G"},
+		{"latency-us", 0, 0, G_OPTION_ARG_STRING, &c.latency_us, "NIC-to-NIC latency, us (default 2)", "US"},
 		{"topology", 0, 0, G_OPTION_ARG_STRING, &c.topology, "switch (default), rail or fattree", "T"},
-		{"oversubscription", 0, 0, G_OPTION_ARG_DOUBLE, &c.oversub, "Fat-tree oversubscription (default 1)", "X"},
+		{"oversubscription", 0, 0, G_OPTION_ARG_STRING, &c.oversub, "Fat-tree oversubscription, >= 1 (default 1)", "X"},
 		{"platform", 0, 0, G_OPTION_ARG_FILENAME, &c.platform_xml, "Use a SimGrid XML platform instead (see docs/platforms.md)", "XML"},
-		{"nic-policy", 0, 0, G_OPTION_ARG_STRING, &c.nic_policy, "round_robin (default), random, least_loaded, topology", "P"},
+		{"nic-policy", 0, 0, G_OPTION_ARG_STRING, &c.nic_policy, nic_policy_help, "P"},
 		{"lease-policy", 0, 0, G_OPTION_ARG_STRING, &c.lease_policy, "fixed (default, vLLM), heartbeat, adaptive", "P"},
-		{"lease", 0, 0, G_OPTION_ARG_DOUBLE, &c.lease_s, "Lease / VLLM_MOONCAKE_ABORT_REQUEST_TIMEOUT, s (default 480)", "S"},
-		{"heartbeat", 0, 0, G_OPTION_ARG_DOUBLE, &c.heartbeat_s, "Heartbeat interval, s (default 5)", "S"},
-		{"slice-size", 0, 0, G_OPTION_ARG_INT64, &c.slice_size, "Slice bytes (default 65536)", "B"},
+		{"lease", 0, 0, G_OPTION_ARG_STRING, &c.lease_s, "Lease / VLLM_MOONCAKE_ABORT_REQUEST_TIMEOUT, s (default 480)", "S"},
+		{"heartbeat", 0, 0, G_OPTION_ARG_STRING, &c.heartbeat_s, "Heartbeat interval, s (default 5)", "S"},
+		{"slice-size", 0, 0, G_OPTION_ARG_STRING, &c.slice_size, "Slice bytes, 4096 to 1 GiB (default 65536)", "B"},
 		{"flow-model", 0, 0, G_OPTION_ARG_STRING, &c.flow_model, "merged (default) or per-slice (the naive reference)", "M"},
-		{"abort-prob", 0, 0, G_OPTION_ARG_DOUBLE, &c.abort_prob, "Fraction of requests the client aborts (default 0)", "F"},
-		{"late-prob", 0, 0, G_OPTION_ARG_DOUBLE, &c.late_prob, "Fraction of late decoders (default 0)", "F"},
-		{"late-delay", 0, 0, G_OPTION_ARG_DOUBLE, &c.late_delay, "Mean extra delay of a late decoder, s (default 10)", "S"},
+		{"abort-prob", 0, 0, G_OPTION_ARG_STRING, &c.abort_prob,
+		 "Fraction of requests, 0 to 1, that their client aborts, each an exponential delay (mean 5 s) after "
+		 "its arrival unless its KV cache has arrived by then: the decode node drops it and cancels its "
+		 "pull; its prefill still runs, and the prefill node frees its blocks when a cancel reaches a "
+		 "prefill that has begun, else only when the lease expires (default 0)", "F"},
+		{"late-prob", 0, 0, G_OPTION_ARG_STRING, &c.late_prob,
+		 "Fraction of requests, 0 to 1, whose decoder pulls late, an exponential delay (--late-delay) "
+		 "after arrival (default 0)", "F"},
+		{"late-delay", 0, 0, G_OPTION_ARG_STRING, &c.late_delay, "Mean extra delay of a late decoder, s (default 10)", "S"},
 		{"fault", 'f', 0, G_OPTION_ARG_STRING_ARRAY, &c.faults, "crash:decode:3@120, nic-down:prefill:0:2@60, nic-degrade:decode:1:0:0.5@30, rail-down:3@100, ... (repeatable)", "SPEC"},
 		{"transfer-bench", 0, 0, G_OPTION_ARG_STRING, &c.transfer_bench, "Instead of a workload: time one transfer of each size (GB, comma list) between two nodes (Mooncake Fig. 12)", "SIZES"},
-		{"concurrency", 0, 0, G_OPTION_ARG_INT, &c.concurrency, "Transfer bench: concurrent requests per transfer (default 64)", "N"},
+		{"concurrency", 0, 0, G_OPTION_ARG_STRING, &c.concurrency, "Transfer bench: concurrent requests per transfer (default 64)", "N"},
 		{"no-prefill-cache", 0, 0, G_OPTION_ARG_NONE, &c.no_prefill_cache, "No prefill prefix cache: every prompt token is computed", NULL},
 		{"no-decode-cache", 0, 0, G_OPTION_ARG_NONE, &c.no_decode_cache, "No decode prefix cache: every block moves", NULL},
-		{"kv-pool", 0, 0, G_OPTION_ARG_DOUBLE, &c.kv_pool, "KV pool per node, GB (default 400)", "G"},
-		{"tpot", 0, 0, G_OPTION_ARG_DOUBLE, &c.tpot, "Decode time per output token, s (default 0.03)", "S"},
+		{"kv-pool", 0, 0, G_OPTION_ARG_STRING, &c.kv_pool, "KV pool per node, GB (default 400)", "G"},
+		{"tpot", 0, 0, G_OPTION_ARG_STRING, &c.tpot, "Decode time per output token, s (default 0.03)", "S"},
 		{"out", 'o', 0, G_OPTION_ARG_FILENAME, &c.out, "Output directory (default sim-out)", "DIR"},
 		{"events", 'e', 0, G_OPTION_ARG_NONE, &c.events, "Write events.jsonl (one line per transfer)", NULL},
 		{"no-plots", 0, 0, G_OPTION_ARG_NONE, &c.no_plots, "Do not run gnuplot", NULL},
-		{"seed", 's', 0, G_OPTION_ARG_INT64, &c.seed, "Seed for workload, policies and faults (default 1)", "N"},
+		{"seed", 's', 0, G_OPTION_ARG_STRING, &c.seed, "Seed for workload, policies and faults (default 1)", "N"},
 		{"quiet", 'q', 0, G_OPTION_ARG_NONE, &c.quiet, "No progress lines", NULL},
 		{NULL, 0, 0, 0, NULL, NULL, NULL},
 	};
@@ -364,100 +495,53 @@ int main(int argc, char **argv)
 		"Outputs in --out: requests.csv (per request), nics.csv (per NIC and sample), summary.txt,\n"
 		"metrics.csv (the summary for scripts), "
 		"events.jsonl (--events), and transfer_cdf, ttft, nic_util as PNG and SVG (gnuplot).\n\n"
+		"Every value is checked: one out of range (--requests 0, --abort-prob 1.5, a NaN) or an\n"
+		"unknown name stops the program with exit status 2 before anything runs.\n\n"
 		"Examples:\n"
 		"  kvbridge-sim                                    built-in workload, 16P+16D x 8 x 200G\n"
 		"  kvbridge-sim -t conversation_trace.jsonl -m llama-3-70b --nics 4\n"
 		"  kvbridge-sim --nic-policy random --abort-prob 0.05 --fault crash:decode:2@300\n"
+		"  kvbridge-sim -P 2 -D 2 --nics 4 --requests 60 --rate 8 --no-plots   a small study, < 1 s\n"
 		"  kvbridge-sim -c study.ini                       see docs/simulation.md\n");
 	GError *err = NULL;
-	if (!g_option_context_parse(ctx, &argc, &argv, &err)) {
-		int rc = fail("%s (try --help)", err->message);
-		g_error_free(err);
-		g_option_context_free(ctx);
-		return rc;
-	}
-	g_option_context_free(ctx);
-	if (argc > 1)
-		return fail("unexpected argument '%s' (try --help)", argv[1]);
-	if (c.list_models) {
-		list_models();
-		return 0;
-	}
-
 	kvb_study_params_t p;
 	kvb_study_params_defaults(&p);
+	run_opts_t r = {.format = KVB_WL_AUTO, .rate_mult = 1.0, .limit = 0, .concurrency = 64};
+	kvb_wl_gen_defaults(&r.gen);
+	r.gen.n_requests = 2000;
 	int rc = 0;
 	kvb_workload_t *wl = NULL;
-	if (c.config && !load_config(c.config, &p, &c, &err)) {
+	gchar *file_model = NULL;
+	if (!g_option_context_parse(ctx, &argc, &argv, &err)) {
+		rc = fail("%s (try --help)", err->message);
+		goto out;
+	}
+	if (argc > 1) {
+		rc = fail("unexpected argument '%s' (try --help)", argv[1]);
+		goto out;
+	}
+	if (c.list_models) {
+		list_models();
+		goto out;
+	}
+
+	if (c.config && !load_config(c.config, &p, &file_model, &err)) {
 		rc = fail("%s", err->message);
 		goto out;
 	}
 	/* command line over file */
-	if (c.model && !(p.model = kvb_model_find(c.model))) {
-		fprintf(stderr, "kvbridge-sim: unknown model '%s'; known presets:\n", c.model);
+	const char *model = c.model ? c.model : file_model;
+	if (model && !(p.model = kvb_model_find(model))) {
+		fprintf(stderr, "kvbridge-sim: unknown model '%s'; known presets:\n", model);
 		list_models();
-		rc = 2;
+		rc = KVB_CLI_USAGE;
 		goto out;
 	}
-#define SET_U(opt, field) if ((opt) >= 0) (field) = (uint32_t)(opt)
-#define SET_D(opt, field) if ((opt) >= 0) (field) = (opt)
-	SET_U(c.prefill_nodes, p.platform.prefill_nodes);
-	SET_U(c.decode_nodes, p.platform.decode_nodes);
-	SET_U(c.gpus, p.platform.gpus_per_node);
-	SET_U(c.nics, p.platform.nics_per_node);
-	SET_D(c.nic_gbps, p.platform.nic_gbps);
-	SET_D(c.nic_eff, p.platform.nic_efficiency);
-	SET_D(c.pcie, p.platform.pcie_gbytes);
-	SET_D(c.mem, p.platform.mem_gbytes);
-	SET_D(c.latency_us, p.platform.latency_us);
-	SET_D(c.oversub, p.platform.oversubscription);
-	SET_D(c.abort_prob, p.abort_prob);
-	SET_D(c.late_prob, p.late_prob);
-	SET_D(c.late_delay, p.late_delay_mean_s);
-	SET_D(c.kv_pool, p.kv_pool_gbytes);
-	SET_D(c.tpot, p.decode_tpot_s);
-	if (c.no_prefill_cache)
-		p.prefill_prefix_cache = false;
-	if (c.no_decode_cache)
-		p.decode_prefix_cache = false;
-	if (c.topology && !kvb_topology_parse(c.topology, &p.platform.topology)) {
-		rc = fail("--topology '%s': expected switch, rail or fattree", c.topology);
+	if (!apply_options(&c, &p, &r)) {
+		rc = KVB_CLI_USAGE;
 		goto out;
 	}
-	if (c.platform_xml)
-		p.platform_xml = g_strdup(c.platform_xml);
-	if (c.nic_policy)
-		g_strlcpy(p.conn.nic_policy, c.nic_policy, sizeof(p.conn.nic_policy));
-	if (c.lease_policy && kvb_lease_policy_parse(c.lease_policy, &p.conn.lease_policy) != KVB_OK) {
-		rc = fail("--lease-policy '%s': expected fixed, heartbeat or adaptive", c.lease_policy);
-		goto out;
-	}
-	if (c.lease_s >= 0)
-		p.conn.abort_timeout_ns = (uint64_t)(c.lease_s * 1e9);
-	if (c.heartbeat_s >= 0)
-		p.conn.heartbeat_interval_ns = (uint64_t)(c.heartbeat_s * 1e9);
-	if (c.slice_size > 0) {
-		p.conn.slice_size = (uint64_t)c.slice_size;
-		p.conn.fragment_limit = p.conn.slice_size / 4;
-	}
-	if (c.flow_model) {
-		if (strcmp(c.flow_model, "merged") == 0)
-			p.flow_model = KVB_SIM_FLOWS_MERGED;
-		else if (strcmp(c.flow_model, "per-slice") == 0)
-			p.flow_model = KVB_SIM_FLOWS_PER_SLICE;
-		else {
-			rc = fail("--flow-model '%s': expected merged or per-slice", c.flow_model);
-			goto out;
-		}
-	}
-	if (c.seed >= 0) {
-		p.seed = (uint64_t)c.seed;
-		p.conn.seed = (uint64_t)c.seed;
-	}
-	if (!(p.abort_prob >= 0 && p.abort_prob <= 1) || !(p.late_prob >= 0 && p.late_prob <= 1)) {
-		rc = fail("--abort-prob and --late-prob must be in [0, 1]");
-		goto out;
-	}
+	r.gen.seed = p.seed;
 	for (gchar **f = c.faults; f && *f; f++) {
 		p.faults = g_renew(kvb_study_fault_t, p.faults, p.n_faults + 1);
 		if (!kvb_study_fault_parse(*f, &p.faults[p.n_faults], &err)) {
@@ -477,41 +561,20 @@ int main(int argc, char **argv)
 	}
 
 	if (c.transfer_bench) {
-		rc = run_transfer_bench(&p, &c);
+		rc = run_transfer_bench(&p, &c, &r);
 		goto out;
 	}
 	/* workload: a trace, or the built-in generator */
 	if (c.trace) {
-		kvb_wl_format_t fmt = KVB_WL_AUTO;
-		if (c.format && strcmp(c.format, "mooncake") == 0)
-			fmt = KVB_WL_MOONCAKE;
-		else if (c.format && strcmp(c.format, "azure") == 0)
-			fmt = KVB_WL_AZURE;
-		else if (c.format && strcmp(c.format, "auto") != 0) {
-			rc = fail("--format '%s': expected auto, mooncake or azure", c.format);
-			goto out;
-		}
-		if (!(c.rate_mult > 0)) {
-			rc = fail("--rate-mult must be > 0");
-			goto out;
-		}
-		if (!kvb_workload_load(c.trace, fmt, c.rate_mult, c.limit > 0 ? (uint64_t)c.limit : 0, &wl, &err)) {
+		if (!kvb_workload_load(c.trace, r.format, r.rate_mult, r.limit, &wl, &err)) {
 			rc = fail("%s", err->message);
 			goto out;
 		}
 	} else {
-		kvb_wl_gen_params_t gp;
-		kvb_wl_gen_defaults(&gp);
-		gp.n_requests = 2000;
-		gp.seed = p.seed;
-		if (c.gen_requests > 0)
-			gp.n_requests = (uint64_t)c.gen_requests;
-		if (c.limit > 0 && (uint64_t)c.limit < gp.n_requests)
-			gp.n_requests = (uint64_t)c.limit;
-		if (c.gen_rate > 0)
-			gp.rate_per_s = c.gen_rate;
-		gp.rate_per_s *= c.rate_mult;
-		if (!kvb_workload_generate(&gp, &wl, &err)) {
+		if (r.limit && r.limit < r.gen.n_requests)
+			r.gen.n_requests = r.limit;
+		r.gen.rate_per_s *= r.rate_mult;
+		if (!kvb_workload_generate(&r.gen, &wl, &err)) {
 			rc = fail("%s", err->message);
 			goto out;
 		}
@@ -566,17 +629,10 @@ out:
 	kvb_workload_free(wl);
 	kvb_study_params_clear(&p);
 	g_clear_error(&err);
-	g_free(c.config);
-	g_free(c.trace);
-	g_free(c.format);
-	g_free(c.model);
-	g_free(c.topology);
-	g_free(c.platform_xml);
-	g_free(c.nic_policy);
-	g_free(c.lease_policy);
-	g_free(c.flow_model);
-	g_strfreev(c.faults);
-	g_free(c.out);
-	g_free(c.transfer_bench);
+	g_free(file_model);
+	kvb_cli_free_strings(entries);
+	g_option_context_free(ctx);
+	g_free(nic_policy_help);
+	g_free(policies);
 	return rc;
 }
