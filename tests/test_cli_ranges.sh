@@ -1,5 +1,6 @@
 #!/bin/sh
-# Every option value of kvbridge-sim, kvbridge-demo and kvbridge-bench is
+# Every option value of kvbridge-sim, kvbridge-demo, kvbridge-bench (and the
+# numbers of kvbridge-serve and kvbridge-proxy) is
 # checked before anything runs: a negative count, a probability of 1.5, a NaN,
 # a port of 70000 or an unknown policy exits 2 with the option and the value
 # named, and nothing is simulated, moved or served; a value in range still
@@ -150,8 +151,34 @@ else
 	skip "kvbridge-bench not built (no hw backend in this build)"
 fi
 
+# ---- kvbridge-serve, kvbridge-proxy ---------------------------------------------
+serve="$builddir/src/tools/kvbridge-serve"
+proxy="$builddir/src/tools/kvbridge-proxy"
+if [ -x "$serve" ] && [ -x "$proxy" ]; then
+	built=$((built+1))
+	# a value the old code took would start a daemon: it prints "ready"
+	daemonran="grep -q 'ready' '$tmp/out' || [ \$rc -eq 124 ]"
+	limit="${timeout:+$timeout 5}"
+	sv="--role producer --http-port 0 --bootstrap-port 0"
+	refused "negative blocks are refused" "$daemonran" "$serve" --blocks -5 $sv
+	refused "zero tokens a block are refused" "$daemonran" "$serve" --block-tokens 0 $sv
+	refused "a port of 70000 is refused" "$daemonran" "$serve" --rpc-port 70000 $sv
+	refused "a negative lease is refused" "$daemonran" "$serve" --lease -1 $sv
+	refused "a NaN lease is refused" "$daemonran" "$serve" --lease nan $sv
+	refused "a negative dp rank is refused" "$daemonran" "$serve" --dp-rank -1 $sv
+	refused "a negative GPU is refused" "$daemonran" "$serve" --gpu -3 $sv
+	px="--port 0 --prefiller-port 1 --decoder-port 2"
+	refused "a port of 70000 is refused" "$daemonran" "$proxy" --port 70000 --prefiller-port 1 --decoder-port 2
+	refused "a zero timeout is refused" "$daemonran" "$proxy" --timeout 0 $px
+	refused "negative clients are refused" "$daemonran" "$proxy" --max-clients -1 $px
+	refused "a negative busy wait is refused" "$daemonran" "$proxy" --busy-wait -1 $px
+	limit="${timeout:+$timeout 60}"
+else
+	skip "kvbridge-serve or kvbridge-proxy not built (no hw backend in this build)"
+fi
+
 if [ $built -eq 0 ]; then
-	echo "1..0 # SKIP none of kvbridge-sim, kvbridge-demo, kvbridge-bench is built"
+	echo "1..0 # SKIP none of kvbridge-sim, kvbridge-demo, kvbridge-bench, kvbridge-serve is built"
 	exit 77
 fi
 IFS='

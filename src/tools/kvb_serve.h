@@ -18,6 +18,9 @@
 #include <kvbridge/hw.h>
 
 #include "kvb_tool_http.h"
+
+/* An integer option nobody gave (GOption leaves its default alone). */
+#define NOT_GIVEN G_MININT
 #include "kvb_tool_model.h"
 
 typedef struct serve_opts {
@@ -40,11 +43,12 @@ typedef struct serve_opts {
 	gchar *vllm_protocol;
 	gchar *vllm_release;
 	gchar *engine_id;
-	gint bootstrap_port;        /* -1: VLLM_MOONCAKE_BOOTSTRAP_PORT on tp rank 0, 0: none */
+	gint bootstrap_port;        /* NOT_GIVEN: VLLM_MOONCAKE_BOOTSTRAP_PORT on tp rank 0, 0: none */
 	gchar *bootstrap_server;
 	gchar *verify;
 	gchar *dump_dir;
 	gchar *events;
+	gchar *lease;               /* seconds, checked into lease_s (< 0: not given) */
 	gdouble lease_s;
 	gboolean verbose;
 	gboolean list_models;

@@ -51,6 +51,7 @@
 #include <json-glib/json-glib.h>
 #include <kvbridge/error.h>
 
+#include "kvb_cli.h"
 #include "kvb_http.h"
 #include "kvb_proxy_vllm.h"
 #include "kvb_tool_http.h"
@@ -947,10 +948,18 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	g_option_context_free(oc);
-	if (argc > 1 || o.port < 0 || o.port > 65535 || o.timeout_s < 1 || o.max_clients < 1) {
-		fprintf(stderr, "kvbridge-proxy: bad arguments (--port 0..65535, --timeout >= 1; try --help)\n");
+	if (argc > 1) {
+		fprintf(stderr, "kvbridge-proxy: unexpected argument %s (try --help)\n", argv[1]);
 		return 2;
 	}
+	const char *P = "kvbridge-proxy";
+	if (!kvb_cli_check_int64(P, "--port", o.port, 0, 65535) ||
+	    !kvb_cli_check_int64(P, "--timeout", o.timeout_s, 1, 86400) ||
+	    !kvb_cli_check_int64(P, "--max-clients", o.max_clients, 1, 65536) ||
+	    (o.startup_timeout_s != G_MININT &&
+	     !kvb_cli_check_int64(P, "--startup-timeout", o.startup_timeout_s, 1, 86400)) ||
+	    !kvb_cli_check_double(P, "--busy-wait", o.busy_wait_s, 0, 3600, 0))
+		return KVB_CLI_USAGE;
 	if (o.protocol && !kvb_proxy_protocol_parse(o.protocol, &proto)) {
 		fprintf(stderr, "kvbridge-proxy: --vllm-protocol %s: expected gen0 (vLLM 0.13.0 - 0.15.1) or "
 			"gen2 (vLLM 0.16.0 and later; gen1 is the same)\n", o.protocol);
@@ -964,10 +973,6 @@ int main(int argc, char **argv)
 	}
 	if (o.startup_timeout_s == G_MININT)
 		o.startup_timeout_s = STARTUP_TIMEOUT_DEFAULT_S;
-	if (o.startup_timeout_s < 1) {
-		fprintf(stderr, "kvbridge-proxy: --startup-timeout %d: expected >= 1 s\n", o.startup_timeout_s);
-		return 2;
-	}
 	const char *key = g_getenv("OPENAI_API_KEY");
 	if (key && *key) {
 		for (const char *p = key; *p; p++)
@@ -994,10 +999,6 @@ int main(int argc, char **argv)
 	struct addrinfo *res = NULL;
 	char ps[8];
 	g_snprintf(ps, sizeof(ps), "%d", o.port);
-	if (!(o.busy_wait_s >= 0 && o.busy_wait_s <= 3600)) {
-		fprintf(stderr, "kvbridge-proxy: --busy-wait %g: expected seconds in 0..3600\n", o.busy_wait_s);
-		return 2;
-	}
 	if (!o.host)
 		o.host = g_strdup("127.0.0.1");
 	const char *h = o.host;

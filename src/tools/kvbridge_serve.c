@@ -41,11 +41,12 @@
 #include <kvbridge/hw.h>
 
 #include "kvb_devmem.h"
+#include "kvb_cli.h"
 #include "kvb_serve.h"
 
 serve_opts_t o = {.blocks = 1024, .block_tokens = 16, .http_port = 8100, .nics = 1, .lease_s = -1,
-		  .tp_size = -1, .tp_rank = -1, .dp_rank = -1, .bootstrap_port = -1,
-		  .upstream_block_tokens = 0, .test_corrupt_block = -1};
+		  .tp_size = NOT_GIVEN, .tp_rank = NOT_GIVEN, .dp_rank = NOT_GIVEN,
+		  .bootstrap_port = NOT_GIVEN, .upstream_block_tokens = 0, .test_corrupt_block = NOT_GIVEN};
 serve_t S;
 
 uint64_t serve_now_ns(void)
@@ -342,7 +343,7 @@ static GOptionEntry entries[] = {
 	{"test-corrupt-block", 0, 0, G_OPTION_ARG_INT, &o.test_corrupt_block,
 	 "relay, for tests only: flip the bytes of this block of every relayed request (a negative "
 	 "control: the decoder's tokens must change)", "K"},
-	{"lease", 0, 0, G_OPTION_ARG_DOUBLE, &o.lease_s, "producer lease in seconds (default VLLM_MOONCAKE_ABORT_REQUEST_TIMEOUT or 480)", "S"},
+	{"lease", 0, 0, G_OPTION_ARG_STRING, &o.lease, "producer lease in seconds, > 0 (default VLLM_MOONCAKE_ABORT_REQUEST_TIMEOUT or 480)", "S"},
 	{"events", 0, 0, G_OPTION_ARG_FILENAME, &o.events, "append one JSON line per transfer", "FILE"},
 	{"verbose", 'v', 0, G_OPTION_ARG_NONE, &o.verbose, "log every request", NULL},
 	{NULL},
@@ -399,13 +400,40 @@ static int setup(void)
 	}
 	if (relay)
 		S.cfg.role = KVB_ROLE_BOTH;
+	/* every number in range, the option named; NOT_GIVEN keeps the default */
+	const char *P = "kvbridge-serve";
+	const struct {
+		const char *opt;
+		int value;
+		int64_t min, max;
+	} ints[] = {
+		{"--blocks", o.blocks, 1, 1 << 20},
+		{"--block-tokens", o.block_tokens, 1, 4096},
+		{"--nics", o.nics, 1, KVB_HW_MAX_NICS},
+		{"--http-port", o.http_port, 0, 65535},
+		{"--rpc-port", o.rpc_port, 0, 65535},
+		{"--data-port", o.data_port, 0, 65535},
+		{"--gpu", o.gpu, 0, 1023},
+		{"--tp-size", o.tp_size, 1, 4096},
+		{"--tp-rank", o.tp_rank, 0, 4095},
+		{"--dp-rank", o.dp_rank, 0, 65535},
+		{"--bootstrap-port", o.bootstrap_port, 0, 65535},
+		{"--upstream-block-tokens", o.upstream_block_tokens, 0, 4096},
+		{"--test-corrupt-block", o.test_corrupt_block, 0, 1 << 20},
+	};
+	for (size_t i = 0; i < G_N_ELEMENTS(ints); i++)
+		if (ints[i].value != NOT_GIVEN &&
+		    !kvb_cli_check_int64(P, ints[i].opt, ints[i].value, ints[i].min, ints[i].max))
+			return KVB_CLI_USAGE;
+	if (!kvb_cli_parse_double(P, "--lease", o.lease, 0, 1e9, KVB_CLI_ABOVE_MIN, &o.lease_s))
+		return KVB_CLI_USAGE;
 	if (o.lease_s >= 0)
 		S.cfg.abort_timeout_ns = (uint64_t)(o.lease_s * 1e9);
-	if (o.tp_size >= 0)
+	if (o.tp_size != NOT_GIVEN)
 		S.cfg.tp_size = (uint32_t)o.tp_size;
-	if (o.tp_rank >= 0)
+	if (o.tp_rank != NOT_GIVEN)
 		S.cfg.tp_rank = (uint32_t)o.tp_rank;
-	if (o.dp_rank >= 0)
+	if (o.dp_rank != NOT_GIVEN)
 		S.cfg.dp_rank = (uint32_t)o.dp_rank;
 	if (o.pull_protocol && strcmp(o.pull_protocol, "vllm") && strcmp(o.pull_protocol, "kvb") &&
 	    strcmp(o.pull_protocol, "auto")) {
@@ -429,14 +457,6 @@ static int setup(void)
 	}
 	if (kvb_config_validate(&S.cfg, &err) != KVB_OK) {
 		fprintf(stderr, "kvbridge-serve: %s\n", err.msg);
-		return 2;
-	}
-	if (o.blocks < 1 || o.blocks > 1 << 20 || o.block_tokens < 1 || o.block_tokens > 4096 ||
-	    o.nics < 1 || o.nics > (int)KVB_HW_MAX_NICS || o.http_port < 0 || o.http_port > 65535 ||
-	    o.rpc_port < 0 || o.rpc_port > 65535 || o.data_port < 0 || o.data_port > 65535 ||
-	    o.bootstrap_port < -1 || o.bootstrap_port > 65535) {
-		fprintf(stderr, "kvbridge-serve: --blocks 1..1048576, --block-tokens 1..4096, --nics 1..%u, ports 0..65535\n",
-			KVB_HW_MAX_NICS);
 		return 2;
 	}
 	/* the KV pool */
@@ -511,7 +531,7 @@ static int setup(void)
 		S.side_base = (uint16_t)(S.cfg.bootstrap_port + S.cfg.dp_rank * S.cfg.tp_size);
 	} else if (S.cfg.role != KVB_ROLE_CONSUMER) {
 		/* vLLM: the TP 0 / PP 0 worker serves the bootstrap */
-		if (o.bootstrap_port >= 0)
+		if (o.bootstrap_port != NOT_GIVEN)
 			hp.vllm_bootstrap_port = (uint16_t)o.bootstrap_port;
 		else if (S.cfg.tp_rank == 0 && !o.bootstrap_server)
 			hp.vllm_bootstrap_port = (uint16_t)S.cfg.bootstrap_port;
