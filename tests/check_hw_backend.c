@@ -463,7 +463,26 @@ START_TEST(test_tcp_transport_refuses_out_of_range)
 	ck_assert(kvb_mc_tcp_status_decode(st, &code, NULL) == KVB_OK);
 	ck_assert_uint_eq(code, KVB_MC_TCP_STATUS_REJECTED);
 	close(fd);
-	/* and a valid v2 write still lands */
+	/* registered memory, but no transfer in progress opened it: a write and
+	 * a read are refused, nothing is touched or sent */
+	for (int op = 0; op < 2; op++) {
+		fd = raw_connect(port);
+		h = (kvb_mc_tcp_header_t){.size = 64, .addr = (uint64_t)(uintptr_t)P.mem,
+					  .opcode = op ? KVB_MC_TCP_OP_READ : KVB_MC_TCP_OP_WRITE, .v2 = true};
+		kvb_mc_tcp_header_encode(hdr, &h);
+		send(fd, hdr, sizeof(hdr), 0);
+		if (!op)
+			send(fd, payload, sizeof(payload), 0);
+		ck_assert_int_eq(raw_read(one, 1, fd, st, 8, 5), 8);
+		ck_assert(kvb_mc_tcp_status_decode(st, &code, NULL) == KVB_OK);
+		ck_assert_uint_eq(code, KVB_MC_TCP_STATUS_REJECTED);
+		ck_assert_int_le(raw_read(one, 1, fd, &more, 1, 2), 0); /* no byte of KV follows */
+		close(fd);
+	}
+	ck_assert(memcmp(P.mem, before, 64) == 0);
+	/* exposed on purpose (a benchmark target): a valid v2 write lands */
+	ck_assert_int_eq(kvb_hw_expose(P.be, P.mem, 64), KVB_OK);
+	ck_assert_int_eq(kvb_hw_expose(P.be, P.mem + P.len - 8, 64), KVB_ERR_RANGE);
 	fd = raw_connect(port);
 	h = (kvb_mc_tcp_header_t){.size = 64, .addr = (uint64_t)(uintptr_t)P.mem, .opcode = KVB_MC_TCP_OP_WRITE,
 				  .v2 = true};
@@ -479,9 +498,67 @@ START_TEST(test_tcp_transport_refuses_out_of_range)
 	close(fd);
 	kvb_hw_stats_t s;
 	kvb_hw_stats_get(P.be, &s);
-	ck_assert_uint_eq(s.tcp_requests_rejected, 3);
+	ck_assert_uint_eq(s.tcp_requests_rejected, 5);
+	ck_assert_uint_eq(s.window_refused, 2);
 	ck_assert_uint_eq(s.tcp_requests_served, 1);
-	(void)before;
+	side_close(&P);
+}
+END_TEST
+
+/* One v2 WRITE of len bytes of 0x5A at addr to a data port; the status. */
+static uint32_t raw_write(side_t **sides, int n, uint16_t port, uint64_t addr, uint64_t len)
+{
+	int fd = raw_connect(port);
+	uint8_t hdr[KVB_MC_TCP_HEADER_LEN];
+	kvb_mc_tcp_header_t h = {.size = len, .addr = addr, .opcode = KVB_MC_TCP_OP_WRITE, .v2 = true};
+	kvb_mc_tcp_header_encode(hdr, &h);
+	uint8_t *payload = g_malloc(len);
+	memset(payload, 0x5A, len);
+	send(fd, hdr, sizeof(hdr), 0);
+	send(fd, payload, len, 0);
+	g_free(payload);
+	uint8_t st[8];
+	uint32_t code = 99;
+	if (raw_read(sides, n, fd, st, 8, 5) == 8)
+		kvb_mc_tcp_status_decode(st, &code, NULL);
+	close(fd);
+	return code;
+}
+
+/* A consumer's data port takes writes only into the blocks of a pull it has
+ * in progress: while its pull waits for the prefill, a write into one of its
+ * blocks lands and one into another block of the same pool is refused;
+ * once the pull is done, its blocks are closed again. */
+START_TEST(test_data_windows)
+{
+	side_t P, D;
+	side_open(&P, KVB_ROLE_PRODUCER, 30, 1, 0);
+	side_open(&D, KVB_ROLE_CONSUMER, 30, 1, 0);
+	side_t *both[2] = {&P, &D};
+	uint32_t pb[2] = {3, 4}, db[2] = {10, 11};
+	pull(&D, kvb_hw_segment_name(P.be), "win-1", db, 2);
+	for (int i = 0; i < 100; i++)
+		step(both, 2);
+	ck_assert_uint_eq(D.fin->len, 0);
+	uint16_t port = kvb_hw_data_port(D.be);
+	uint64_t in = D.regs[1].base + 11 * STRIDE, out = D.regs[1].base + 20 * STRIDE;
+	ck_assert_uint_eq(raw_write(both, 2, port, in, 256), KVB_MC_TCP_STATUS_OK);
+	ck_assert_uint_eq(at(&D, in)[0], 0x5A);
+	ck_assert_uint_eq(raw_write(both, 2, port, out, 256), KVB_MC_TCP_STATUS_REJECTED);
+	ck_assert_uint_eq(at(&D, out)[0], 0xEE);
+	/* past the block's meaningful bytes (into its padding) is outside too */
+	ck_assert_uint_eq(raw_write(both, 2, port, in + BLOCK_BYTES - 16, 64), KVB_MC_TCP_STATUS_REJECTED);
+	produce(&P, "win-1", pb, 2);
+	ck_assert(run_until(both, 2, &D, 1, 10));
+	ck_assert_int_eq(g_array_index(D.fin, kvb_finished_t, 0).state, KVB_CONSUMER_DONE);
+	ck_assert_uint_eq(check_request(&D, "win-1", db, 2), 0); /* the producer's bytes, not ours */
+	ck_assert_uint_eq(raw_write(both, 2, port, in, 256), KVB_MC_TCP_STATUS_REJECTED);
+	ck_assert_uint_eq(check_request(&D, "win-1", db, 2), 0); /* untouched by the late write */
+	kvb_hw_stats_t st;
+	kvb_hw_stats_get(D.be, &st);
+	ck_assert_uint_eq(st.window_refused, 3);
+	ck_assert(run_until(both, 2, &P, 1, 10));
+	side_close(&D);
 	side_close(&P);
 }
 END_TEST
@@ -541,6 +618,7 @@ Suite *kvb_suite_hw_backend(void)
 	tcase_add_test(tc, test_consumer_dies_producer_frees_at_lease);
 	tcase_add_test(tc, test_handshake_bad_frames);
 	tcase_add_test(tc, test_tcp_transport_refuses_out_of_range);
+	tcase_add_test(tc, test_data_windows);
 	tcase_add_test(tc, test_vllm_bad_messages_get_trans_error);
 	tcase_add_test(tc, test_gpu_staging_both_sides);
 	tcase_add_test(tc, test_gpu_staging_pool_units);

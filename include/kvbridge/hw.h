@@ -87,6 +87,12 @@ typedef struct kvb_hw_params {
 				     * NULL = loopback and the network of host's interface.
 				     * KVB_ALLOW_PEERS.  Connections from elsewhere are closed
 				     * at accept (vLLM ZMQ messages dropped), dials refused. */
+	bool memory_open;           /* every registered byte readable and writable by allowed
+				     * peers over TCP, as Mooncake's TCP transport allows.
+				     * Default false: only the blocks of a pull this worker has
+				     * in progress (until it ends) and kvb_hw_expose'd ranges.
+				     * KVB_OPEN_MEMORY=1.  (RDMA keys still cover whole
+				     * registrations: docs/security.md.) */
 	uint16_t rpc_port;          /* handshake port; 0 = random free port in
 				     * [rpc_port_min, rpc_port_max], as Mooncake P2P */
 	uint16_t data_port;         /* TCP transport port; 0 = random in the same range */
@@ -193,6 +199,10 @@ KVB_API const char *kvb_hw_segment_name(kvb_backend_t *be);
 KVB_API uint16_t kvb_hw_rpc_port(kvb_backend_t *be);
 /* The address the listeners are bound to (params.bind_host, else host). */
 KVB_API const char *kvb_hw_bind_host(kvb_backend_t *be);
+/* Make [addr, addr + len) of registered memory readable and writable by
+ * allowed peers for good (a benchmark target, a buffer shared on purpose);
+ * without it only the blocks of pulls in progress are (params.memory_open). */
+KVB_API int kvb_hw_expose(kvb_backend_t *be, const void *addr, size_t len);
 /* The allowed peers (params.allow_peers) as "net/bits,net/bits". */
 KVB_API void kvb_hw_allowed_peers(kvb_backend_t *be, char *out, size_t len);
 /* Whether host (an address or a name; every address it resolves to) is
@@ -304,6 +314,7 @@ typedef struct kvb_hw_stats {
 	uint64_t vllm_batched_pulls;    /* gen2 consumer: pulls sent in a message with others */
 	uint64_t warnings_suppressed;   /* warnings not logged (rate limit), counted */
 	uint64_t peers_refused;         /* connections, messages and dials outside allow_peers */
+	uint64_t window_refused;        /* TCP reads and writes outside every open window */
 } kvb_hw_stats_t;
 
 KVB_API void kvb_hw_stats_get(kvb_backend_t *be, kvb_hw_stats_t *out);

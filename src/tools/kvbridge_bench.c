@@ -244,7 +244,9 @@ static int run_target(uint64_t buf_len)
 	}
 	void *mr;
 	kvb_rkey_t rkey;
-	if (be->ops->mr_reg(be, reg, buf_len, &attr, &mr, &rkey) != KVB_OK) {
+	/* a target is there to be read and written: its whole buffer is open */
+	if (be->ops->mr_reg(be, reg, buf_len, &attr, &mr, &rkey) != KVB_OK ||
+	    kvb_hw_expose(be, reg, buf_len) != KVB_OK) {
 		fprintf(stderr, "kvbridge-bench: register: %s\n", be->ops->last_error(be));
 		return 1;
 	}

@@ -40,6 +40,7 @@
 #include "control/kvb_hw_vllm_gen2.h"
 #include "events/kvb_hw_events.h"
 #include "events/kvb_hw_net.h"
+#include "transport/kvb_hw_mem.h"
 #include "transport/kvb_hw_rdma.h"
 #include "transport/kvb_hw_transport.h"
 
@@ -248,6 +249,7 @@ static void hw_free_all(hw_t *hw)
 	/* after their owners (peers, sessions, endpoints, probes) have cancelled
 	 * theirs: what is left has no owner (fire-and-forget acks) */
 	hw_calls_free_all(hw);
+	hw_windows_free(hw);
 	hw_warn_fini(hw);
 	hw_events_fini(hw);
 }
@@ -400,6 +402,20 @@ const char *kvb_hw_segment_name(kvb_backend_t *be)
 const char *kvb_hw_bind_host(kvb_backend_t *be)
 {
 	return hw_of(be)->bind_host;
+}
+
+int kvb_hw_expose(kvb_backend_t *be, const void *addr, size_t len)
+{
+	hw_t *hw = hw_of(be);
+	if (!hw_mr_find(hw, (uint64_t)(uintptr_t)addr, len)) {
+		hw_set_error(hw, "expose: %zu bytes at %p are not inside one registration", len, addr);
+		return KVB_ERR_RANGE;
+	}
+	if (!hw->exposed)
+		hw->exposed = g_array_new(FALSE, FALSE, sizeof(uint64_t));
+	uint64_t pair[2] = {(uint64_t)(uintptr_t)addr, len};
+	g_array_append_vals(hw->exposed, pair, 2);
+	return KVB_OK;
 }
 
 void kvb_hw_allowed_peers(kvb_backend_t *be, char *out, size_t len)

@@ -12,6 +12,7 @@
 #include <kvbridge/kvbridge.h>
 
 #include "control/kvb_hw_peer.h"
+#include "transport/kvb_hw_mem.h"
 #include "transport/kvb_hw_transport.h"
 
 hw_peer_t *hw_peer_new(hw_t *hw, hw_peer_kind_t kind, const hw_peer_ops_t *ops, const char *addr)
@@ -38,6 +39,7 @@ void hw_peer_free(hw_peer_t *p)
 		g_hash_table_remove(hw->incoming, &p->incoming_id);
 	if (p->ops && p->ops->detach)
 		p->ops->detach(p);
+	hw_window_close(hw, p, NULL, NULL); /* pulls sent through it are over */
 	hw_call_cancel(p->call);
 	hw_link_clear(&p->link);
 	hw_watch_free(p->w);

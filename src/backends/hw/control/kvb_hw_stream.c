@@ -20,8 +20,10 @@
 
 #include "control/kvb_hw_stream.h"
 #include "events/kvb_hw_net.h"
+#include "transport/kvb_hw_mem.h"
 #include "transport/kvb_hw_staging.h"
 #include "transport/kvb_hw_transport.h"
+#include "kvb_wire.h"
 
 #define STREAM_FRAME_MAX ((uint64_t)KVB_MSG_MAX + 1)
 
@@ -99,6 +101,11 @@ static bool stream_frames(hw_peer_t *p)
 			hw_peer_down(p, KVB_ERR_PROTOCOL, "unexpected frame type on a kvbridge stream");
 			return false;
 		}
+		kvb_wire_type_t wt;
+		char tid[KVB_ID_MAX], rid[KVB_ID_MAX];
+		if (kvb_wire_peek(payload, plen, &wt, NULL) == KVB_OK && wt == KVB_WIRE_DONE &&
+		    kvb_wire_peek_ids(payload, plen, tid, rid) == KVB_OK)
+			hw_window_close(p->hw, p, tid, rid); /* the pull is over: no more writes */
 		hw_peer_deliver(p, payload, plen);
 	}
 	if (off)
@@ -220,8 +227,24 @@ static void stream_accepted(hw_peer_t *p)
 		stream_frames(p);
 }
 
+/* A pull we send opens a window on its destination blocks for the producer's
+ * writes; our CANCEL, or its DONE (stream_frames), closes it. */
 static int stream_msg_send(hw_peer_t *p, const void *buf, size_t len)
 {
+	kvb_wire_type_t type = 0;
+	if (kvb_wire_peek(buf, len, &type, NULL) == KVB_OK && type == KVB_WIRE_PULL) {
+		kvb_wire_pull_t pull;
+		if (kvb_wire_decode_pull(buf, len, &pull, NULL) == KVB_OK) {
+			GArray *ranges = hw_pull_ranges(&pull);
+			hw_window_open(p->hw, p, pull.transfer_id, pull.request_id, ranges);
+			g_array_free(ranges, TRUE);
+			kvb_wire_pull_clear(&pull);
+		}
+	} else if (type == KVB_WIRE_CANCEL) {
+		char tid[KVB_ID_MAX], rid[KVB_ID_MAX];
+		if (kvb_wire_peek_ids(buf, len, tid, rid) == KVB_OK)
+			hw_window_close(p->hw, p, tid, rid);
+	}
 	stream_queue(p, KVB_MC_KVB_FRAME, buf, len);
 	return KVB_OK;
 }

@@ -500,6 +500,7 @@ static void vpull_free(vpull_t *vp)
 		zmq_close(vp->mon);
 	if (vp->ranges)
 		g_array_free(vp->ranges, TRUE);
+	hw_window_close(vp->vc->peer->hw, vp, NULL, NULL);
 	g_free(vp);
 }
 
@@ -648,31 +649,6 @@ int hw_vllm_client_connect(hw_t *hw, kvb_conn_t *conn, const char *addr, const c
 	return KVB_INPROGRESS;
 }
 
-/* Destination byte ranges of a pull, block runs merged. */
-static GArray *pull_ranges(const kvb_wire_pull_t *pull)
-{
-	GArray *a = g_array_new(FALSE, FALSE, sizeof(uint64_t));
-	for (uint32_t r = 0; r < pull->n_regions; r++) {
-		const kvb_region_t *rg = &pull->regions[r];
-		for (uint32_t g = 0; g < pull->n_groups; g++) {
-			for (uint32_t i = 0; i < pull->groups[g].count; i++) {
-				uint64_t lo = rg->base + (uint64_t)pull->groups[g].ids[i] * rg->block_stride;
-				uint64_t len = rg->block_bytes;
-				if (a->len >= 2) {
-					uint64_t *last = &g_array_index(a, uint64_t, a->len - 2);
-					if (last[0] + last[1] == lo) {
-						last[1] += len;
-						continue;
-					}
-				}
-				uint64_t pair[2] = {lo, len};
-				g_array_append_vals(a, pair, 2);
-			}
-		}
-	}
-	return a;
-}
-
 static int vclient_pull(vclient_t *vc, const void *buf, size_t len)
 {
 	hw_peer_t *p = vc->peer;
@@ -718,7 +694,9 @@ static int vclient_pull(vclient_t *vc, const void *buf, size_t len)
 	g_strlcpy(vp->transfer_id, pull.transfer_id, sizeof(vp->transfer_id));
 	g_strlcpy(vp->request_id, pull.request_id, sizeof(vp->request_id));
 	vp->bytes = (uint64_t)nb * per_block;
-	vp->ranges = pull_ranges(&pull);
+	vp->ranges = hw_pull_ranges(&pull);
+	/* the producer may write these blocks, and only these, until the pull ends */
+	hw_window_open(hw, vp, vp->transfer_id, vp->request_id, vp->ranges);
 	/* the blocks are ours for this pull again: lift old fences on them */
 	for (guint i = 0; i + 1 < vp->ranges->len; i += 2)
 		hw_fence_clear(hw, g_array_index(vp->ranges, uint64_t, i),

@@ -371,6 +371,7 @@ static void pull_free(v2pull_t *vp)
 		g_byte_array_unref(vp->payload);
 	if (vp->ranges)
 		g_array_free(vp->ranges, TRUE);
+	hw_window_close(vp->vc->v->hw, vp, NULL, NULL);
 	g_free(vp);
 }
 
@@ -635,31 +636,6 @@ static void client_kick(void *obj)
 	}
 }
 
-/* Destination byte ranges of a pull, block runs merged. */
-static GArray *pull_ranges(const kvb_wire_pull_t *pull)
-{
-	GArray *a = g_array_new(FALSE, FALSE, sizeof(uint64_t));
-	for (uint32_t r = 0; r < pull->n_regions; r++) {
-		const kvb_region_t *rg = &pull->regions[r];
-		const kvb_block_list_t *gl = rg->group < (int32_t)pull->n_groups ? &pull->groups[rg->group]
-										  : NULL;
-		for (uint32_t i = 0; gl && i < gl->count; i++) {
-			uint64_t lo = rg->base + (uint64_t)gl->ids[i] * rg->block_stride;
-			uint64_t len = rg->block_bytes;
-			if (a->len >= 2) {
-				uint64_t *last = &g_array_index(a, uint64_t, a->len - 2);
-				if (last[0] + last[1] == lo) {
-					last[1] += len;
-					continue;
-				}
-			}
-			uint64_t pair[2] = {lo, len};
-			g_array_append_vals(a, pair, 2);
-		}
-	}
-	return a;
-}
-
 /* Our name for a region the core sent: the layout's, found by base. */
 static void region_name(struct hw_vllm2 *v, const kvb_region_t *r, char *name, size_t len)
 {
@@ -835,7 +811,9 @@ static int client_pull(v2client_t *vc, const void *buf, size_t len)
 	vp->vc = vc;
 	g_strlcpy(vp->transfer_id, vp->pull.transfer_id, sizeof(vp->transfer_id));
 	g_strlcpy(vp->request_id, vp->pull.request_id, sizeof(vp->request_id));
-	vp->ranges = pull_ranges(&vp->pull);
+	vp->ranges = hw_pull_ranges(&vp->pull);
+	/* the producer may write these blocks, and only these, until the pull ends */
+	hw_window_open(hw, vp, vp->transfer_id, vp->request_id, vp->ranges);
 	/* the blocks are ours for this pull again: lift old fences on them */
 	for (guint i = 0; i + 1 < vp->ranges->len; i += 2)
 		hw_fence_clear(hw, g_array_index(vp->ranges, uint64_t, i),

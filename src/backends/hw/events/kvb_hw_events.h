@@ -74,6 +74,8 @@ struct hw {
 	GPtrArray *mrs;             /* hw_mr_t*: registered memory */
 	uint32_t mr_seq;
 	GArray *fences;             /* uint64_t pairs: addr, len */
+	GPtrArray *windows;         /* transport/kvb_hw_mem.c: pulls in progress */
+	GArray *exposed;            /* uint64_t pairs: kvb_hw_expose */
 	struct hw_tcp_server *tcp;
 	struct hw_rdma *rdma;
 	struct hw_gpu *gpu;

@@ -15,6 +15,8 @@
 
 #include "events/kvb_hw_events.h"
 
+struct kvb_wire_pull;
+
 typedef enum hw_gpu_provider {
 	HW_GPU_NONE = 0,         /* host memory */
 	HW_GPU_CUDA = 1,
@@ -43,5 +45,20 @@ hw_mr_t *hw_mr_find(hw_t *hw, uint64_t addr, uint64_t len);
 bool hw_fenced(hw_t *hw, uint64_t addr, uint64_t len);
 void hw_fence_add(hw_t *hw, uint64_t addr, uint64_t len);
 void hw_fence_clear(hw_t *hw, uint64_t addr, uint64_t len);
+
+/* Data-plane windows: what a remote peer may read or write of our memory
+ * (unless params.memory_open).  A consumer opens one for each pull it sends
+ * (its destination blocks, until the pull ends: owner, then key "transfer
+ * id / request id"); kvb_hw_expose opens ranges for good (a benchmark
+ * target).  A READ or WRITE must lie inside one range of an open window or
+ * of an exposed range. */
+void hw_window_open(hw_t *hw, const void *owner, const char *transfer_id, const char *request_id,
+		    const GArray *ranges);
+/* Close owner's window for that pull; transfer_id NULL: all of owner's. */
+void hw_window_close(hw_t *hw, const void *owner, const char *transfer_id, const char *request_id);
+bool hw_window_allows(hw_t *hw, uint64_t addr, uint64_t len);
+void hw_windows_free(hw_t *hw);
+/* Destination byte ranges of a pull (uint64_t pairs, block runs merged). */
+GArray *hw_pull_ranges(const struct kvb_wire_pull *pull);
 
 #endif /* KVB_HW_MEM_H */

@@ -580,6 +580,11 @@ static void serve(hw_staging_t *g, hw_link_t *l, const kvb_mc_sync_t *s)
 		serve_reply(l, s->id, KVB_ERR_RANGE, "the range belongs to a cancelled pull");
 		return;
 	}
+	if (!hw_window_allows(hw, s->addr, s->len)) {
+		hw_stats(hw)->window_refused++;
+		serve_reply(l, s->id, KVB_ERR_RANGE, "outside every transfer in progress");
+		return;
+	}
 	sync_serve_t *sv = g_new0(sync_serve_t, 1);
 	sv->link = l;
 	sv->id = s->id;

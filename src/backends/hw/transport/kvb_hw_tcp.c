@@ -16,6 +16,7 @@
  */
 #include "config.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -496,6 +497,7 @@ typedef enum dphase {
 typedef struct dsess {
 	struct hw_tcp_server *srv;
 	int fd;
+	char peer_ip[64];           /* for warnings */
 	hw_watch_t *w;
 	dphase_t phase;
 	uint8_t hdr[KVB_MC_TCP_HEADER_LEN];
@@ -569,14 +571,22 @@ static bool dsess_header(dsess_t *s)
 	}
 	hw_mr_t *mr = hw_mr_find(hw, s->h.addr, s->h.size);
 	bool fenced = mr && s->h.opcode == KVB_MC_TCP_OP_WRITE && hw_fenced(hw, s->h.addr, s->h.size);
-	if (!mr || fenced) {
+	bool closed = mr && !fenced && !hw_window_allows(hw, s->h.addr, s->h.size);
+	if (!mr || fenced || closed) {
 		hw_stats(hw)->tcp_requests_rejected++;
 		if (fenced)
 			hw_stats(hw)->fenced_writes++;
-		hw_set_error(hw, "tcp transport: %s of %" PRIu64 " bytes at 0x%" PRIx64 " refused: %s",
-			     s->h.opcode == KVB_MC_TCP_OP_WRITE ? "write" : "read", s->h.size, s->h.addr,
-			     fenced ? "the range belongs to a cancelled pull"
-				    : "outside registered memory");
+		const char *op = s->h.opcode == KVB_MC_TCP_OP_WRITE ? "write" : "read";
+		const char *why = fenced ? "the range belongs to a cancelled pull"
+				  : closed ? "outside every transfer in progress (no open window)"
+					   : "outside registered memory";
+		hw_set_error(hw, "tcp transport: %s of %" PRIu64 " bytes at 0x%" PRIx64 " refused: %s", op,
+			     s->h.size, s->h.addr, why);
+		if (closed) {
+			hw_stats(hw)->window_refused++;
+			hw_warn_from(hw, s->peer_ip, "tcp transport: %s of %" PRIu64 " bytes at 0x%" PRIx64
+				     " from %s refused: %s", op, s->h.size, s->h.addr, s->peer_ip, why);
+		}
 		if (!s->h.v2)
 			return false;
 		dsess_status(s, KVB_MC_TCP_STATUS_REJECTED, D_HDR);
@@ -792,6 +802,10 @@ static bool server_accept(void *obj, GIOCondition cond)
 			break;
 		if (!hw_accept_allowed(srv->hw, fd, (struct sockaddr *)&sa, "TCP data"))
 			continue;
+		char ip[64] = "";
+		const void *a = sa.ss_family == AF_INET6 ? (const void *)&((struct sockaddr_in6 *)&sa)->sin6_addr
+							 : (const void *)&((struct sockaddr_in *)&sa)->sin_addr;
+		inet_ntop(sa.ss_family, a, ip, sizeof(ip));
 		int one = 1;
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 		fcntl(fd, F_SETFL, fcntl(fd, F_GETFL, 0) | O_NONBLOCK);
@@ -799,6 +813,7 @@ static bool server_accept(void *obj, GIOCondition cond)
 		dsess_t *s = g_new0(dsess_t, 1);
 		s->srv = srv;
 		s->fd = fd;
+		g_strlcpy(s->peer_ip, ip, sizeof(s->peer_ip));
 		s->w = hw_watch_new(srv->hw, fd, G_IO_IN, dsess_io, s);
 		g_queue_push_tail(&srv->sessions, s);
 	}
