@@ -863,8 +863,10 @@ int main(int argc, char **argv)
 	GArray *sizes = g_array_new(FALSE, FALSE, sizeof(uint64_t));
 	kvb_xfer_opcode_t op = KVB_XFER_WRITE;
 	bool gen2 = false;
-	if (!bench_options(&buf_len, sizes, &op, &gen2))
+	if (!bench_options(&buf_len, sizes, &op, &gen2)) {
+		g_array_free(sizes, TRUE); /* ASan builds check leaks on every exit */
 		return KVB_CLI_USAGE;
+	}
 	if (o.repeat == 0)
 		o.repeat = o.loopback ? 3 : 1;
 	if (o.lanes == 0) { /* the default the backend will use: MC_TCP_LANES_PER_PEER or 4 */
@@ -874,8 +876,10 @@ int main(int argc, char **argv)
 		kvb_hw_params_apply_env(&dp, NULL, &e);
 		o.lanes = (int)dp.tcp_lanes;
 	}
-	if (target_mode)
+	if (target_mode) {
+		g_array_free(sizes, TRUE);
 		return run_target(buf_len);
+	}
 
 	pid_t target_pid = 0, sink_pid = 0;
 	uint16_t sink_port = 0;
