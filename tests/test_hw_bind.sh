@@ -12,7 +12,7 @@ srcdir=${top_srcdir:-.}
 [ -x "$serve" ] || skip_all "kvbridge-serve not built (hw backend disabled)"
 command -v python3 >/dev/null || skip_all "python3 not installed"
 [ -r /proc/self/net/tcp ] || skip_all "no /proc/self/net/tcp to read listeners from"
-echo "1..15"
+echo "1..18"
 # below the ephemeral range (32768+), away from test_hw_procs' and test_hw_gen2's
 boot=$((30100 + $$ % 2600))
 
@@ -78,7 +78,24 @@ st=$(post "http://127.0.0.1:$(field cons0 http)/v1/completions" '{"prompt":"x","
 check "gen0 decode leg naming remote_host 192.0.2.7: 403 naming the field (HTTP $st)" \
 	"[ '$st' = 403 ] && grep -q 'remote_host: 192.0.2.7' '$tmp/resp'"
 
-[ -x "$proxy" ] || { for i in 12 13 14 15; do echo "ok $i # SKIP kvbridge-proxy not built"; done; exit $fail; }
+# API keys: every endpoint but /health needs the bearer token
+K=kvb-test-key-0123456789
+"$serve" --role producer --http-port 0 --api-key short > /dev/null 2> "$tmp/short.err"; rc=$?
+check "--api-key shorter than 16 characters: exit 2 naming it (exit $rc)" \
+	"[ $rc = 2 ] && grep -q 'shorter than 16' '$tmp/short.err'"
+KVB_API_KEY=$K start kprod "$serve" --role producer --http-port 0 --bootstrap-port $((boot + 5)) --engine-id key-e || exit 1
+KP=$(field kprod http)
+code() { curl -s -o "$tmp/resp" -w '%{http_code}' --max-time 5 "$@"; }
+h=$(code "http://127.0.0.1:$KP/health")
+s0=$(code "http://127.0.0.1:$KP/stats")
+s1=$(code -H "Authorization: Bearer wrong-key-0123456789" "http://127.0.0.1:$KP/stats")
+l0=$(code "http://127.0.0.1:$KP/layout")
+p0=$(code -H 'Content-Type: application/json' -d '{"prompt":"x","kv_transfer_params":{"do_remote_decode":true,"transfer_id":"t-k"}}' "http://127.0.0.1:$KP/v1/completions")
+s2=$(code -H "Authorization: Bearer $K" "http://127.0.0.1:$KP/stats")
+check "KVB_API_KEY: /health open ($h); /stats, /layout, /v1/completions 401 without it ($s0 $l0 $p0) or with a wrong one ($s1); 200 with it ($s2)" \
+	"[ $h = 200 ] && [ $s0 = 401 ] && [ $l0 = 401 ] && [ $p0 = 401 ] && [ $s1 = 401 ] && [ $s2 = 200 ]"
+
+[ -x "$proxy" ] || { for i in 12 13 14 15 16 17; do echo "ok $i # SKIP kvbridge-proxy not built"; done; exit $fail; }
 start px "$proxy" --port 0 --prefiller-port "$(field prod http)" --decoder-port "$(field cons http)" \
 	--prefiller-bootstrap-port $boot || exit 1
 X=$last_pid
@@ -99,4 +116,15 @@ st2=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 --interface 127.0.0.2 
 st1=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 --interface 127.0.0.1 "http://127.0.0.1:$XA/stats")
 check "proxy --allow-peers 127.0.0.1/32: 127.0.0.2 gets nothing, 127.0.0.1 is served (HTTP $st2, $st1)" \
 	"[ '$st2' = 000 ] && [ '$st1' = 200 ]"
+# end to end with keys: the proxy's clients need its key, its legs carry the workers' key
+start kcons "$serve" --role consumer --http-port 0 --api-key $K || exit 1
+OPENAI_API_KEY=$K start kpx "$proxy" --api-key proxy-key-0123456789 --port 0 --prefiller-port $KP \
+	--decoder-port "$(field kcons http)" --prefiller-bootstrap-port $((boot + 5)) || exit 1
+XK=$(sed -n 's/.*ready on [^:]*:\([0-9]*\).*/\1/p' "$tmp/kpx.out")
+i=0; while [ "$(code "http://127.0.0.1:$XK/health")" != 200 ] && [ $i -lt 50 ]; do sleep 0.2; i=$((i+1)); done
+n0=$(code -H 'Content-Type: application/json' -d '{"prompt":"a b c"}' "http://127.0.0.1:$XK/v1/completions")
+n1=$(code -H 'Content-Type: application/json' -H 'Authorization: Bearer proxy-key-0123456789' \
+	-d '{"prompt":"a b c d e f"}' "http://127.0.0.1:$XK/v1/completions")
+check "proxy --api-key: 401 without it ($n0); with it a request through key-protected workers is verified ($n1)" \
+	"[ $n0 = 401 ] && [ $n1 = 200 ] && grep -q '\"mismatched_bytes\":0' '$tmp/resp'"
 exit $fail

@@ -34,6 +34,7 @@ typedef struct serve_opts {
 	gchar *host;
 	gchar *bind;
 	gchar *allow_peers;
+	gchar *api_key;
 	gint http_port;
 	gint rpc_port;
 	gint data_port;
@@ -122,6 +123,7 @@ typedef struct serve {
 	GHashTable *cons;           /* request id -> cons_req_t* */
 	uint16_t side_base;         /* gen0: side-channel port of dp_rank's tp rank 0 */
 	char host[128];             /* how peers reach us: --host, VLLM_HOST_IP, 127.0.0.1 */
+	char *api_key;              /* Bearer token every endpoint but /health needs, or NULL */
 	FILE *events;
 	bool verify_pattern;
 	uint64_t served_ok, served_failed, verified_bytes, mismatched_bytes;

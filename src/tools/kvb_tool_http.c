@@ -13,6 +13,7 @@
 
 #include <glib.h>
 #include <glib-unix.h>
+#include <sodium.h>
 #include <kvbridge/error.h>
 
 #include "kvb_tool_http.h"
@@ -478,4 +479,36 @@ void kvb_httpd_set_acl(kvb_httpd_t *d, const kvb_acl_t *acl)
 uint64_t kvb_httpd_refused(const kvb_httpd_t *d)
 {
 	return d->refused;
+}
+
+bool kvb_http_api_key(const char *given, const char *env, char **key, char *why, size_t why_len)
+{
+	const char *k = given && *given ? given : env ? g_getenv(env) : NULL;
+	*key = NULL;
+	if (!k || !*k)
+		return true;
+	for (const char *p = k; *p; p++)
+		if ((unsigned char)*p <= 0x20 || *p == 0x7f) {
+			g_snprintf(why, why_len, "the API key holds a space or a control character");
+			return false;
+		}
+	if (strlen(k) < 16) {
+		g_snprintf(why, why_len, "the API key is shorter than 16 characters");
+		return false;
+	}
+	*key = g_strdup(k);
+	return true;
+}
+
+bool kvb_http_bearer_ok(const kvb_http_msg_t *req, const char *key)
+{
+	const char *h = kvb_http_field_get(req, "Authorization");
+	if (!key)
+		return true;
+	if (!h || g_ascii_strncasecmp(h, "Bearer ", 7) != 0)
+		return false;
+	unsigned char want[crypto_generichash_BYTES], got[crypto_generichash_BYTES];
+	crypto_generichash(want, sizeof(want), (const unsigned char *)key, strlen(key), NULL, 0);
+	crypto_generichash(got, sizeof(got), (const unsigned char *)h + 7, strlen(h + 7), NULL, 0);
+	return sodium_memcmp(want, got, sizeof(want)) == 0;
 }

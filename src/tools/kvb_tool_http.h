@@ -27,6 +27,16 @@ typedef void (*kvb_httpd_handler)(kvb_httpd_t *d, uint64_t conn_id, const kvb_ht
 kvb_httpd_t *kvb_httpd_new(GMainContext *ctx, const char *bind_host, uint16_t port,
 			   kvb_httpd_handler handler, void *user, GError **error);
 uint16_t kvb_httpd_port(const kvb_httpd_t *d);
+/* An API key for HTTP endpoints: "--api-key" given, else the environment
+ * variable env (KVB_API_KEY), else NULL (no key: endpoints open to whoever
+ * the allow-list admits).  A key with control characters or spaces is
+ * refused (false, why set). */
+bool kvb_http_api_key(const char *given, const char *env, char **key, char *why, size_t why_len);
+/* Whether req carries "Authorization: Bearer <key>"; compared in constant
+ * time (libsodium) over fixed-size hashes, so neither the key's bytes nor
+ * its length leak through timing. */
+bool kvb_http_bearer_ok(const kvb_http_msg_t *req, const char *key);
+
 /* Only peers acl allows may connect (others are closed at accept, counted). */
 void kvb_httpd_set_acl(kvb_httpd_t *d, const kvb_acl_t *acl);
 uint64_t kvb_httpd_refused(const kvb_httpd_t *d);

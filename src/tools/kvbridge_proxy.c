@@ -93,6 +93,7 @@ static struct {
 	gint max_clients;
 	gdouble busy_wait_s;
 	gchar *allow_peers;
+	gchar *api_key;
 	gboolean verbose;
 } o = {.port = 8000, .timeout_s = 600, .startup_timeout_s = G_MININT, .max_clients = 256,
        .busy_wait_s = 10};
@@ -114,6 +115,7 @@ static gint64 n_requests, n_errors, n_prefill_legs, n_prefill_failed, n_decode_f
 static gint64 n_busy, n_busy_retries; /* 503s given after --busy-wait; retries of a busy P */
 static gint64 n_refused;              /* connections from outside --allow-peers */
 static kvb_acl_t allowed;             /* who may send requests */
+static char *api_key;                 /* clients' Bearer token (--api-key), or NULL */
 
 static void logv(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
 static void logv(const char *fmt, ...)
@@ -562,6 +564,10 @@ static void serve_client(gpointer data, gpointer user)
 		}
 		goto out;
 	}
+	if (!kvb_http_bearer_ok(&msg, api_key)) {
+		reply(cfd, 401, "Unauthorized", "this proxy needs \"Authorization: Bearer <its --api-key>\"");
+		goto out;
+	}
 	if (!strcmp(msg.method, "GET") && !strcmp(msg.target, "/stats")) {
 		reply_stats(cfd);
 		goto out;
@@ -866,6 +872,9 @@ static GOptionEntry entries[] = {
 	{"vllm-protocol", 0, 0, G_OPTION_ARG_STRING, &o.protocol, "router contract: gen2 (vLLM 0.16.0 and later; gen1 is the same; default) or gen0 (vLLM 0.13.0 - 0.15.1)", "gen0|gen2"},
 	{"host", 0, 0, G_OPTION_ARG_STRING, &o.host, "listen address (default 127.0.0.1; 0.0.0.0 = every interface, warned about)", "IP"},
 	{"port", 0, 0, G_OPTION_ARG_INT, &o.port, "listen port (default 8000; 0 = any free port)", "PORT"},
+	{"api-key", 0, 0, G_OPTION_ARG_STRING, &o.api_key,
+	 "require \"Authorization: Bearer KEY\" from clients on everything but /health (at least 16 "
+	 "characters; default KVB_API_KEY); the legs to P and D carry OPENAI_API_KEY", "KEY"},
 	{"allow-peers", 0, 0, G_OPTION_ARG_STRING, &o.allow_peers,
 	 "networks that may send requests: CIDR list (10.0.0.0/8,fd00::/8), * = anyone (default "
 	 "KVB_ALLOW_PEERS, else loopback and --host's network)", "NETS"},
@@ -1004,6 +1013,11 @@ int main(int argc, char **argv)
 	const char *h = o.host;
 	if (!ports_apart(h))
 		return 2;
+	char kwhy[128];
+	if (!kvb_http_api_key(o.api_key, "KVB_API_KEY", &api_key, kwhy, sizeof(kwhy))) {
+		fprintf(stderr, "kvbridge-proxy: --api-key: %s\n", kwhy);
+		return 2;
+	}
 	const char *allow = o.allow_peers ? o.allow_peers : g_getenv("KVB_ALLOW_PEERS");
 	kvb_err_t aerr;
 	if (allow && *allow) {

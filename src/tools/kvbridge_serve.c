@@ -39,9 +39,10 @@
 #include <json-glib/json-glib.h>
 #include <kvbridge/kvbridge.h>
 #include <kvbridge/hw.h>
+#include <sodium.h>
 
-#include "kvb_devmem.h"
 #include "kvb_cli.h"
+#include "kvb_devmem.h"
 #include "kvb_serve.h"
 
 serve_opts_t o = {.blocks = 1024, .block_tokens = 16, .http_port = 8100, .nics = 1, .lease_s = -1,
@@ -178,6 +179,13 @@ static void on_http(kvb_httpd_t *d, uint64_t cid, const kvb_http_msg_t *req, con
 {
 	(void)user;
 	(void)d;
+	bool health = !strcmp(req->method, "GET") && !strcmp(req->target, "/health");
+	if (!health && !kvb_http_bearer_ok(req, S.api_key)) {
+		/* nothing about this worker for a caller without the key */
+		kvb_httpd_respond_error(S.httpd, cid, 401, "Unauthorized",
+					"this worker needs \"Authorization: Bearer <its --api-key>\"");
+		return;
+	}
 	if (!strcmp(req->method, "GET")) {
 		if (!strcmp(req->target, "/health"))
 			kvb_httpd_respond(S.httpd, cid, 200, "application/json", "{\"status\":\"ok\"}\n", 16);
@@ -285,6 +293,9 @@ static GOptionEntry entries[] = {
 	{"host", 0, 0, G_OPTION_ARG_STRING, &o.host,
 	 "address peers use to reach this worker, and where every port listens unless --bind "
 	 "(default MC_TCP_BIND_ADDRESS, else VLLM_HOST_IP, else 127.0.0.1)", "IP"},
+	{"api-key", 0, 0, G_OPTION_ARG_STRING, &o.api_key,
+	 "require \"Authorization: Bearer KEY\" on every HTTP endpoint but /health, as vLLM's --api-key "
+	 "(at least 16 characters; default KVB_API_KEY; the proxy sends OPENAI_API_KEY)", "KEY"},
 	{"allow-peers", 0, 0, G_OPTION_ARG_STRING, &o.allow_peers,
 	 "networks that may connect to any port and that this worker may dial when a message or a "
 	 "client names them: CIDR list (10.0.0.0/8,fd00::/8), * = anyone (default KVB_ALLOW_PEERS, "
@@ -400,6 +411,11 @@ static int setup(void)
 	}
 	if (relay)
 		S.cfg.role = KVB_ROLE_BOTH;
+	char kwhy[128];
+	if (!kvb_http_api_key(o.api_key, "KVB_API_KEY", &S.api_key, kwhy, sizeof(kwhy))) {
+		fprintf(stderr, "kvbridge-serve: --api-key: %s\n", kwhy);
+		return KVB_CLI_USAGE;
+	}
 	/* every number in range, the option named; NOT_GIVEN keeps the default */
 	const char *P = "kvbridge-serve";
 	const struct {
@@ -610,6 +626,9 @@ static void free_reqs(GHashTable *t, bool prod)
 
 static void teardown(void)
 {
+	if (S.api_key)
+		sodium_memzero(S.api_key, strlen(S.api_key));
+	g_free(S.api_key);
 	if (S.httpd)
 		kvb_httpd_free(S.httpd);
 	relay_fini();
@@ -731,9 +750,10 @@ int main(int argc, char **argv)
 				       kvb_hw_rpc_port(S.up_be), kvb_hw_data_port(S.up_be));
 	char nets[512];
 	kvb_hw_allowed_peers(S.be, nets, sizeof(nets));
-	fprintf(stderr, "kvbridge-serve: listening on %s: %s%s%s; peers allowed: %s\n",
+	fprintf(stderr, "kvbridge-serve: listening on %s: %s%s%s; peers allowed: %s; HTTP %s\n",
 		kvb_hw_bind_host(S.be), ports->str, *kvb_hw_vllm_worker_addr(S.be) ? "; worker ROUTER " : "",
-		kvb_hw_vllm_worker_addr(S.be), nets);
+		kvb_hw_vllm_worker_addr(S.be), nets,
+		S.api_key ? "needs the API key (but /health)" : "open to the allowed peers (no --api-key)");
 	g_string_free(ports, TRUE);
 	printf("kvbridge-serve: ready role=%s http=%u segment=%s data_port=%u side_channel=%u "
 	       "bootstrap=%u vllm=%s model=%s blocks=%d lease_s=%.1f\n",
