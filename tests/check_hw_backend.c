@@ -17,6 +17,7 @@
 
 #include <check.h>
 #include <glib.h>
+#include <glib/gstdio.h>
 #include <zmq.h>
 #include <kvbridge/kvbridge.h>
 #include <kvbridge/hw.h>
@@ -563,6 +564,101 @@ START_TEST(test_data_windows)
 }
 END_TEST
 
+static char *secret_file(const char *dir, const char *name, const char *text)
+{
+	char *path = g_build_filename(dir, name, NULL);
+	ck_assert(g_file_set_contents(path, text, -1, NULL));
+	return path;
+}
+
+/* A consumer's pull over kvbridge's stream; its finished record. */
+static kvb_finished_t stream_pull(side_t *P, side_t *D, const char *id)
+{
+	side_t *both[2] = {P, D};
+	uint32_t b[2] = {5, 6};
+	guint before = D->fin->len;
+	produce(P, id, b, 2);
+	pull(D, kvb_hw_segment_name(P->be), id, b, 2);
+	ck_assert_msg(run_until(both, 2, D, before + 1, 10), "%s: no answer", id);
+	return g_array_index(D->fin, kvb_finished_t, before);
+}
+
+/* Shared secret on kvbridge's control stream: both holding it, the pull
+ * works; a wrong secret, none, or a listener without one are refused with
+ * the reason, counted; a secret under 32 bytes is refused at open. */
+START_TEST(test_stream_shared_secret)
+{
+	char *dir = g_dir_make_tmp("kvb-secret-XXXXXX", NULL);
+	char *a = secret_file(dir, "a", "0123456789abcdef0123456789abcdef-secret-A\n");
+	char *b = secret_file(dir, "b", "0123456789abcdef0123456789abcdef-secret-B\n");
+	char *shrt = secret_file(dir, "s", "too short\n");
+	side_opts_t oa = {.secret_file = a}, ob = {.secret_file = b}, none = {0};
+	side_t P, D;
+	side_open_opt(&P, KVB_ROLE_PRODUCER, 2, &oa);
+	side_open_opt(&D, KVB_ROLE_CONSUMER, 30, &oa);
+	kvb_finished_t f = stream_pull(&P, &D, "s-ok");
+	ck_assert_msg(f.state == KVB_CONSUMER_DONE, "same secret: %s", f.reason);
+	ck_assert_uint_eq(check_request(&D, "s-ok", (uint32_t[]){5, 6}, 2), 0);
+	side_t *both[2] = {&P, &D};
+	ck_assert(run_until(both, 2, &P, 1, 10));
+
+	const struct {
+		side_opts_t *d;
+		const char *why;
+	} bad[] = {
+		{&ob, "does not hold this worker's shared secret"},
+		{&none, "has none of"},
+	};
+	for (size_t i = 0; i < 2; i++) {
+		side_t D2;
+		side_open_opt(&D2, KVB_ROLE_CONSUMER, 30, bad[i].d);
+		char id[16];
+		g_snprintf(id, sizeof(id), "s-bad%zu", i);
+		f = stream_pull(&P, &D2, id);
+		ck_assert_int_eq(f.state, KVB_CONSUMER_FAILED);
+		ck_assert_msg(strstr(f.reason, bad[i].why) || strstr(f.reason, "shared secret"), "%s", f.reason);
+		ck_assert_uint_eq(D2.fin->len, 1);
+		side_close(&D2);
+		/* the producer's blocks for it go at its 2 s lease */
+		side_t *one[1] = {&P};
+		ck_assert(run_until(one, 1, &P, 2 + (guint)i, 10));
+	}
+	kvb_hw_stats_t st;
+	kvb_hw_stats_get(P.be, &st);
+	ck_assert_uint_ge(st.auth_failures, 1);
+	ck_assert_uint_eq(st.streams_opened, 1);
+	/* a listener without a secret: the connector that has one refuses it */
+	side_t P0, D3;
+	side_open_opt(&P0, KVB_ROLE_PRODUCER, 2, &none);
+	side_open_opt(&D3, KVB_ROLE_CONSUMER, 30, &oa);
+	f = stream_pull(&P0, &D3, "s-nolisten");
+	ck_assert_int_eq(f.state, KVB_CONSUMER_FAILED);
+	ck_assert_msg(strstr(f.reason, "did not authenticate"), "%s", f.reason);
+	side_close(&D3);
+	side_t *one0[1] = {&P0};
+	ck_assert(run_until(one0, 1, &P0, 1, 10));
+	side_close(&P0);
+	/* too short a secret: the instance does not open */
+	kvb_hw_params_t p;
+	kvb_hw_params_default(&p);
+	p.secret_file = shrt;
+	kvb_backend_t *be;
+	kvb_err_t err;
+	ck_assert_int_eq(kvb_hw_open(&p, &be, &err), KVB_ERR_CONFIG);
+	ck_assert_msg(strstr(err.msg, "at least 32"), "%s", err.msg);
+	side_close(&D);
+	side_close(&P);
+	g_unlink(a);
+	g_unlink(b);
+	g_unlink(shrt);
+	g_rmdir(dir);
+	g_free(a);
+	g_free(b);
+	g_free(shrt);
+	g_free(dir);
+}
+END_TEST
+
 START_TEST(test_vllm_bad_messages_get_trans_error)
 {
 	uint16_t sport = 40000 + (uint16_t)(getpid() % 1000);
@@ -619,6 +715,7 @@ Suite *kvb_suite_hw_backend(void)
 	tcase_add_test(tc, test_handshake_bad_frames);
 	tcase_add_test(tc, test_tcp_transport_refuses_out_of_range);
 	tcase_add_test(tc, test_data_windows);
+	tcase_add_test(tc, test_stream_shared_secret);
 	tcase_add_test(tc, test_vllm_bad_messages_get_trans_error);
 	tcase_add_test(tc, test_gpu_staging_both_sides);
 	tcase_add_test(tc, test_gpu_staging_pool_units);

@@ -59,6 +59,7 @@ void side_open_opt(side_t *s, kvb_role_t role, double lease_s, const side_opts_t
 	p.connect_timeout_ns = S_NS(2);
 	p.warn_fn = o->warn_fn;
 	p.allow_peers = o->allow_peers;
+	p.secret_file = o->secret_file;
 	p.warn_arg = o->warn_arg;
 	kvb_err_t err;
 	ck_assert_msg(kvb_hw_open(&p, &s->be, &err) == KVB_OK, "open: %s", err.msg);

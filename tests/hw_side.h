@@ -48,6 +48,7 @@ typedef struct side_opts {
 	uint16_t rpc_port;       /* 0 = random */
 	uint64_t block_bytes;    /* 0 = BLOCK_BYTES (at most STRIDE) */
 	const char *allow_peers; /* params.allow_peers */
+	const char *secret_file; /* params.secret_file */
 	void (*warn_fn)(void *arg, const char *line); /* params.warn_fn */
 	void *warn_arg;
 } side_opts_t;

@@ -87,6 +87,12 @@ typedef struct kvb_hw_params {
 				     * NULL = loopback and the network of host's interface.
 				     * KVB_ALLOW_PEERS.  Connections from elsewhere are closed
 				     * at accept (vLLM ZMQ messages dropped), dials refused. */
+	const char *secret_file;    /* a file of at least 32 bytes shared by the kvbridge workers
+				     * that may open control streams to each other: both sides
+				     * prove they hold it (challenge-response, HMAC-SHA-256 with
+				     * libsodium) before a stream carries a message; a peer
+				     * without it is refused.  NULL = none (KVB_SECRET_FILE).
+				     * Mooncake and vLLM peers cannot, and are not asked. */
 	bool memory_open;           /* every registered byte readable and writable by allowed
 				     * peers over TCP, as Mooncake's TCP transport allows.
 				     * Default false: only the blocks of a pull this worker has
@@ -315,6 +321,7 @@ typedef struct kvb_hw_stats {
 	uint64_t warnings_suppressed;   /* warnings not logged (rate limit), counted */
 	uint64_t peers_refused;         /* connections, messages and dials outside allow_peers */
 	uint64_t window_refused;        /* TCP reads and writes outside every open window */
+	uint64_t auth_failures;         /* control streams refused: no or wrong shared secret */
 } kvb_hw_stats_t;
 
 KVB_API void kvb_hw_stats_get(kvb_backend_t *be, kvb_hw_stats_t *out);

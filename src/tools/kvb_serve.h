@@ -35,6 +35,7 @@ typedef struct serve_opts {
 	gchar *bind;
 	gchar *allow_peers;
 	gchar *api_key;
+	gchar *secret_file;
 	gint http_port;
 	gint rpc_port;
 	gint data_port;

@@ -198,6 +198,8 @@ int relay_open_upstream(void (*warn)(void *, const char *), void (*notify)(void 
 		hp.bind_host = o.bind;
 	if (o.allow_peers)
 		hp.allow_peers = o.allow_peers;
+	if (o.secret_file)
+		hp.secret_file = o.secret_file;
 	hp.n_nics = (uint32_t)o.nics;
 	for (guint i = 0; o.nic_addrs && o.nic_addrs[i] && i < KVB_HW_MAX_NICS; i++)
 		hp.nic_addrs[i] = o.nic_addrs[i];

@@ -296,6 +296,9 @@ static GOptionEntry entries[] = {
 	{"api-key", 0, 0, G_OPTION_ARG_STRING, &o.api_key,
 	 "require \"Authorization: Bearer KEY\" on every HTTP endpoint but /health, as vLLM's --api-key "
 	 "(at least 16 characters; default KVB_API_KEY; the proxy sends OPENAI_API_KEY)", "KEY"},
+	{"secret-file", 0, 0, G_OPTION_ARG_FILENAME, &o.secret_file,
+	 "a file (>= 32 bytes) the kvbridge workers that talk to each other share: their control "
+	 "streams authenticate with it (challenge-response); default KVB_SECRET_FILE", "FILE"},
 	{"allow-peers", 0, 0, G_OPTION_ARG_STRING, &o.allow_peers,
 	 "networks that may connect to any port and that this worker may dial when a message or a "
 	 "client names them: CIDR list (10.0.0.0/8,fd00::/8), * = anyone (default KVB_ALLOW_PEERS, "
@@ -520,6 +523,8 @@ static int setup(void)
 		hp.bind_host = o.bind;
 	if (o.allow_peers)
 		hp.allow_peers = o.allow_peers;
+	if (o.secret_file)
+		hp.secret_file = o.secret_file;
 	g_strlcpy(S.host, hp.host, sizeof(S.host));
 	hp.rpc_port = (uint16_t)o.rpc_port;
 	hp.data_port = (uint16_t)o.data_port;

@@ -29,6 +29,7 @@
 #include <sys/random.h>
 
 #include <glib.h>
+#include <sodium.h>
 #include <kvbridge/kvbridge.h>
 #include <kvbridge/hw.h>
 
@@ -51,6 +52,36 @@ static hw_t *hw_of(kvb_backend_t *be)
 
 /* ------------------------------------------------------------------------ */
 /* vtable: environment                                                      */
+
+/* The shared secret: a file's bytes (at least 32, trailing whitespace not
+ * counted) hashed into the stream key; the bytes are wiped after. */
+static int hw_auth_load(hw_t *hw, const char *path, kvb_err_t *err)
+{
+	if (sodium_init() < 0)
+		return kvb_err_set(err, KVB_ERR_CONFIG, "libsodium could not initialise");
+	gchar *data = NULL;
+	gsize len = 0;
+	GError *gerr = NULL;
+	if (!g_file_get_contents(path, &data, &len, &gerr)) {
+		int rc = kvb_err_set(err, KVB_ERR_CONFIG, "secret file: %s", gerr->message);
+		g_error_free(gerr);
+		return rc;
+	}
+	gsize n = len;
+	while (n && g_ascii_isspace(data[n - 1]))
+		n--;
+	int rc = KVB_OK;
+	if (n < 32)
+		rc = kvb_err_set(err, KVB_ERR_CONFIG, "secret file %s: %zu bytes, at least 32 needed "
+				 "(e.g. head -c 48 /dev/urandom | base64 > FILE)", path, (size_t)n);
+	else
+		crypto_generichash(hw->auth_key, sizeof(hw->auth_key), (const unsigned char *)data, n,
+				   NULL, 0);
+	sodium_memzero(data, len);
+	g_free(data);
+	hw->auth = rc == KVB_OK;
+	return rc;
+}
 
 /* "0.0.0.0", "::", "[::]", "*": every interface. */
 static bool hw_is_wildcard(const char *host)
@@ -251,6 +282,7 @@ static void hw_free_all(hw_t *hw)
 	hw_calls_free_all(hw);
 	hw_windows_free(hw);
 	hw_warn_fini(hw);
+	sodium_memzero(hw->auth_key, sizeof(hw->auth_key));
 	hw_events_fini(hw);
 }
 
@@ -323,6 +355,12 @@ static int op_instance_open(kvb_backend_t *be, const void *args, kvb_err_t *err)
 		kvb_acl_default(&hw->acl, hw->host);
 	}
 	p->allow_peers = NULL; /* parsed: the caller's string is not kept */
+	if (p->secret_file) {
+		int rc = hw_auth_load(hw, p->secret_file, err);
+		if (rc != KVB_OK)
+			return rc;
+	}
+	p->secret_file = NULL; /* read: the key is kept, not the path */
 	hw_events_init(hw);
 	if (hw_handshake_start(hw, err) != KVB_OK || hw_transport_open(hw, err) != KVB_OK)
 		goto fail;

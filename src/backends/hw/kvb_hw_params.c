@@ -145,6 +145,9 @@ int kvb_hw_params_apply_env(kvb_hw_params_t *p, char **envp, kvb_err_t *err)
 		else
 			p->vllm_connector_timeout_ns = (uint64_t)(sec * 1e9);
 	}
+	const char *secret = envp ? g_environ_getenv(envp, "KVB_SECRET_FILE") : g_getenv("KVB_SECRET_FILE");
+	if (secret && *secret)
+		p->secret_file = secret; /* borrowed from the environment, read at open */
 	const char *open_mem = envp ? g_environ_getenv(envp, "KVB_OPEN_MEMORY") : g_getenv("KVB_OPEN_MEMORY");
 	if (open_mem && *open_mem)
 		p->memory_open = !strcmp(open_mem, "1") || !g_ascii_strcasecmp(open_mem, "true");

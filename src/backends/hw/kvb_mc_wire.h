@@ -66,6 +66,7 @@ typedef enum kvb_mc_msg_type {
 	KVB_MC_KVB_FRAME = 0x11, /* kvbridge: one control message (binary) */
 	KVB_MC_KVB_SYNC = 0x12,  /* kvbridge: copy a GPU range to or from its mirror */
 	KVB_MC_KVB_SYNCED = 0x13,/* kvbridge: that copy's end */
+	KVB_MC_KVB_AUTH = 0x14,  /* kvbridge: a step of the shared-secret challenge-response */
 } kvb_mc_msg_type_t;
 
 #define KVB_MC_FRAME_HEADER_LEN 8u

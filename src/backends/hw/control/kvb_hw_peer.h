@@ -77,6 +77,8 @@ struct hw_peer {
 	GByteArray *tx;
 	size_t tx_off;
 	bool hello_sent, hello_done;
+	uint8_t auth_step;       /* shared secret: the last challenge-response step done */
+	uint8_t nonce_s[32], nonce_c[32];
 
 	void *proto;             /* the protocol's own per-peer state */
 	hw_call_t *call;         /* a handshake call the peer waits for */

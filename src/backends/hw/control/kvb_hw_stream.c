@@ -8,6 +8,20 @@
  * each side where the other's TCP transport (or RDMA devices) are.  SYNC
  * and SYNCED frames travel the same ordered stream for the staging layer
  * (through the link's sync_send hook).
+ *
+ * With a shared secret (params.secret_file) a stream carries nothing until
+ * both sides proved they hold it, in AUTH frames (97 bytes: step, the
+ * listener's nonce, the connector's nonce, a MAC) after the connector's
+ * hello:
+ *   1. listener -> connector: nonce_s (fresh, random)
+ *   2. connector -> listener: nonce_c, HMAC(K, "kvb-c" | nonce_s | nonce_c)
+ *   3. listener -> connector: HMAC(K, "kvb-s" | nonce_s | nonce_c)
+ * or, when step 2's MAC is wrong, a step AUTH_REFUSED (so that the connector
+ * can say why) before the listener closes.
+ * K is the hash of the secret; HMAC-SHA-256 and the comparisons are
+ * libsodium's.  Only then does the listener announce the stream to the core
+ * (and answer the hello).  A connector with a secret refuses a listener that
+ * answers without this; a listener with one refuses a connector that cannot.
  */
 #include "config.h"
 
@@ -16,6 +30,7 @@
 #include <unistd.h>
 
 #include <glib.h>
+#include <sodium.h>
 #include <kvbridge/kvbridge.h>
 
 #include "control/kvb_hw_stream.h"
@@ -28,6 +43,89 @@
 #define STREAM_FRAME_MAX ((uint64_t)KVB_MSG_MAX + 1)
 
 static const hw_peer_ops_t stream_ops;
+
+#define AUTH_LEN (1 + 32 + 32 + crypto_auth_hmacsha256_BYTES)
+#define AUTH_REFUSED 0xEE
+
+static void stream_queue(hw_peer_t *p, kvb_mc_msg_type_t type, const void *buf, size_t len);
+
+static void auth_mac(hw_t *hw, const char *who, const hw_peer_t *p, uint8_t *mac)
+{
+	uint8_t in[5 + 64];
+	memcpy(in, who, 5);
+	memcpy(in + 5, p->nonce_s, 32);
+	memcpy(in + 37, p->nonce_c, 32);
+	crypto_auth_hmacsha256(mac, in, sizeof(in), hw->auth_key);
+}
+
+static void auth_send(hw_peer_t *p, uint8_t step, const uint8_t *mac)
+{
+	uint8_t f[AUTH_LEN] = {step};
+	memcpy(f + 1, p->nonce_s, 32);
+	memcpy(f + 33, p->nonce_c, 32);
+	if (mac)
+		memcpy(f + 65, mac, crypto_auth_hmacsha256_BYTES);
+	stream_queue(p, KVB_MC_KVB_AUTH, f, sizeof(f));
+}
+
+/* A refused authentication: counted, said, the stream closed (p freed or
+ * handed down to the core).  Always false. */
+static bool auth_fail(hw_peer_t *p, const char *why)
+{
+	p->hw->stats.auth_failures++;
+	hw_peer_down(p, KVB_ERR_PEER, why);
+	return false;
+}
+
+/* An AUTH frame on p; false when the stream went down. */
+static bool auth_frame(hw_peer_t *p, const uint8_t *f, size_t len)
+{
+	hw_t *hw = p->hw;
+	bool listener = p->hello_done; /* the connector's hello_done waits for the answer */
+	if (!hw->auth)
+		return auth_fail(p, "the peer asks for a shared secret this worker has none of "
+				    "(--secret-file, KVB_SECRET_FILE)");
+	if (len != AUTH_LEN)
+		return auth_fail(p, "authentication frame of the wrong length");
+	uint8_t mac[crypto_auth_hmacsha256_BYTES];
+	if (!listener && f[0] == 1 && p->auth_step == 0) {
+		memcpy(p->nonce_s, f + 1, 32);
+		randombytes_buf(p->nonce_c, sizeof(p->nonce_c));
+		auth_mac(hw, "kvb-c", p, mac);
+		auth_send(p, 2, mac);
+		p->auth_step = 2;
+		return true;
+	}
+	if (listener && f[0] == 2 && p->auth_step == 1) {
+		memcpy(p->nonce_c, f + 33, 32);
+		auth_mac(hw, "kvb-c", p, mac);
+		if (sodium_memcmp(mac, f + 65, sizeof(mac)) != 0) {
+			auth_send(p, AUTH_REFUSED, NULL);
+			hw_flush_tx(p->fd, p->tx, &p->tx_off); /* best effort: it may learn why */
+			return auth_fail(p, "the connecting peer does not hold this worker's shared secret");
+		}
+		auth_mac(hw, "kvb-s", p, mac);
+		auth_send(p, 3, mac);
+		p->auth_step = 3;
+		p->state = HW_PEER_UP;
+		hw_deadline_disarm(p->connect_deadline);
+		hw->stats.streams_opened++;
+		hw_peer_announce(p); /* the core accepts; then the hello is answered */
+		return true;
+	}
+	if (!listener && f[0] == 3 && p->auth_step == 2) {
+		auth_mac(hw, "kvb-s", p, mac);
+		if (memcmp(f + 1, p->nonce_s, 32) || memcmp(f + 33, p->nonce_c, 32) ||
+		    sodium_memcmp(mac, f + 65, sizeof(mac)) != 0)
+			return auth_fail(p, "the listening peer does not hold this worker's shared secret");
+		p->auth_step = 3;
+		return true;
+	}
+	if (!listener && f[0] == AUTH_REFUSED)
+		return auth_fail(p, "the listening peer refused this worker's proof: the two do not hold "
+				    "the same shared secret");
+	return auth_fail(p, "authentication step out of order");
+}
 
 static void stream_queue(hw_peer_t *p, kvb_mc_msg_type_t type, const void *buf, size_t len)
 {
@@ -71,6 +169,18 @@ static bool stream_frames(hw_peer_t *p)
 			return false;
 		}
 		off += KVB_MC_FRAME_HEADER_LEN + body;
+		if (type == KVB_MC_KVB_AUTH) {
+			if (!auth_frame(p, payload, plen))
+				return false;
+			continue;
+		}
+		if (hw->auth && p->auth_step != 3) {
+			/* nothing but the challenge-response before it is done */
+			return auth_fail(p, p->hello_done ? "the connecting peer sent a message before it "
+						       "authenticated (does it hold the shared secret?)"
+						     : "the listening peer did not authenticate (does it hold "
+						       "the shared secret?)");
+		}
 		if (!p->hello_done) {
 			/* the listener's answer to our hello: its descriptor */
 			kvb_mc_segment_t seg;
@@ -155,7 +265,9 @@ static void stream_connect_timeout(void *obj)
 {
 	hw_peer_t *p = obj;
 	if (p->state == HW_PEER_CONNECTING)
-		hw_peer_down(p, KVB_ERR_TIMEOUT, "no hello answer within the connect timeout");
+		hw_peer_down(p, KVB_ERR_TIMEOUT, p->hello_done && p->hw->auth
+			     ? "the connecting peer did not authenticate within the connect timeout"
+			     : "no hello answer within the connect timeout");
 }
 
 int hw_stream_connect(hw_t *hw, kvb_conn_t *conn, const char *addr, const char *host,
@@ -209,6 +321,17 @@ bool hw_stream_accept_hello(hw_t *hw, int fd, const uint8_t *payload, size_t len
 	p->fd = fd;
 	g_byte_array_append(p->rx, rest, (guint)rest_len);
 	p->hello_sent = p->hello_done = true;
+	if (hw->auth) {
+		/* the challenge first; the core hears of the stream once it is met */
+		p->state = HW_PEER_CONNECTING;
+		randombytes_buf(p->nonce_s, sizeof(p->nonce_s));
+		auth_send(p, 1, NULL);
+		p->auth_step = 1;
+		p->w = hw_watch_new(hw, p->fd, G_IO_IN | G_IO_OUT, stream_io, p);
+		p->connect_deadline = hw_deadline_new(hw, stream_connect_timeout, p);
+		hw_deadline_arm(p->connect_deadline, hw->p.connect_timeout_ns);
+		return true;
+	}
 	p->state = HW_PEER_UP;
 	hw->stats.streams_opened++;
 	hw_peer_announce(p);
@@ -222,7 +345,10 @@ static void stream_accepted(hw_peer_t *p)
 	char *desc = hw_segment_json(hw);
 	kvb_mc_frame_encode(p->tx, KVB_MC_KVB_HELLO, desc, strlen(desc));
 	g_free(desc);
-	p->w = hw_watch_new(hw, p->fd, G_IO_IN | G_IO_OUT, stream_io, p);
+	if (p->w) /* authenticated first: already watched */
+		hw_watch_set(p->w, G_IO_IN | G_IO_OUT);
+	else
+		p->w = hw_watch_new(hw, p->fd, G_IO_IN | G_IO_OUT, stream_io, p);
 	if (p->rx->len)
 		stream_frames(p);
 }

@@ -92,6 +92,8 @@ struct hw {
 	struct hw_vllm_boot *vllm_boot;
 	struct hw_warn_state *warn; /* events/kvb_hw_warn.c; NULL until a warning */
 	kvb_acl_t acl;              /* who may connect, whom we may dial */
+	bool auth;                  /* params.secret_file given: streams authenticate */
+	uint8_t auth_key[32];       /* derived from the secret file's bytes */
 };
 
 /* ---- instance ------------------------------------------------------------ */
