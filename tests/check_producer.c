@@ -165,6 +165,43 @@ START_TEST(test_placeholder_timeout)
 }
 END_TEST
 
+/* unprefilled_wait: a pull for a transfer this producer never began fails
+ * after 0.5 s (not at the 30 s lease), the reason naming the transfer and
+ * this rank; one begun within that time waits for its prefill as usual. */
+START_TEST(test_unprefilled_wait)
+{
+	h_world_t *w = h_world_new(1);
+	h_opts_t o;
+	h_opts_default(&o);
+	o.lease_s = 30;
+	o.unprefilled_wait_s = 0.5;
+	h_worker_t *p, *d;
+	h_pair(w, &p, &d, &o);
+	kvb_block_list_t db = H_LIST(0, 1), db2 = H_LIST(2, 3), pb = H_LIST(9, 10);
+	h_pull(d, "r", "never", "p0", &db, 1);
+	h_run(w, NULL, NULL, 100);
+	const kvb_finished_t *f = h_expect_finished(d, "r", KVB_CONSUMER_FAILED, KVB_ERR_NOT_FOUND);
+	ck_assert_msg(strstr(f->reason, "transfer never was never prefilled on this producer (tp rank 0 "
+			     "of 1) within 0.500 s"), "%s", f->reason);
+	ck_assert_uint_lt(f->end_ns, S(0.6));
+	ck_assert_uint_eq(p->finished->len, 0);
+	h_forget(d, &db, 1);
+	/* begun at 0.3 s, ready at 2 s: the pull waits past the 0.5 s */
+	h_fill(p, 4, &pb, 1);
+	h_pull(d, "r2", "late", "p0", &db2, 1);
+	h_run_for(w, 0.3);
+	ck_assert_int_eq(kvb_producer_begin(p->conn, "late", NULL), KVB_OK);
+	h_run_for(w, 1.7);
+	ck_assert_int_eq(cstate(d, "r2"), KVB_CONSUMER_REQUESTED);
+	ck_assert_int_eq(kvb_producer_ready(p->conn, "late", &pb, 1, NULL), KVB_OK);
+	h_run(w, NULL, NULL, 100);
+	h_expect_finished(d, "r2", KVB_CONSUMER_DONE, KVB_OK);
+	h_expect(d, 4, &db2, 1);
+	h_invariants(w);
+	h_world_free(w);
+}
+END_TEST
+
 /* PLACEHOLDER -> dropped when the consumer cancels its only pull. */
 START_TEST(test_placeholder_cancelled)
 {
@@ -566,6 +603,7 @@ Suite *kvb_suite_producer(void)
 	tcase_add_test(tc, test_tail_alignment);
 	tcase_add_test(tc, test_placeholder_then_begin);
 	tcase_add_test(tc, test_placeholder_timeout);
+	tcase_add_test(tc, test_unprefilled_wait);
 	tcase_add_test(tc, test_placeholder_cancelled);
 	tcase_add_test(tc, test_prefill_pull_wait_timeout);
 	tcase_add_test(tc, test_abort_prefill_refuses_pulls);

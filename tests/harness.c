@@ -106,6 +106,7 @@ h_worker_t *h_add(h_world_t *w, const char *name, const h_opts_t *o)
 	if (o->lease_max_s > 0)
 		cfg.lease_max_ns = (uint64_t)(o->lease_max_s * 1e9);
 	cfg.consumer_timeout_ns = (uint64_t)(o->consumer_timeout_s * 1e9);
+	cfg.unprefilled_wait_ns = (uint64_t)(o->unprefilled_wait_s * 1e9);
 	cfg.slice_size = o->slice_size;
 	cfg.fragment_limit = o->slice_size / 4;
 	cfg.slice_retries = o->slice_retries;

@@ -45,6 +45,7 @@ typedef struct h_opts {
 	kvb_lease_policy_t lease_policy;
 	double heartbeat_s, lease_min_s, lease_max_s; /* 0 = connector defaults */
 	double consumer_timeout_s;/* 0 = lease + 60 */
+	double unprefilled_wait_s;/* 0 = the lease */
 	uint32_t slice_retries;
 	uint32_t nic_queue_depth; /* connector: slices in flight per NIC */
 	uint32_t nic_error_threshold;

@@ -10,7 +10,7 @@ tmp=$(mktemp -d)
 trap cleanup EXIT
 command -v curl >/dev/null || skip_all "curl not installed"
 [ -x "$serve" ] || skip_all "kvbridge-serve not built (hw backend disabled)"
-echo "1..10"
+echo "1..11"
 # below the ephemeral range (32768+), where the kernel picks other sockets' ports
 base=$((20000 + $$ % 10000))
 export VLLM_MOONCAKE_BOOTSTRAP_PORT=$base
@@ -50,6 +50,38 @@ sleep 4
 st=$(post "http://127.0.0.1:$C2/v1/completions" "{\"prompt\":\"late late late\",\"kv_transfer_params\":$params}" late-1)
 check "late pull after the lease (kvbridge stream): refused with the reason (HTTP $st)" "[ '$st' = 502 ] && grep -q -i 'expired' '$tmp/resp'"
 check "producer counted the expired lease, holds nothing" "get http://127.0.0.1:$P/stats > '$tmp/s' && [ \$(json_num '$tmp/s' leases_expired) -ge 1 ] && grep -q '\"blocks_held\":0' '$tmp/s'"
+
+# two TP ranks of one prefiller started as separate workers, the proxy sending
+# each prefill to one of them (a misconfiguration: vLLM's ranks share one
+# engine).  Decoder rank 0 pulls from prefiller rank 0: when the prefill went
+# to rank 1, rank 0 says within seconds that it never prefilled it, naming
+# itself, instead of holding the request until the lease.  A TP 1 decoder is
+# refused at once: Gen 0 cannot pair different TP sizes.
+tb=$((base + 40))
+VLLM_MOONCAKE_BOOTSTRAP_PORT=$tb start r0 "$serve" --vllm-protocol gen0 --role producer --tp-size 2 --tp-rank 0 \
+	--http-port 0 --blocks 512 --lease 3 || exit 1
+VLLM_MOONCAKE_BOOTSTRAP_PORT=$tb start r1 "$serve" --vllm-protocol gen0 --role producer --tp-size 2 --tp-rank 1 \
+	--http-port 0 --blocks 512 --lease 3 || exit 1
+start cr "$serve" --vllm-protocol gen0 --role consumer --tp-size 2 --tp-rank 0 --http-port 0 --blocks 512 \
+	--pull-protocol vllm || exit 1
+start pr "$proxy" --vllm-protocol gen0 --port 0 --prefiller-port "$(field r0 http),$(field r1 http)" \
+	--decoder-port "$(field cr http)" || exit 1
+start c1 "$serve" --vllm-protocol gen0 --role consumer --http-port 0 --blocks 512 || exit 1
+start p1 "$proxy" --vllm-protocol gen0 --port 0 --prefiller-port "$(field r0 http)" --decoder-port "$(field c1 http)" || exit 1
+XR=$(sed -n 's/.*ready on [^:]*:\([0-9]*\).*/\1/p' "$tmp/pr.out")
+ok_n=0 failed_fast=0
+for i in 1 2; do
+	t0=$(date +%s)
+	st=$(post "http://127.0.0.1:$XR/v1/completions" "{\"prompt\":\"$(words 40)\"}")
+	t1=$(date +%s)
+	cp "$tmp/resp" "$tmp/tp-$i.log"
+	if [ "$st" = 200 ]; then grep -q '"mismatched_bytes":0' "$tmp/resp" && ok_n=$((ok_n+1))
+	else [ $((t1 - t0)) -le 10 ] && failed_fast=$((failed_fast+1)); fi
+done
+st=$(post "http://127.0.0.1:$(sed -n 's/.*ready on [^:]*:\([0-9]*\).*/\1/p' "$tmp/p1.out")/v1/completions" \
+	"{\"prompt\":\"$(words 40)\"}")
+check "TP 2 prefiller ranks behind one proxy: the request rank 0 prefilled is verified, the other fails in seconds with rank 0 naming itself ($ok_n + $failed_fast of 2); a TP 1 decoder is refused at once (HTTP $st)" \
+	"[ $ok_n -eq 1 ] && [ $failed_fast -eq 1 ] && grep -q 'never prefilled on this producer (tp rank 0 of 2)' '$tmp/r0.log' && grep -q 'TP size 2 and this decoder 1' '$tmp/resp'"
 
 # bad HTTP: the daemons answer 400 and keep serving
 printf 'GARBAGE\r\n\r\n' | curl -s -o /dev/null --max-time 5 telnet://127.0.0.1:$P >/dev/null 2>&1

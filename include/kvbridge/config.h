@@ -128,6 +128,8 @@ typedef struct kvb_config {
 	uint32_t adaptive_factor;      /* adaptive: multiple of the p99 delay */
 	kvb_topology_names_t *topology;
 	uint32_t n_topology;
+	uint64_t unprefilled_wait_ns;  /* a pull for a transfer this worker never began waits
+					* this long for its prefill; 0 = abort timeout */
 } kvb_config_t;
 
 /* Fill cfg with defaults (role kv_both, port 8998, lease 480 s, 64 KiB

@@ -68,6 +68,8 @@ static const key_desc_t config_keys[] = {
 	 SECONDS_MAX * NS_PER_S},
 	{GROUP_CONNECTOR, "consumer_timeout", KEY_SECONDS, F(consumer_timeout_ns), 0,
 	 SECONDS_MAX * NS_PER_S},
+	{GROUP_CONNECTOR, "unprefilled_wait", KEY_SECONDS, F(unprefilled_wait_ns), 0,
+	 SECONDS_MAX * NS_PER_S},
 	{GROUP_CONNECTOR, "tombstone_max", KEY_U32, F(tombstone_max), 0, UINT32_MAX},
 	{GROUP_CONNECTOR, "lease_policy", KEY_LEASE, F(lease_policy), 0, 0},
 	{GROUP_CONNECTOR, "heartbeat_interval", KEY_SECONDS, F(heartbeat_interval_ns), 1000,

@@ -874,6 +874,16 @@ static int pull_validate(kvb_connector_t *c, const kvb_wire_pull_t *m, kvb_err_t
 	return KVB_OK;
 }
 
+/* How long pulls wait for r to be ready: the lease, or unprefilled_wait for a
+ * transfer the engine has not begun here (a decoder asks every producer rank;
+ * one that never prefills it should say so soon, not at the lease). */
+static uint64_t pull_wait_ns(const kvb_connector_t *c, const prod_req_t *r)
+{
+	if (r->state == KVB_PRODUCER_PLACEHOLDER && c->cfg.unprefilled_wait_ns)
+		return MIN(c->cfg.unprefilled_wait_ns, c->cfg.abort_timeout_ns);
+	return c->cfg.abort_timeout_ns;
+}
+
 static void on_pull(kvb_connector_t *c, peer_t *p, const void *data, size_t len)
 {
 	kvb_err_t e;
@@ -938,7 +948,7 @@ static void on_pull(kvb_connector_t *c, peer_t *p, const void *data, size_t len)
 	case KVB_PRODUCER_PREFILL:
 		g_queue_push_tail(&r->pending, pl);
 		if (!r->pull_wait.serial &&
-		    timer_start(c, &r->pull_wait, TIMER_PULL_WAIT, r, 0, now_ns(c) + c->cfg.abort_timeout_ns) != KVB_OK) {
+		    timer_start(c, &r->pull_wait, TIMER_PULL_WAIT, r, 0, now_ns(c) + pull_wait_ns(c, r)) != KVB_OK) {
 			g_queue_remove(&r->pending, pl);
 			pull_refuse(c, r, pl, KVB_ERR_NO_RESOURCE, "cannot arm the pull-wait timer");
 			pull_free(pl);
@@ -1061,11 +1071,19 @@ static void on_pull_wait(kvb_connector_t *c, prod_req_t *r)
 {
 	r->pull_wait.serial = 0;
 	char reason[KVB_REASON_MAX];
-	textf(reason, sizeof(reason), "producer request not ready within %.3f s",
-		 ns_to_s(c->cfg.abort_timeout_ns));
+	int status = KVB_ERR_TIMEOUT;
+	if (r->state == KVB_PRODUCER_PLACEHOLDER && c->cfg.unprefilled_wait_ns) {
+		status = KVB_ERR_NOT_FOUND;
+		textf(reason, sizeof(reason), "transfer %s was never prefilled on this producer (tp rank "
+			 "%u of %u) within %.3f s; a decoder pulls from every producer rank, so each must "
+			 "prefill it", r->id, c->cfg.tp_rank, c->cfg.tp_size, ns_to_s(pull_wait_ns(c, r)));
+	} else {
+		textf(reason, sizeof(reason), "producer request not ready within %.3f s",
+			 ns_to_s(c->cfg.abort_timeout_ns));
+	}
 	pull_t *pl;
 	while ((pl = g_queue_pop_head(&r->pending))) {
-		pull_refuse(c, r, pl, KVB_ERR_TIMEOUT, reason);
+		pull_refuse(c, r, pl, status, reason);
 		pull_free(pl);
 	}
 	if (r->state == KVB_PRODUCER_PLACEHOLDER)
@@ -2011,8 +2029,16 @@ int kvb_producer_begin(kvb_connector_t *c, const char *transfer_id, kvb_err_t *e
 				transfer_id);
 	if (!r)
 		r = prod_req_new(c, transfer_id, KVB_PRODUCER_PREFILL);
+	bool was_placeholder = r->state == KVB_PRODUCER_PLACEHOLDER;
 	r->engine_known = true;
 	r->state = KVB_PRODUCER_PREFILL;
+	if (was_placeholder && r->pull_wait.serial && c->cfg.unprefilled_wait_ns) {
+		/* begun after all: its waiting pulls get the whole lease */
+		timer_stop(c, &r->pull_wait);
+		if (timer_start(c, &r->pull_wait, TIMER_PULL_WAIT, r, 0,
+				now_ns(c) + c->cfg.abort_timeout_ns) != KVB_OK)
+			return api_fail(c, err, KVB_ERR_NO_RESOURCE, "cannot arm the pull-wait timer");
+	}
 	c->counters.producer_requests++;
 	return KVB_OK;
 }

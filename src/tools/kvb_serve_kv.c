@@ -318,6 +318,22 @@ void handle_consume(uint64_t cid, const char *rid, const char *endpoint, uint64_
 		const char *host = param_str(params, "remote_host");
 		const char *seg = param_str(params, "kvbridge_segment");
 		int64_t port = 0;
+		/* the prefiller's TP size (kvbridge producers say it; vLLM's Gen 0
+		 * assumes ours): Gen 0 names neither block sizes nor ranks, so its
+		 * ranks cannot be paired with ours unless the sizes are equal */
+		int64_t ptp = 0;
+		if (param_count(params, "tp_size", 1, 4096, &ptp, why, sizeof(why)) < 0) {
+			kvb_httpd_respond_error(S.httpd, cid, 400, "BadRequestError", why);
+			return;
+		}
+		if (ptp && (uint32_t)ptp != S.cfg.tp_size) {
+			g_snprintf(why, sizeof(why), "the prefiller has TP size %" PRId64 " and this decoder %u: "
+				   "vLLM's Gen 0 contract pairs equal TP sizes only (each decoder rank pulls "
+				   "from the prefiller rank of its number; Gen 2 pairs different sizes)",
+				   ptp, S.cfg.tp_size);
+			kvb_httpd_respond_error(S.httpd, cid, 400, "BadRequestError", why);
+			return;
+		}
 		use_kvb = seg && g_strcmp0(o.pull_protocol, "vllm") != 0;
 		if (g_strcmp0(o.pull_protocol, "kvb") == 0 && !seg) {
 			kvb_httpd_respond_error(S.httpd, cid, 400, "BadRequestError",

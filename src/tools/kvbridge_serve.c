@@ -474,6 +474,10 @@ static int setup(void)
 		fprintf(stderr, "kvbridge-serve: --dump-dir %s: not a folder\n", o.dump_dir);
 		return 2;
 	}
+	/* Gen 0 prefills before the decode leg starts: a pull for a transfer a
+	 * rank never began (its prefill went to another rank) says so in 5 s */
+	if (S.vproto == KVB_HW_VLLM_GEN0 && !S.cfg.unprefilled_wait_ns)
+		S.cfg.unprefilled_wait_ns = 5 * G_GUINT64_CONSTANT(1000000000);
 	if (kvb_config_validate(&S.cfg, &err) != KVB_OK) {
 		fprintf(stderr, "kvbridge-serve: %s\n", err.msg);
 		return 2;
