@@ -10,7 +10,7 @@ tmp=$(mktemp -d)
 trap cleanup EXIT
 command -v curl >/dev/null || skip_all "curl not installed"
 [ -x "$serve" ] || skip_all "kvbridge-serve not built (hw backend disabled)"
-echo "1..11"
+echo "1..12"
 # below the ephemeral range (32768+), where the kernel picks other sockets' ports
 base=$((20000 + $$ % 10000))
 export VLLM_MOONCAKE_BOOTSTRAP_PORT=$base
@@ -50,6 +50,15 @@ sleep 4
 st=$(post "http://127.0.0.1:$C2/v1/completions" "{\"prompt\":\"late late late\",\"kv_transfer_params\":$params}" late-1)
 check "late pull after the lease (kvbridge stream): refused with the reason (HTTP $st)" "[ '$st' = 502 ] && grep -q -i 'expired' '$tmp/resp'"
 check "producer counted the expired lease, holds nothing" "get http://127.0.0.1:$P/stats > '$tmp/s' && [ \$(json_num '$tmp/s' leases_expired) -ge 1 ] && grep -q '\"blocks_held\":0' '$tmp/s'"
+
+# a decoder that asks for fewer blocks than the producer holds gets the
+# producer's last ones (vLLM's rule: a decoder's cached prefix is not sent),
+# and they check against its own last positions; never the first ones
+st=$(post "http://127.0.0.1:$P/v1/completions" '{"prompt":"x","kv_transfer_params":{"do_remote_decode":true,"kvbridge_tokens":100}}' tail-1)
+params=$(sed -n 's/.*"kv_transfer_params":\({[^}]*}\).*/\1/p' "$tmp/resp" | sed 's/"kvbridge_tokens":100/"kvbridge_tokens":40/')
+st=$(post "http://127.0.0.1:$C2/v1/completions" "{\"prompt\":\"x\",\"kv_transfer_params\":$params}" tail-1)
+check "a decoder asking 3 of the producer's 7 blocks gets the last 3, verified (HTTP $st)" \
+	"[ '$st' = 200 ] && grep -q '\"mismatched_bytes\":0' '$tmp/resp' && grep -q '\"blocks\":3' '$tmp/resp'"
 
 # two TP ranks of one prefiller started as separate workers, the proxy sending
 # each prefill to one of them (a misconfiguration: vLLM's ranks share one

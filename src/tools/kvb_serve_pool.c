@@ -161,6 +161,10 @@ static uint8_t *block_scratch(uint64_t len)
 	return scratch;
 }
 
+/* A request's block k of n carries the pattern of its position counted from
+ * the last (n - 1 - k): a decoder that asks for fewer blocks gets the
+ * producer's last ones (vLLM's rule: its prefix is cached), and those check
+ * against its own last positions. */
 void pool_fill_pattern(serve_pool_t *p, const char *transfer_id, const uint32_t *b, uint32_t n)
 {
 	uint64_t seed = kvb_pattern_request_seed(transfer_id);
@@ -168,7 +172,7 @@ void pool_fill_pattern(serve_pool_t *p, const char *transfer_id, const uint32_t 
 		for (uint32_t k = 0; k < n; k++) {
 			uint64_t len = p->regions[reg].block_bytes;
 			uint8_t *buf = block_scratch(len);
-			kvb_pattern_fill(buf, len, kvb_pattern_block_seed(seed, reg, k));
+			kvb_pattern_fill(buf, len, kvb_pattern_block_seed(seed, reg, n - 1 - k));
 			pool_copy_block_bytes(p, reg, b[k], 0, buf, len, true);
 		}
 }
@@ -194,7 +198,7 @@ uint64_t pool_check_pattern(serve_pool_t *p, const char *transfer_id, const uint
 			uint64_t len = p->regions[reg].block_bytes;
 			uint8_t *buf = block_scratch(len);
 			pool_copy_block_bytes(p, reg, b[k], 0, buf, len, false);
-			bad += kvb_pattern_mismatches(buf, len, kvb_pattern_block_seed(seed, reg, k));
+			bad += kvb_pattern_mismatches(buf, len, kvb_pattern_block_seed(seed, reg, n - 1 - k));
 			*bytes += len;
 		}
 	return bad;

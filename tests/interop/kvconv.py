@@ -39,7 +39,9 @@ def main():
     def p_block(region, k):
         if (region, k) not in p_blocks:
             n = p["regions"][region]["block_bytes"]
-            p_blocks[(region, k)] = patterns.block_fill(patterns.block_seed(seed, region, k), n)
+            # kvbridge-serve counts a block's pattern position from the last
+            n_p = (tokens + p["block_tokens"] - 1) // p["block_tokens"]
+            p_blocks[(region, k)] = patterns.block_fill(patterns.block_seed(seed, region, n_p - 1 - k), n)
         return p_blocks[(region, k)]
 
     n_d = (tokens + d["block_tokens"] - 1) // d["block_tokens"]

@@ -109,7 +109,8 @@ def verify(rid, dblocks):
     for r in range(len(regions)):
         for k, b in enumerate(dblocks):
             got = eng.read_bytes_from_buffer(bases[r] + b * stride, bbytes)
-            bad += got != patterns.block_fill(patterns.block_seed(seed, r, k), bbytes)
+            # positions count from the last block (kvbridge-serve's pattern)
+            bad += got != patterns.block_fill(patterns.block_seed(seed, r, len(dblocks) - 1 - k), bbytes)
     return bad
 
 

@@ -158,7 +158,8 @@ def check_pattern_in(server, kb, transfer, layout, bt, regions, tokens):
     for r in range(regions):
         for k, b in enumerate(blocks):
             got = read_mem(server.pids(), bases[r] + b * strides[r], block_bytes)
-            want = patterns.block_fill(patterns.block_seed(seed, r, k), block_bytes)
+            # kvbridge-serve's pattern counts a block's position from the last
+            want = patterns.block_fill(patterns.block_seed(seed, r, len(blocks) - 1 - k), block_bytes)
             slots = [x for x in range(bt) if k * bt + x < tokens - 1]
             for off, ln in token_bytes(layout, r, bt, heads, dim, es, slots):
                 bad += sum(1 for x, y in zip(got[off:off + ln], want[off:off + ln]) if x != y)
@@ -503,7 +504,7 @@ def run(ck, prompts, kvbs, servers):
         seed = patterns.request_seed("xfer-after-vanish")
         nb = (len(pr) + 31) // 32
         after_ok = all(data[(r * nb + k) * 131072:(r * nb + k + 1) * 131072] ==
-                       patterns.block_fill(patterns.block_seed(seed, r, k), 131072)
+                       patterns.block_fill(patterns.block_seed(seed, r, nb - 1 - k), 131072)
                        for r in range(2) for k in range(nb))
     check(held == 0 and after_ok,
           "a vLLM D killed while kvbridge waited to write into it: kvbridge freed the blocks "
