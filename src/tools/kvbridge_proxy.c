@@ -165,7 +165,8 @@ static void reply_body(int fd, int status, const char *body, size_t len)
 	g_string_free(out, TRUE);
 }
 
-static void reply(int fd, int status, const char *type, const char *msg)
+/* vLLM's error body: {"error":{"message","type","code"}}, msg escaped. */
+static GString *error_json(int status, const char *type, const char *msg)
 {
 	GString *b = g_string_new("{\"error\":{\"message\":\"");
 	for (const char *p = msg; *p; p++) {
@@ -175,6 +176,12 @@ static void reply(int fd, int status, const char *type, const char *msg)
 			g_string_append_c(b, *p);
 	}
 	g_string_append_printf(b, "\",\"type\":\"%s\",\"code\":%d}}\n", type, status);
+	return b;
+}
+
+static void reply(int fd, int status, const char *type, const char *msg)
+{
+	GString *b = error_json(status, type, msg);
 	reply_body(fd, status, b->str, b->len);
 	g_string_free(b, TRUE);
 	if (status >= 400)
@@ -184,14 +191,7 @@ static void reply(int fd, int status, const char *type, const char *msg)
 /* 503 with Retry-After: the prefillers are full, the client may come back. */
 static void reply_busy(int fd, const char *msg)
 {
-	GString *b = g_string_new("{\"error\":{\"message\":\"");
-	for (const char *p = msg; *p; p++) {
-		if (*p == '"' || *p == '\\')
-			g_string_append_c(b, '\\');
-		if ((unsigned char)*p >= 0x20)
-			g_string_append_c(b, *p);
-	}
-	g_string_append(b, "\",\"type\":\"ServiceUnavailable\",\"code\":503}}\n");
+	GString *b = error_json(503, "ServiceUnavailable", msg);
 	GString *out = g_string_new(NULL);
 	g_string_printf(out, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
 			"Retry-After: %d\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n%s",

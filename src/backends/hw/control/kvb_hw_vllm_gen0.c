@@ -364,14 +364,8 @@ static void router_message(struct hw_vllm *v, zmq_msg_t *frames, int n, size_t n
 	kvb_err_t err;
 	if (n < 1 || !sizes[0])
 		return; /* no identity: nobody to answer */
-	const char *ip = hw_zmq_peer(&frames[n - 1]);
-	if (!kvb_acl_allows_ip(&hw->acl, ip)) {
-		/* nothing for a peer that may not be here: no answer, no session */
-		hw->stats.peers_refused++;
-		hw_warn_from(hw, ip, "vLLM side channel: message from %s dropped: not among the allowed "
-			     "peers", *ip ? ip : "an unknown address");
-		return;
-	}
+	if (!hw_zmq_sender_allowed(hw, &frames[n - 1]))
+		return; /* nothing for a peer that may not be here: no answer, no session */
 	GBytes *identity = g_bytes_new(zmq_msg_data(&frames[0]), sizes[0]);
 	if (n_total > (size_t)n || kvb_vllm_envelope_classify(sizes, (size_t)n, &env, &pi, &err) != KVB_OK) {
 		hw_set_error(hw, "vLLM side channel: %s",
@@ -492,12 +486,9 @@ static void vpull_free(vpull_t *vp)
 	hw_watch_free(vp->w);
 	hw_watch_free(vp->mon_w);
 	hw_deadline_free(vp->connect_timer);
-	if (vp->sock) {
-		zmq_socket_monitor(vp->sock, NULL, 0);
+	hw_zmq_monitor_close(vp->sock, vp->mon);
+	if (vp->sock)
 		zmq_close(vp->sock);
-	}
-	if (vp->mon)
-		zmq_close(vp->mon);
 	if (vp->ranges)
 		g_array_free(vp->ranges, TRUE);
 	hw_window_close(vp->vc->peer->hw, vp, NULL, NULL);
@@ -560,16 +551,8 @@ static bool vpull_check(vpull_t *vp)
 /* Monitor events (u16 event first); true when vp ended (freed). */
 static bool vpull_monitor(vpull_t *vp)
 {
-	while (vp->mon && hw_zmq_readable(vp->mon)) {
-		zmq_msg_t frames[HW_ZMQ_MAX_FRAMES];
-		size_t total;
-		int n = hw_zmq_recv(vp->mon, frames, &total);
-		if (n <= 0)
-			return false;
-		uint16_t ev = 0;
-		if (zmq_msg_size(&frames[0]) >= 2)
-			memcpy(&ev, zmq_msg_data(&frames[0]), 2);
-		hw_zmq_frames_close(frames, n);
+	unsigned ev;
+	while (vp->mon && (ev = hw_zmq_monitor_next(vp->mon))) {
 		if (ev == ZMQ_EVENT_CONNECTED) {
 			vp->connected = true;
 			hw_deadline_disarm(vp->connect_timer);
@@ -706,16 +689,7 @@ static int vclient_pull(vclient_t *vc, const void *buf, size_t len)
 	vp->sock = zmq_socket(hw_zmq_ctx(), ZMQ_DEALER);
 	int zero = 0;
 	zmq_setsockopt(vp->sock, ZMQ_LINGER, &zero, sizeof(zero));
-	char mon_ep[64];
-	static uint64_t mon_seq;
-	g_snprintf(mon_ep, sizeof(mon_ep), "inproc://kvb-vllm0-mon-%p-%" PRIu64, (void *)vp, ++mon_seq);
-	if (zmq_socket_monitor(vp->sock, mon_ep, ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED) == 0) {
-		vp->mon = zmq_socket(hw_zmq_ctx(), ZMQ_PAIR);
-		if (vp->mon && zmq_connect(vp->mon, mon_ep) != 0) {
-			zmq_close(vp->mon);
-			vp->mon = NULL;
-		}
-	}
+	vp->mon = hw_zmq_monitor_open(vp->sock); /* without one, the timeouts still end the pull */
 	if (zmq_connect(vp->sock, vc->endpoint) != 0 ||
 	    zmq_send(vp->sock, "", 0, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
 	    zmq_send(vp->sock, payload->data, payload->len, ZMQ_DONTWAIT) < 0) {

@@ -722,14 +722,8 @@ static void router_message(struct hw_vllm2 *v, zmq_msg_t *frames, int n, size_t 
 	hw->stats.vllm_messages++;
 	if (n < 1 || !zmq_msg_size(&frames[0]))
 		return; /* no identity: nobody to answer */
-	const char *ip = hw_zmq_peer(&frames[n - 1]);
-	if (!kvb_acl_allows_ip(&hw->acl, ip)) {
-		/* nothing for a peer that may not be here: no answer, no session */
-		hw->stats.peers_refused++;
-		hw_warn_from(hw, ip, "vLLM side channel: message from %s dropped: not among the allowed "
-			     "peers", *ip ? ip : "an unknown address");
-		return;
-	}
+	if (!hw_zmq_sender_allowed(hw, &frames[n - 1]))
+		return; /* nothing for a peer that may not be here: no answer, no session */
 	GBytes *identity = g_bytes_new(zmq_msg_data(&frames[0]), zmq_msg_size(&frames[0]));
 	bool req_env = n == 3 && zmq_msg_size(&frames[1]) == 0;
 	if (n_total > (size_t)n || n < 2 || (n > 2 && !req_env)) {

@@ -303,12 +303,9 @@ static void chan_free(v2chan_t *ch)
 	hw_watch_free(ch->mon_w);
 	hw_deadline_free(ch->timer);
 	hw_deadline_free(ch->idle_timer);
-	if (ch->sock) {
-		zmq_socket_monitor(ch->sock, NULL, 0);
+	hw_zmq_monitor_close(ch->sock, ch->mon);
+	if (ch->sock)
 		zmq_close(ch->sock);
-	}
-	if (ch->mon)
-		zmq_close(ch->mon);
 	g_free(ch);
 }
 
@@ -516,16 +513,8 @@ static bool chan_io(void *obj, GIOCondition cond)
  * and lost). */
 static bool chan_monitor(v2chan_t *ch)
 {
-	while (hw_zmq_readable(ch->mon)) {
-		zmq_msg_t frames[HW_ZMQ_MAX_FRAMES];
-		size_t total;
-		int n = hw_zmq_recv(ch->mon, frames, &total);
-		if (n <= 0)
-			return false;
-		uint16_t ev = 0;
-		if (zmq_msg_size(&frames[0]) >= 2)
-			memcpy(&ev, zmq_msg_data(&frames[0]), 2);
-		hw_zmq_frames_close(frames, n);
+	unsigned ev;
+	while ((ev = hw_zmq_monitor_next(ch->mon))) {
 		if (ev == ZMQ_EVENT_CONNECTED) {
 			ch->connected = true;
 			if (ch->vc)
@@ -607,12 +596,8 @@ static v2chan_t *chan_take(struct hw_vllm2 *v, const char *endpoint)
 	zmq_setsockopt(ch->sock, ZMQ_LINGER, &zero, sizeof(zero));
 	/* a monitor tells connected / disconnected at once, where ZMQ itself
 	 * would reconnect silently for ever */
-	char mon_ep[64];
-	static uint64_t mon_seq;
-	g_snprintf(mon_ep, sizeof(mon_ep), "inproc://kvb-vllm2-mon-%p-%" PRIu64, (void *)ch, ++mon_seq);
-	int mrc = zmq_socket_monitor(ch->sock, mon_ep, ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED);
-	ch->mon = mrc == 0 ? zmq_socket(hw_zmq_ctx(), ZMQ_PAIR) : NULL;
-	if (!ch->mon || zmq_connect(ch->mon, mon_ep) != 0 || zmq_connect(ch->sock, endpoint) != 0) {
+	ch->mon = hw_zmq_monitor_open(ch->sock);
+	if (!ch->mon || zmq_connect(ch->sock, endpoint) != 0) {
 		hw_set_error(hw, "vllm2 client: %s: %s", endpoint, zmq_strerror(errno));
 		chan_free(ch);
 		return NULL;

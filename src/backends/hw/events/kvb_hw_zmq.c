@@ -4,9 +4,11 @@
 #include "config.h"
 
 #include <errno.h>
+#include <string.h>
 
 #include <glib.h>
 
+#include "events/kvb_hw_events.h"
 #include "events/kvb_hw_zmq.h"
 
 void *hw_zmq_ctx(void)
@@ -67,4 +69,60 @@ const char *hw_zmq_peer(zmq_msg_t *frame)
 {
 	const char *a = zmq_msg_gets(frame, "Peer-Address");
 	return a ? a : "";
+}
+
+void *hw_zmq_monitor_open(void *sock)
+{
+	char ep[64];
+	static gint seq;
+	g_snprintf(ep, sizeof(ep), "inproc://kvb-zmq-mon-%p-%d", sock, g_atomic_int_add(&seq, 1));
+	if (zmq_socket_monitor(sock, ep, ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED) != 0)
+		return NULL;
+	void *mon = zmq_socket(hw_zmq_ctx(), ZMQ_PAIR);
+	if (mon && zmq_connect(mon, ep) != 0) {
+		int e = errno;
+		zmq_close(mon);
+		zmq_socket_monitor(sock, NULL, 0);
+		errno = e;
+		return NULL;
+	}
+	return mon;
+}
+
+/* An event message: u16 event, u32 value, then a frame with the endpoint. */
+unsigned hw_zmq_monitor_next(void *mon)
+{
+	while (hw_zmq_readable(mon)) {
+		zmq_msg_t frames[HW_ZMQ_MAX_FRAMES];
+		size_t total;
+		int n = hw_zmq_recv(mon, frames, &total);
+		if (n <= 0)
+			return 0;
+		uint16_t ev = 0;
+		if (zmq_msg_size(&frames[0]) >= 2)
+			memcpy(&ev, zmq_msg_data(&frames[0]), 2);
+		hw_zmq_frames_close(frames, n);
+		if (ev)
+			return ev;
+	}
+	return 0;
+}
+
+void hw_zmq_monitor_close(void *sock, void *mon)
+{
+	if (sock)
+		zmq_socket_monitor(sock, NULL, 0);
+	if (mon)
+		zmq_close(mon);
+}
+
+bool hw_zmq_sender_allowed(hw_t *hw, zmq_msg_t *frame)
+{
+	const char *ip = hw_zmq_peer(frame);
+	if (kvb_acl_allows_ip(&hw->acl, ip))
+		return true;
+	hw->stats.peers_refused++;
+	hw_warn_from(hw, ip, "vLLM side channel: message from %s dropped: not among the allowed peers",
+		     *ip ? ip : "an unknown address");
+	return false;
 }

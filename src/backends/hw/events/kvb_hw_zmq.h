@@ -31,4 +31,19 @@ bool hw_zmq_readable(void *sock);
 /* The socket's fd to watch for readability. */
 int hw_zmq_fd(void *sock);
 
+/* A monitor on sock for CONNECTED and DISCONNECTED (ZMQ would otherwise
+ * reconnect silently for ever): the PAIR socket its events arrive on, or
+ * NULL (errno set). */
+void *hw_zmq_monitor_open(void *sock);
+/* The next monitor event (ZMQ_EVENT_*), 0 when none is waiting. */
+unsigned hw_zmq_monitor_next(void *mon);
+/* Stop the monitor and close its PAIR (mon may be NULL). */
+void hw_zmq_monitor_close(void *sock, void *mon);
+
+struct hw;
+/* Whether the sender of a received frame is among hw's allowed peers; if
+ * not, it is counted (peers_refused) and warned about, rate-limited, and the
+ * message must be dropped unanswered. */
+bool hw_zmq_sender_allowed(struct hw *hw, zmq_msg_t *frame);
+
 #endif /* KVB_HW_ZMQ_H */
