@@ -133,6 +133,8 @@ if [ -x "$bench" ]; then
 	refused "an unknown operation is refused" "$benchran" "$bench" --op copy $tgt
 	refused "an unknown control path is refused" "$benchran" "$bench" --control gen3 $tgt
 	check "  ... with the accepted names" "grep -q 'one-sided, gen2' '$tmp/err'"
+	refused "an RDMA key past 32 bits is refused" "$benchran" "$bench" --rkey 0x100000000 --rdma-devices rxe0 $tgt
+	refused "an RDMA key without RDMA devices is refused" "$benchran" "$bench" --rkey 7 $tgt
 	run "$bench" --mode target --buffer-size nan
 	check "a NaN buffer size is refused (rc $rc)" \
 		"[ $rc -eq 2 ] && grep -qF -- '--buffer-size nan' '$tmp/err' && ! ($benchran)"

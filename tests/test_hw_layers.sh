@@ -12,10 +12,11 @@ hw = sys.argv[1]
 # for its own header).  Lower numbers are lower layers.
 rank = {
     'kvb_mc_wire': 0, 'kvb_vllm_wire': 0, 'kvb_http': 0, 'kvb_acl': 0, 'kvb_vllm_xfer_wire': 0,
-    'kvb_vllm_bootstrap_wire': 0, 'kvb_msgpack': 0, 'kvb_vllm_xfer_decode': 0,
+    'kvb_vllm_bootstrap_wire': 0, 'kvb_msgpack': 0, 'kvb_vllm_xfer_decode': 0, 'kvb_rdma_window_wire': 0,
     'events/kvb_hw_events': 10, 'events/kvb_hw_warn': 11, 'events/kvb_hw_net': 11, 'events/kvb_hw_zmq': 11,
     'transport/kvb_hw_mem': 20, 'transport/kvb_hw_link': 20, 'transport/kvb_hw_gpu': 21,
     'transport/kvb_hw_tcp': 22, 'transport/kvb_hw_rdma_dev': 22, 'transport/kvb_hw_rdma_int': 22,
+    'transport/kvb_hw_rdma_window': 22,
     'transport/kvb_hw_rdma': 23, 'transport/kvb_hw_staging': 24, 'transport/kvb_hw_transport': 25,
     'control/kvb_hw_peer': 30, 'control/kvb_hw_stream': 31, 'control/kvb_hw_handshake': 32,
     'control/kvb_hw_vllm_gen0': 31, 'control/kvb_hw_vllm_bootstrap': 31,

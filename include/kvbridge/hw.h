@@ -97,8 +97,15 @@ typedef struct kvb_hw_params {
 				     * peers over TCP, as Mooncake's TCP transport allows.
 				     * Default false: only the blocks of a pull this worker has
 				     * in progress (until it ends) and kvb_hw_expose'd ranges.
-				     * KVB_OPEN_MEMORY=1.  (RDMA keys still cover whole
-				     * registrations: docs/security.md.) */
+				     * KVB_OPEN_MEMORY=1 (also opens RDMA registrations). */
+	bool rdma_buffer_keys;      /* RDMA: register host memory with remote access and
+				     * publish its keys in the descriptor, as Mooncake does,
+				     * for peers that write with them: vLLM producers over
+				     * RDMA (their side channels carry no per-pull keys).
+				     * Default false: host memory is closed to remote access,
+				     * and each pull a kvbridge stream carries opens its own
+				     * keys for its blocks (docs/security.md).
+				     * KVB_RDMA_BUFFER_KEYS=1. */
 	uint16_t rpc_port;          /* handshake port; 0 = random free port in
 				     * [rpc_port_min, rpc_port_max], as Mooncake P2P */
 	uint16_t data_port;         /* TCP transport port; 0 = random in the same range */
@@ -207,7 +214,9 @@ KVB_API uint16_t kvb_hw_rpc_port(kvb_backend_t *be);
 KVB_API const char *kvb_hw_bind_host(kvb_backend_t *be);
 /* Make [addr, addr + len) of registered memory readable and writable by
  * allowed peers for good (a benchmark target, a buffer shared on purpose);
- * without it only the blocks of pulls in progress are (params.memory_open). */
+ * without it only the blocks of pulls in progress are (params.memory_open).
+ * Over RDMA a key covers a whole registration: the one holding the range is
+ * opened to remote access, all of it, and its keys published. */
 KVB_API int kvb_hw_expose(kvb_backend_t *be, const void *addr, size_t len);
 /* The allowed peers (params.allow_peers) as "net/bits,net/bits". */
 KVB_API void kvb_hw_allowed_peers(kvb_backend_t *be, char *out, size_t len);
@@ -290,6 +299,13 @@ KVB_API bool kvb_hw_wait(kvb_backend_t *be, uint64_t timeout_ns);
 KVB_API int kvb_hw_peer_buffer(kvb_backend_t *be, kvb_conn_t *conn, uint32_t i, uint64_t *addr,
 			       uint64_t *len);
 
+/* A slice op's remote_key that names an RDMA remote key itself, for one-
+ * sided users that got one out of band: the op is posted with rkey on every
+ * peer device instead of a window's or the descriptor's.  (Without it the
+ * hw backend ignores remote_key.)  kvbridge-bench --rkey uses it to show
+ * that a forged or stale key reaches nothing. */
+KVB_API void kvb_hw_rkey_explicit(kvb_rkey_t *key, uint32_t rkey);
+
 /* Counters of the wire protocols, for logs and tests. */
 typedef struct kvb_hw_stats {
 	uint64_t handshakes_served;     /* Mooncake frames answered (types 0-3) */
@@ -322,6 +338,9 @@ typedef struct kvb_hw_stats {
 	uint64_t peers_refused;         /* connections, messages and dials outside allow_peers */
 	uint64_t window_refused;        /* TCP reads and writes outside every open window */
 	uint64_t auth_failures;         /* control streams refused: no or wrong shared secret */
+	uint64_t rdma_windows_open;     /* consumer: pulls whose blocks have live RDMA window keys */
+	uint64_t rdma_window_registrations; /* consumer: window registrations made (per range, device) */
+	uint64_t rdma_window_posts;     /* producer: RDMA ops posted with a peer's window key */
 } kvb_hw_stats_t;
 
 KVB_API void kvb_hw_stats_get(kvb_backend_t *be, kvb_hw_stats_t *out);

@@ -56,6 +56,7 @@ typedef struct serve_opts {
 	gboolean list_models;
 	gint tp_size, tp_rank, dp_rank;
 	gchar *rdma_devices;
+	gboolean rdma_buffer_keys;
 	gchar *memory;
 	gint gpu;
 	/* relay */
@@ -124,6 +125,7 @@ typedef struct serve {
 	GHashTable *cons;           /* request id -> cons_req_t* */
 	uint16_t side_base;         /* gen0: side-channel port of dp_rank's tp rank 0 */
 	char host[128];             /* how peers reach us: --host, VLLM_HOST_IP, 127.0.0.1 */
+	const char *rdma_keys;        /* said at start: how peers reach the pool over RDMA */
 	char *api_key;              /* Bearer token every endpoint but /health needs, or NULL */
 	FILE *events;
 	bool verify_pattern;

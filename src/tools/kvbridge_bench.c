@@ -77,6 +77,8 @@ typedef struct opts {
 	bool check_set;
 	uint64_t remote_addr;
 	bool remote_set;
+	uint64_t rkey;           /* --rkey: an RDMA key of our choosing */
+	bool rkey_set;
 	gboolean quiet;
 	gchar *rdma_devices;
 	gint lanes;
@@ -91,7 +93,7 @@ static opts_t o = {
 /* The numeric options as typed; bench_options() checks them into o. */
 static struct bench_args {
 	gchar *batch, *threads, *nics, *lanes, *duration, *repeat, *rpc_port, *data_port;
-	gchar *fill_seed, *count, *check_seed, *remote_addr;
+	gchar *fill_seed, *count, *check_seed, *remote_addr, *rkey;
 } args;
 
 static uint64_t now_ns(void)
@@ -379,6 +381,8 @@ static gpointer worker_run(gpointer arg)
 		span = w->buf_len;
 	}
 	uint64_t rbase = raddr + span * (uint64_t)w->index;
+	if (o.rkey_set)
+		kvb_hw_rkey_explicit(&rkey, (uint32_t)o.rkey);
 	uint64_t nslots = MIN(span, w->buf_len) / w->block;
 	if (!nslots) {
 		g_snprintf(w->error, sizeof(w->error), "block %" PRIu64 " larger than the buffer share %" PRIu64,
@@ -758,6 +762,7 @@ static GOptionEntry entries[] = {
 	{"fill-seed", 0, 0, G_OPTION_ARG_STRING, &args.fill_seed, "target: pattern seed of the buffer (default 1)", "N"},
 	{"count", 0, 0, G_OPTION_ARG_STRING, &args.count, "post exactly N >= 1 requests per thread per size (instead of --duration)", "N"},
 	{"remote-addr", 0, 0, G_OPTION_ARG_STRING, &args.remote_addr, "initiator: remote address to use, decimal or 0x hex (default: the peer's first buffer)", "ADDR"},
+	{"rkey", 0, 0, G_OPTION_ARG_STRING, &args.rkey, "initiator, RDMA: post with this remote key instead of the peer's (a security check: a forged or stale key must reach nothing)", "KEY"},
 	{"check-pattern", 0, 0, G_OPTION_ARG_STRING, &args.check_seed, "initiator, reads: check the bytes read against the pattern of SEED (a target filled with --fill-seed SEED)", "SEED"},
 	{"csv", 0, 0, G_OPTION_ARG_FILENAME, &o.csv, "append one CSV row per block size", "FILE"},
 	{"control", 0, 0, G_OPTION_ARG_STRING, &o.control,
@@ -808,10 +813,17 @@ static bool bench_options(uint64_t *buf_len, GArray *sizes, kvb_xfer_opcode_t *o
 	    !kvb_cli_parse_uint64(PROG, "--fill-seed", args.fill_seed, 0, UINT64_MAX, &o.fill_seed) ||
 	    !kvb_cli_parse_uint64(PROG, "--count", args.count, 1, UINT64_MAX, &o.count) ||
 	    !kvb_cli_parse_uint64(PROG, "--check-pattern", args.check_seed, 0, UINT64_MAX, &o.check_seed) ||
-	    !parse_addr("--remote-addr", args.remote_addr, &o.remote_addr))
+	    !parse_addr("--remote-addr", args.remote_addr, &o.remote_addr) ||
+	    !parse_addr("--rkey", args.rkey, &o.rkey))
 		return false;
 	o.check_set = args.check_seed != NULL;
 	o.remote_set = args.remote_addr != NULL;
+	o.rkey_set = args.rkey != NULL;
+	if (o.rkey_set && (o.rkey > UINT32_MAX || !o.rdma_devices)) {
+		fprintf(stderr, "kvbridge-bench: --rkey %s: expected a 32-bit RDMA key, with --rdma-devices\n",
+			args.rkey);
+		return false;
+	}
 	*op = opi ? KVB_XFER_READ : KVB_XFER_WRITE;
 	*gen2 = control == 1;
 	if (*gen2 && (!o.loopback || o.threads != 1 || *op != KVB_XFER_WRITE || o.rdma_devices || o.nics != 1)) {

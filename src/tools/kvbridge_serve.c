@@ -311,6 +311,11 @@ static GOptionEntry entries[] = {
 	{"nics", 0, 0, G_OPTION_ARG_INT, &o.nics, "data connections per peer (default 1)", "N"},
 	{"rdma-devices", 0, 0, G_OPTION_ARG_STRING, &o.rdma_devices,
 	 "RDMA devices (mlx5_0,mlx5_1 / rxe0,rxe1 / auto; also KVB_RDMA_DEVICES); default TCP", "LIST"},
+	{"rdma-buffer-keys", 0, 0, G_OPTION_ARG_NONE, &o.rdma_buffer_keys,
+	 "RDMA: publish keys that reach the whole KV pool, as Mooncake does (KVB_RDMA_BUFFER_KEYS=1). "
+	 "Default: the pool is closed to remote access and each kvbridge pull opens keys for its own "
+	 "blocks only; on automatically for consumers that pull over vLLM's side channels (gen2, "
+	 "--pull-protocol vllm), which carry no per-pull keys", NULL},
 	{"memory", 0, 0, G_OPTION_ARG_STRING, &o.memory,
 	 "where the KV pool lives: host (default), cuda (GPU --gpu; built --with-cuda) or emulated "
 	 "(GPU memory emulated in host pages, for tests without a GPU)", "KIND"},
@@ -538,6 +543,15 @@ static int setup(void)
 	hp.context = S.ctx;
 	if (o.rdma_devices)
 		hp.rdma_devices = o.rdma_devices;
+	/* vLLM producers write with the descriptor's keys: a consumer that pulls
+	 * over their side channels must publish live ones */
+	bool vllm_pulls = S.cfg.role != KVB_ROLE_PRODUCER &&
+			  (S.vproto == KVB_HW_VLLM_GEN2 || !g_strcmp0(o.pull_protocol, "vllm"));
+	if (o.rdma_buffer_keys || (vllm_pulls && hp.rdma_devices && *hp.rdma_devices))
+		hp.rdma_buffer_keys = true;
+	if (hp.rdma_devices && *hp.rdma_devices)
+		S.rdma_keys = hp.rdma_buffer_keys || hp.memory_open ? "; RDMA keys reach the whole pool"
+								    : "; RDMA keys per pull (windows)";
 	hp.vllm_protocol = S.vproto;
 	if (o.vllm_release)
 		hp.vllm_release = o.vllm_release;
@@ -759,10 +773,11 @@ int main(int argc, char **argv)
 				       kvb_hw_rpc_port(S.up_be), kvb_hw_data_port(S.up_be));
 	char nets[512];
 	kvb_hw_allowed_peers(S.be, nets, sizeof(nets));
-	fprintf(stderr, "kvbridge-serve: listening on %s: %s%s%s; peers allowed: %s; HTTP %s\n",
+	fprintf(stderr, "kvbridge-serve: listening on %s: %s%s%s; peers allowed: %s; HTTP %s%s\n",
 		kvb_hw_bind_host(S.be), ports->str, *kvb_hw_vllm_worker_addr(S.be) ? "; worker ROUTER " : "",
 		kvb_hw_vllm_worker_addr(S.be), nets,
-		S.api_key ? "needs the API key (but /health)" : "open to the allowed peers (no --api-key)");
+		S.api_key ? "needs the API key (but /health)" : "open to the allowed peers (no --api-key)",
+		S.rdma_keys ? S.rdma_keys : "");
 	g_string_free(ports, TRUE);
 	printf("kvbridge-serve: ready role=%s http=%u segment=%s data_port=%u side_channel=%u "
 	       "bootstrap=%u vllm=%s model=%s blocks=%d lease_s=%.1f\n",

@@ -5,11 +5,11 @@
  * typed body's payload follows the type byte, a legacy one is the whole
  * body), re-framing the payload gives the same bytes, and the payload goes
  * to the decoder of its type (Connection: HandShakeDesc, Metadata:
- * descriptor, Notify).  Whatever decodes must encode, decode again to the
+ * descriptor, Notify, kvbridge's RDMA window keys).  Whatever decodes must encode, decode again to the
  * same value, and encode to the same text; any difference abort()s.
  * Refusals must be KVB_ERR_PROTOCOL with a message and nothing allocated.
  */
-// FUZZ_SOURCES: src/backends/hw/kvb_mc_wire.c src/core/kvb_error.c
+// FUZZ_SOURCES: src/backends/hw/kvb_mc_wire.c src/backends/hw/kvb_rdma_window_wire.c src/core/kvb_error.c
 // FUZZ_PKGS: json-glib-1.0
 #include "config.h"
 
@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "kvb_mc_wire.h"
+#include "kvb_rdma_window_wire.h"
 #include "seg_check.h"
 
 
@@ -133,6 +134,44 @@ static void notify(const char *json, size_t len)
 
 /* ---- framing ---------------------------------------------------------------- */
 
+/* ---- kvbridge RDMA window keys ---------------------------------------------- */
+
+static void window_keys(const uint8_t *in, size_t len)
+{
+	kvb_window_keys_t a, b;
+	kvb_err_t err;
+	kvb_err_clear(&err);
+	int rc = kvb_window_keys_decode(in, len, &a, &err);
+	if (rc != KVB_OK) {
+		refused(rc, &err);
+		if (a.ranges || a.rkeys || a.n_ranges)
+			abort();
+		return;
+	}
+	if (!a.n_devices || a.n_devices > KVB_WINDOW_MAX_DEVICES || !a.n_ranges ||
+	    a.n_ranges > KVB_WINDOW_MAX_RANGES || !a.transfer_id[0])
+		abort();
+	for (uint32_t i = 0; i < a.n_ranges; i++) {
+		uint64_t lo = a.ranges[2 * i], n = a.ranges[2 * i + 1];
+		if (!n || lo + n < lo || (i && lo < a.ranges[2 * i - 2] + a.ranges[2 * i - 1]))
+			abort();
+		/* each range finds its own keys, and one byte past it none of them */
+		for (uint32_t d = 0; d < a.n_devices; d++)
+			if (kvb_window_keys_find(&a, lo, n, d) != a.rkeys[(size_t)i * a.n_devices + d] ||
+			    kvb_window_keys_find(&a, lo, n + 1, d) != 0)
+				abort();
+	}
+	/* the same bytes back */
+	GByteArray *out = g_byte_array_new();
+	if (kvb_window_keys_encode(out, &a, NULL) != KVB_OK || out->len != len ||
+	    memcmp(out->data, in, len) || kvb_window_keys_decode(out->data, out->len, &b, NULL) != KVB_OK ||
+	    strcmp(a.transfer_id, b.transfer_id) || strcmp(a.request_id, b.request_id))
+		abort();
+	g_byte_array_unref(out);
+	kvb_window_keys_clear(&a);
+	kvb_window_keys_clear(&b);
+}
+
 static void body(const uint8_t *data, size_t len)
 {
 	kvb_mc_msg_type_t type = (kvb_mc_msg_type_t)0xee;
@@ -149,7 +188,8 @@ static void body(const uint8_t *data, size_t len)
 	}
 	bool typed = data[0] <= KVB_MC_PROBE || data[0] == KVB_MC_KVB_HELLO ||
 		     data[0] == KVB_MC_KVB_FRAME || data[0] == KVB_MC_KVB_SYNC ||
-		     data[0] == KVB_MC_KVB_SYNCED || data[0] == KVB_MC_KVB_AUTH;
+		     data[0] == KVB_MC_KVB_SYNCED || data[0] == KVB_MC_KVB_AUTH ||
+		     data[0] == KVB_MC_KVB_WINDOW;
 	if (typed ? (type != data[0] || payload != data + 1 || plen != len - 1)
 		  : (type != KVB_MC_CONNECTION || payload != data || plen != len))
 		abort();
@@ -180,6 +220,9 @@ static void body(const uint8_t *data, size_t len)
 		break;
 	case KVB_MC_NOTIFY:
 		notify((const char *)payload, plen);
+		break;
+	case KVB_MC_KVB_WINDOW:
+		window_keys(payload, plen);
 		break;
 	default:
 		break;

@@ -23,7 +23,7 @@ P_IP=$(ip_of "$(netdev_of $p0)")
 D_IP=$(ip_of "$(netdev_of $d0)")
 echo "# producer $P_DEVS at $P_IP, consumer $D_DEVS at $D_IP"
 ulimit -l unlimited 2>/dev/null
-echo "1..13"
+echo "1..20"
 export VLLM_MOONCAKE_BOOTSTRAP_PORT=8998
 
 start prod "$serve" --vllm-protocol gen0 --role producer --host "$P_IP" --http-port 8100 --blocks 512 --lease 8 \
@@ -119,4 +119,53 @@ check "producer: device -> pinned chunks -> rxe ($(json_num "$tmp/gp" gpu_copies
 	"[ \$(json_num '$tmp/gp' gpu_copies) -gt 0 ] && [ \$(json_num '$tmp/gp' rdma_bytes_posted) -gt 1000000 ] && [ \$(json_num '$tmp/gp' gpu_syncs_requested) -gt 0 ] && grep -q '\"blocks_held\":0' '$tmp/gp'"
 check "consumer: mirror -> device on every SYNC ($(json_num "$tmp/gc" gpu_syncs_served) served, $(json_num "$tmp/gc" gpu_staged_bytes) bytes copied)" \
 	"[ \$(json_num '$tmp/gc' gpu_syncs_served) -eq \$(json_num '$tmp/gp' gpu_syncs_requested) ] && [ \$(json_num '$tmp/gc' gpu_staged_bytes) -ge \$(json_num '$tmp/gp' rdma_bytes_posted) ]"
+# 7. RDMA windows.  The consumer's pool is closed to remote access: its
+# descriptor publishes key 0, and each pull opens keys for its own blocks,
+# sent on the kvbridge stream before it, that die when it ends.  An attacker
+# on an allowed host that connects as a Mooncake engine (kvbridge-bench as
+# initiator, one 4 KiB RDMA WRITE) reaches nothing with the descriptor's key,
+# with the pool's real key, or with a window key after its pull; against a
+# consumer started with --rdma-buffer-keys the same write lands, so the
+# attack itself works.  (The keys come from the consumer's debug log.)
+KVB_HW_DEBUG=1 start wcons "$serve" --vllm-protocol gen0 --role consumer --host "$D_IP" --http-port 8700 --blocks 256 \
+	--rdma-devices "$D_DEVS" -v || exit 1
+WSEG=$(field wcons segment)
+check "a consumer without --rdma-buffer-keys says its RDMA keys are per pull" "grep -q 'RDMA keys per pull (windows)' '$tmp/wcons.log'"
+get http://$P_IP:8100/stats > "$tmp/pw0"
+st=$(post "http://$P_IP:8100/v1/completions" "{\"prompt\":\"$(words 400)\",\"kv_transfer_params\":{\"do_remote_decode\":true}}" win-1)
+params=$(sed -n 's/.*"kv_transfer_params":\({[^}]*}\).*/\1/p' "$tmp/resp")
+st=$(post "http://$D_IP:8700/v1/completions" "{\"prompt\":\"$(words 400)\",\"kv_transfer_params\":$params}" win-1)
+get http://$D_IP:8700/stats > "$tmp/wc"
+get http://$P_IP:8100/stats > "$tmp/pw"
+posts=$(( $(json_num "$tmp/pw" rdma_window_posts) - $(json_num "$tmp/pw0" rdma_window_posts) ))
+check "a pull into the closed pool over RDMA: verified (HTTP $st); $(json_num "$tmp/wc" rdma_window_registrations) window registrations, $posts producer writes with window keys, none left open" \
+	"[ '$st' = 200 ] && grep -q '\"mismatched_bytes\":0' '$tmp/resp' && [ \$(json_num '$tmp/wc' rdma_window_registrations) -gt 0 ] && [ $posts -gt 0 ] && grep -q '\"rdma_windows_open\":0' '$tmp/wc'"
+WADDR=$(sed -n "s/.*window of .*: \(0x[0-9a-f]*\) + [0-9]* on $d0: rkey 0x[0-9a-f]*.*/\1/p" "$tmp/wcons.log" | head -n 1)
+WKEY=$(sed -n "s/.*window of .*: 0x[0-9a-f]* + [0-9]* on $d0: rkey \(0x[0-9a-f]*\).*/\1/p" "$tmp/wcons.log" | head -n 1)
+# the pool's registration has no remote key (rxe gives it 0); its local key
+# is the one number an attacker could hope the NIC takes for it
+BADDR=$(sed -n "s/.*registered \(0x[0-9a-f]*\) + [0-9]* on $d0: rkey 0x[0-9a-f]* lkey 0x[0-9a-f]* (closed to remote access).*/\1/p" "$tmp/wcons.log" | head -n 1)
+BKEY=$(sed -n "s/.*registered 0x[0-9a-f]* + [0-9]* on $d0: rkey 0x[0-9a-f]* lkey \(0x[0-9a-f]*\) (closed to remote access).*/\1/p" "$tmp/wcons.log" | head -n 1)
+echo "# window key $WKEY at $WADDR (dead), pool lkey $BKEY at $BADDR"
+# attack ADDR [KEY]: one 4 KiB RDMA WRITE into wcons; its status in $arc, output in $tmp/attack
+attack() {
+	"$bench" -t "mooncake://$1" --host "$P_IP" --rdma-devices "$p0" --count 1 -b 4K --buffer-size 1M -d 1 \
+		${2:+--remote-addr "$2"} ${3:+--rkey "$3"} >"$tmp/attack" 2>&1
+	arc=$?
+	grep -E 'failed|no key|refused|error' "$tmp/attack" | head -n 2 | sed 's/^/# attack: /'
+}
+attack "$WSEG" "$WADDR"
+check "the descriptor's key (0) reaches nothing: refused before a byte moves (exit $arc)" "[ $arc -ne 0 ] && grep -q 'no key for' '$tmp/attack'"
+attack "$WSEG" "$WADDR" "$WKEY"
+check "a window key after its pull ended: the NIC refuses the write (exit $arc)" "[ -n '$WKEY' ] && [ $arc -ne 0 ] && grep -q 'transfer failed' '$tmp/attack'"
+attack "$WSEG" "$BADDR" "$BKEY"
+check "the pool registration's local key used as a remote key: refused by the NIC (exit $arc)" "[ -n '$BKEY' ] && [ $arc -ne 0 ] && grep -q 'transfer failed' '$tmp/attack'"
+start bcons "$serve" --vllm-protocol gen0 --role consumer --host "$D_IP" --http-port 8800 --blocks 256 \
+	--rdma-devices "$D_DEVS" --rdma-buffer-keys || exit 1
+attack "$(field bcons segment)"
+check "the same attack against a consumer with --rdma-buffer-keys: the write lands (exit $arc)" "[ $arc -eq 0 ] && grep -q 'RDMA keys reach the whole pool' '$tmp/bcons.log'"
+st=$(post "http://$P_IP:8100/v1/completions" "{\"prompt\":\"$(words 100)\",\"kv_transfer_params\":{\"do_remote_decode\":true}}" win-2)
+params=$(sed -n 's/.*"kv_transfer_params":\({[^}]*}\).*/\1/p' "$tmp/resp")
+st=$(post "http://$D_IP:8700/v1/completions" "{\"prompt\":\"$(words 100)\",\"kv_transfer_params\":$params}" win-2)
+check "after the attacks the windowed consumer still serves, verified (HTTP $st)" "[ '$st' = 200 ] && grep -q '\"mismatched_bytes\":0' '$tmp/resp'"
 exit $fail

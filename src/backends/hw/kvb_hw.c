@@ -43,6 +43,7 @@
 #include "events/kvb_hw_net.h"
 #include "transport/kvb_hw_mem.h"
 #include "transport/kvb_hw_rdma.h"
+#include "transport/kvb_hw_rdma_window.h"
 #include "transport/kvb_hw_transport.h"
 
 static hw_t *hw_of(kvb_backend_t *be)
@@ -445,15 +446,30 @@ const char *kvb_hw_bind_host(kvb_backend_t *be)
 int kvb_hw_expose(kvb_backend_t *be, const void *addr, size_t len)
 {
 	hw_t *hw = hw_of(be);
-	if (!hw_mr_find(hw, (uint64_t)(uintptr_t)addr, len)) {
+	hw_mr_t *m = hw_mr_find(hw, (uint64_t)(uintptr_t)addr, len);
+	if (!m) {
 		hw_set_error(hw, "expose: %zu bytes at %p are not inside one registration", len, addr);
 		return KVB_ERR_RANGE;
+	}
+	/* over RDMA a key covers a whole registration: it is opened, all of it */
+	kvb_err_t err;
+	if (hw_rdma_mr_open(hw, m, &err) != KVB_OK) {
+		hw_set_error(hw, "expose: %s", err.msg);
+		return err.code;
 	}
 	if (!hw->exposed)
 		hw->exposed = g_array_new(FALSE, FALSE, sizeof(uint64_t));
 	uint64_t pair[2] = {(uint64_t)(uintptr_t)addr, len};
 	g_array_append_vals(hw->exposed, pair, 2);
 	return KVB_OK;
+}
+
+void kvb_hw_rkey_explicit(kvb_rkey_t *key, uint32_t rkey)
+{
+	memset(key, 0, sizeof(*key));
+	key->len = HW_RKEY_EXPLICIT_LEN;
+	memcpy(key->bytes, HW_RKEY_EXPLICIT_TAG, 4);
+	memcpy(key->bytes + 4, &rkey, 4);
 }
 
 void kvb_hw_allowed_peers(kvb_backend_t *be, char *out, size_t len)

@@ -151,6 +151,10 @@ int kvb_hw_params_apply_env(kvb_hw_params_t *p, char **envp, kvb_err_t *err)
 	const char *open_mem = envp ? g_environ_getenv(envp, "KVB_OPEN_MEMORY") : g_getenv("KVB_OPEN_MEMORY");
 	if (open_mem && *open_mem)
 		p->memory_open = !strcmp(open_mem, "1") || !g_ascii_strcasecmp(open_mem, "true");
+	const char *bkeys = envp ? g_environ_getenv(envp, "KVB_RDMA_BUFFER_KEYS")
+				 : g_getenv("KVB_RDMA_BUFFER_KEYS");
+	if (bkeys && *bkeys)
+		p->rdma_buffer_keys = !strcmp(bkeys, "1") || !g_ascii_strcasecmp(bkeys, "true");
 	const char *allow = envp ? g_environ_getenv(envp, "KVB_ALLOW_PEERS") : g_getenv("KVB_ALLOW_PEERS");
 	if (allow && *allow)
 		p->allow_peers = allow; /* borrowed from the environment, parsed at open */

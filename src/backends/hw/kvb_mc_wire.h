@@ -67,6 +67,7 @@ typedef enum kvb_mc_msg_type {
 	KVB_MC_KVB_SYNC = 0x12,  /* kvbridge: copy a GPU range to or from its mirror */
 	KVB_MC_KVB_SYNCED = 0x13,/* kvbridge: that copy's end */
 	KVB_MC_KVB_AUTH = 0x14,  /* kvbridge: a step of the shared-secret challenge-response */
+	KVB_MC_KVB_WINDOW = 0x15,/* kvbridge: RDMA keys of one pull's blocks (kvb_rdma_window_wire.h) */
 } kvb_mc_msg_type_t;
 
 #define KVB_MC_FRAME_HEADER_LEN 8u

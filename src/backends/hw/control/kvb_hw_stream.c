@@ -36,6 +36,7 @@
 #include "control/kvb_hw_stream.h"
 #include "events/kvb_hw_net.h"
 #include "transport/kvb_hw_mem.h"
+#include "transport/kvb_hw_rdma_window.h"
 #include "transport/kvb_hw_staging.h"
 #include "transport/kvb_hw_transport.h"
 #include "kvb_wire.h"
@@ -207,15 +208,28 @@ static bool stream_frames(hw_peer_t *p)
 			}
 			continue;
 		}
+		if (type == KVB_MC_KVB_WINDOW) {
+			/* the RDMA keys of the pull that follows */
+			if (hw_link_window_keys_add(&p->link, payload, plen, &err) != KVB_OK) {
+				hw_peer_down(p, KVB_ERR_PROTOCOL, err.msg);
+				return false;
+			}
+			continue;
+		}
 		if (type != KVB_MC_KVB_FRAME) {
 			hw_peer_down(p, KVB_ERR_PROTOCOL, "unexpected frame type on a kvbridge stream");
 			return false;
 		}
 		kvb_wire_type_t wt;
 		char tid[KVB_ID_MAX], rid[KVB_ID_MAX];
-		if (kvb_wire_peek(payload, plen, &wt, NULL) == KVB_OK && wt == KVB_WIRE_DONE &&
-		    kvb_wire_peek_ids(payload, plen, tid, rid) == KVB_OK)
-			hw_window_close(p->hw, p, tid, rid); /* the pull is over: no more writes */
+		if (kvb_wire_peek(payload, plen, &wt, NULL) == KVB_OK &&
+		    (wt == KVB_WIRE_DONE || wt == KVB_WIRE_CANCEL) &&
+		    kvb_wire_peek_ids(payload, plen, tid, rid) == KVB_OK) {
+			if (wt == KVB_WIRE_DONE)
+				hw_window_close(p->hw, p, tid, rid); /* the pull is over: no more writes */
+			else
+				hw_link_window_keys_drop(&p->link, tid, rid); /* cancelled: its keys die */
+		}
 		hw_peer_deliver(p, payload, plen);
 	}
 	if (off)
@@ -354,22 +368,38 @@ static void stream_accepted(hw_peer_t *p)
 }
 
 /* A pull we send opens a window on its destination blocks for the producer's
- * writes; our CANCEL, or its DONE (stream_frames), closes it. */
+ * writes (over RDMA, with keys of its own, sent just before it); our CANCEL,
+ * or its DONE (stream_frames), closes it.  The producer drops a pull's keys
+ * when it sends the DONE. */
 static int stream_msg_send(hw_peer_t *p, const void *buf, size_t len)
 {
 	kvb_wire_type_t type = 0;
+	char tid[KVB_ID_MAX], rid[KVB_ID_MAX];
 	if (kvb_wire_peek(buf, len, &type, NULL) == KVB_OK && type == KVB_WIRE_PULL) {
 		kvb_wire_pull_t pull;
 		if (kvb_wire_decode_pull(buf, len, &pull, NULL) == KVB_OK) {
 			GArray *ranges = hw_pull_ranges(&pull);
-			hw_window_open(p->hw, p, pull.transfer_id, pull.request_id, ranges);
+			GByteArray *keys = g_byte_array_new();
+			kvb_err_t err;
+			int rc = hw_window_open_keyed(p->hw, p, pull.transfer_id, pull.request_id, ranges,
+						      keys, &err);
+			if (rc == KVB_OK && keys->len)
+				stream_queue(p, KVB_MC_KVB_WINDOW, keys->data, keys->len);
+			g_byte_array_unref(keys);
 			g_array_free(ranges, TRUE);
+			if (rc != KVB_OK) {
+				hw_set_error(p->hw, "pull %s: %s", pull.transfer_id, err.msg);
+				kvb_wire_pull_clear(&pull);
+				return rc;
+			}
 			kvb_wire_pull_clear(&pull);
 		}
 	} else if (type == KVB_WIRE_CANCEL) {
-		char tid[KVB_ID_MAX], rid[KVB_ID_MAX];
 		if (kvb_wire_peek_ids(buf, len, tid, rid) == KVB_OK)
 			hw_window_close(p->hw, p, tid, rid);
+	} else if (type == KVB_WIRE_DONE) {
+		if (kvb_wire_peek_ids(buf, len, tid, rid) == KVB_OK)
+			hw_link_window_keys_drop(&p->link, tid, rid);
 	}
 	stream_queue(p, KVB_MC_KVB_FRAME, buf, len);
 	return KVB_OK;

@@ -41,6 +41,7 @@
 #include "events/kvb_hw_net.h"
 #include "events/kvb_hw_zmq.h"
 #include "transport/kvb_hw_mem.h"
+#include "transport/kvb_hw_rdma_window.h"
 #include "transport/kvb_hw_transport.h"
 #include "kvb_vllm_wire.h"
 #include "kvb_vllm_xfer_wire.h"
@@ -678,6 +679,16 @@ static int vclient_pull(vclient_t *vc, const void *buf, size_t len)
 	g_strlcpy(vp->request_id, pull.request_id, sizeof(vp->request_id));
 	vp->bytes = (uint64_t)nb * per_block;
 	vp->ranges = hw_pull_ranges(&pull);
+	if (hw_rdma_ranges_closed(hw, vp->ranges)) {
+		hw_set_error(hw, "vllm client: request %s: %s", vp->request_id, "vLLM's side channel carries no per-pull RDMA keys, and this worker's memory is closed to "
+			     "remote access: start it with KVB_RDMA_BUFFER_KEYS=1 (kvbridge-serve --rdma-buffer-keys) "
+			     "to let vLLM producers write with the descriptor's keys (docs/security.md)");
+		g_byte_array_unref(payload);
+		kvb_wire_pull_clear(&pull);
+		g_array_free(vp->ranges, TRUE);
+		g_free(vp);
+		return KVB_ERR_INVALID;
+	}
 	/* the producer may write these blocks, and only these, until the pull ends */
 	hw_window_open(hw, vp, vp->transfer_id, vp->request_id, vp->ranges);
 	/* the blocks are ours for this pull again: lift old fences on them */

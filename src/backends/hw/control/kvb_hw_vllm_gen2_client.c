@@ -37,6 +37,7 @@
 #include "events/kvb_hw_net.h"
 #include "events/kvb_hw_zmq.h"
 #include "transport/kvb_hw_mem.h"
+#include "transport/kvb_hw_rdma_window.h"
 #include "kvb_vllm_bootstrap_wire.h"
 #include "kvb_vllm_xfer_wire.h"
 #include "kvb_wire.h"
@@ -797,6 +798,16 @@ static int client_pull(v2client_t *vc, const void *buf, size_t len)
 	g_strlcpy(vp->transfer_id, vp->pull.transfer_id, sizeof(vp->transfer_id));
 	g_strlcpy(vp->request_id, vp->pull.request_id, sizeof(vp->request_id));
 	vp->ranges = hw_pull_ranges(&vp->pull);
+	if (hw_rdma_ranges_closed(hw, vp->ranges)) {
+		hw_set_error(hw, "vllm2 client: request %s: %s", vp->request_id, "vLLM's side channel carries no per-pull RDMA keys, and this worker's memory is closed to "
+			     "remote access: start it with KVB_RDMA_BUFFER_KEYS=1 (kvbridge-serve --rdma-buffer-keys) "
+			     "to let vLLM producers write with the descriptor's keys (docs/security.md)");
+		g_array_free(vp->ranges, TRUE);
+		g_byte_array_unref(vp->payload);
+		kvb_wire_pull_clear(&vp->pull);
+		g_free(vp);
+		return KVB_ERR_INVALID;
+	}
 	/* the producer may write these blocks, and only these, until the pull ends */
 	hw_window_open(hw, vp, vp->transfer_id, vp->request_id, vp->ranges);
 	/* the blocks are ours for this pull again: lift old fences on them */

@@ -16,6 +16,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include <kvbridge/connector.h>
 #include <kvbridge/hw.h>
 
 #include "events/kvb_hw_events.h"
@@ -48,6 +49,10 @@ struct hw_link {
 	 * kvbridge stream); NULL: GPU memory behind the peer's mirror is out
 	 * of reach */
 	hw_link_sync_fn sync_send;
+
+	/* kvb_hw_rdma_window.c: the RDMA keys the peer sent for its pulls in
+	 * progress (kvb_window_keys_t*); NULL until one comes */
+	GPtrArray *window_keys;
 };
 
 #endif /* KVB_HW_LINK_H */

@@ -43,18 +43,22 @@ typedef struct hw_window {
 	const void *owner;
 	char *key;                  /* "transfer\nrequest" */
 	GArray *ranges;             /* uint64_t pairs */
+	void (*release)(void *);    /* undoes what was opened with it (RDMA keys) */
+	void *release_arg;
 } hw_window_t;
 
 static void window_free(gpointer data)
 {
 	hw_window_t *w = data;
+	if (w->release)
+		w->release(w->release_arg);
 	g_free(w->key);
 	g_array_free(w->ranges, TRUE);
 	g_free(w);
 }
 
-void hw_window_open(hw_t *hw, const void *owner, const char *transfer_id, const char *request_id,
-		    const GArray *ranges)
+static hw_window_t *window_add(hw_t *hw, const void *owner, const char *transfer_id,
+			       const char *request_id, const GArray *ranges)
 {
 	if (!hw->windows)
 		hw->windows = g_ptr_array_new_with_free_func(window_free);
@@ -64,6 +68,21 @@ void hw_window_open(hw_t *hw, const void *owner, const char *transfer_id, const 
 	w->ranges = g_array_sized_new(FALSE, FALSE, sizeof(uint64_t), ranges->len);
 	g_array_append_vals(w->ranges, ranges->data, ranges->len);
 	g_ptr_array_add(hw->windows, w);
+	return w;
+}
+
+void hw_window_open(hw_t *hw, const void *owner, const char *transfer_id, const char *request_id,
+		    const GArray *ranges)
+{
+	window_add(hw, owner, transfer_id, request_id, ranges);
+}
+
+void hw_window_open_with(hw_t *hw, const void *owner, const char *transfer_id,
+			 const char *request_id, const GArray *ranges, void (*release)(void *), void *arg)
+{
+	hw_window_t *w = window_add(hw, owner, transfer_id, request_id, ranges);
+	w->release = release;
+	w->release_arg = arg;
 }
 
 void hw_window_close(hw_t *hw, const void *owner, const char *transfer_id, const char *request_id)

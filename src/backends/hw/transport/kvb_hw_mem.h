@@ -54,6 +54,10 @@ void hw_fence_clear(hw_t *hw, uint64_t addr, uint64_t len);
  * of an exposed range. */
 void hw_window_open(hw_t *hw, const void *owner, const char *transfer_id, const char *request_id,
 		    const GArray *ranges);
+/* The same, with release(arg) run when the window closes (what was opened
+ * with it: kvb_hw_rdma_window.c's keys). */
+void hw_window_open_with(hw_t *hw, const void *owner, const char *transfer_id,
+			 const char *request_id, const GArray *ranges, void (*release)(void *), void *arg);
 /* Close owner's window for that pull; transfer_id NULL: all of owner's. */
 void hw_window_close(hw_t *hw, const void *owner, const char *transfer_id, const char *request_id);
 bool hw_window_allows(hw_t *hw, uint64_t addr, uint64_t len);

@@ -35,6 +35,7 @@
 
 #include "events/kvb_hw_net.h"
 #include "transport/kvb_hw_rdma.h"
+#include "transport/kvb_hw_rdma_window.h"
 #include "transport/kvb_hw_rdma_int.h"
 
 #define R hw_rdma_of
@@ -723,14 +724,30 @@ int hw_rdma_post(hw_link_t *p, const kvb_slice_op_t *op, hw_mr_t *m, bool to_mir
 	o->laddr = op->local_addr;
 	o->raddr = op->remote_addr;
 	o->lkey = ((rdma_mrs_t *)m->rdma)->mr[op->local_nic]->lkey;
-	o->rkey = to_mirror ? b->mirror_rkey[peer_dev] : b->rkey[peer_dev];
-	if (to_mirror && !o->rkey) {
+	/* a key the caller names, a window the peer opened for this pull, else
+	 * the descriptor's key */
+	uint32_t wkey = 0;
+	const kvb_rkey_t *k = op->remote_key;
+	if (k && k->len == HW_RKEY_EXPLICIT_LEN && !memcmp(k->bytes, HW_RKEY_EXPLICIT_TAG, 4))
+		memcpy(&o->rkey, k->bytes + 4, 4);
+	else if (!to_mirror)
+		wkey = hw_link_window_rkey(p, op->remote_addr, op->len, peer_dev);
+	if (!o->rkey)
+		o->rkey = wkey ? wkey : to_mirror ? b->mirror_rkey[peer_dev] : b->rkey[peer_dev];
+	if (!o->rkey) {
 		g_free(o);
-		hw_set_error(hw, "xfer_post: %s's device %s cannot reach its buffer at 0x%" PRIx64
-				 " (GPU memory without a key on that device)",
-			     p->seg.name, p->seg.devices[peer_dev].name, op->remote_addr);
+		if (to_mirror)
+			hw_set_error(hw, "xfer_post: %s's device %s cannot reach its buffer at 0x%" PRIx64
+					 " (GPU memory without a key on that device)",
+				     p->seg.name, p->seg.devices[peer_dev].name, op->remote_addr);
+		else
+			hw_set_error(hw, "xfer_post: no key for %s's 0x%" PRIx64 " + %" PRIu64 " on %s: "
+					 "its memory is closed and no window of a pull in progress covers it",
+				     p->seg.name, op->remote_addr, op->len, p->seg.devices[peer_dev].name);
 		return KVB_ERR_RANGE;
 	}
+	if (wkey)
+		hw->stats.rdma_window_posts++;
 	o->opcode = op->opcode == KVB_XFER_WRITE ? IBV_WR_RDMA_WRITE : IBV_WR_RDMA_READ;
 	o->ep = ep;
 	g_hash_table_add(r->ops, o);

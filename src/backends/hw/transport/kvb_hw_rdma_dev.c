@@ -10,7 +10,10 @@
  *  - GID: params.gid_index (MC_GID_INDEX), or the first RoCE v2 entry with
  *    an IPv4-mapped address, then any RoCE v2 entry, then index 0.
  *  - Memory: every registration on every device; the descriptor publishes
- *    one rkey/lkey per device, in devices[] order.
+ *    one rkey/lkey per device, in devices[] order.  Host memory is
+ *    registered without remote access unless params.memory_open or
+ *    rdma_buffer_keys: its rkey is published as 0, and peers write through
+ *    per-pull windows (kvb_hw_rdma_window.c).
  */
 #include "config.h"
 
@@ -286,7 +289,12 @@ int hw_rdma_mr_reg(hw_t *hw, hw_mr_t *m, kvb_err_t *err)
 	if (!r)
 		return KVB_OK;
 	rdma_mrs_t *mrs = g_new0(rdma_mrs_t, 1);
-	int access = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ;
+	/* host memory is closed to remote access unless asked: peers reach the
+	 * blocks of a pull through its window (kvb_hw_rdma_window.c) */
+	mrs->remote_open = hw->p.memory_open || hw->p.rdma_buffer_keys || m->kind == KVB_MEM_CUDA;
+	int access = IBV_ACCESS_LOCAL_WRITE;
+	if (mrs->remote_open)
+		access |= IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ;
 	if (m->kind == KVB_MEM_CUDA) {
 		for (uint32_t i = 0; i < r->n_devs; i++) {
 			char why[400];
@@ -327,6 +335,9 @@ int hw_rdma_mr_reg(hw_t *hw, hw_mr_t *m, kvb_err_t *err)
 					   r->devs[i].name, m->len, g_strerror(e),
 					   e == ENOMEM || e == EPERM ? " (raise RLIMIT_MEMLOCK: ulimit -l)" : "");
 		}
+		hw_log(hw, "registered 0x%" PRIx64 " + %" PRIu64 " on %s: rkey 0x%x lkey 0x%x (%s)", m->addr,
+		       m->len, r->devs[i].name, mrs->mr[i]->rkey, mrs->mr[i]->lkey,
+		       mrs->remote_open ? "open to peers" : "closed to remote access");
 	}
 	m->rdma = mrs;
 	return KVB_OK;
@@ -399,7 +410,7 @@ void hw_rdma_describe(hw_t *hw, kvb_mc_segment_t *seg)
 			}
 			if (!mrs->mr[i])
 				continue;
-			seg->buffers[b].rkey[i] = mrs->mr[i]->rkey;
+			seg->buffers[b].rkey[i] = mrs->remote_open ? mrs->mr[i]->rkey : 0;
 			seg->buffers[b].lkey[i] = mrs->mr[i]->lkey;
 		}
 	}

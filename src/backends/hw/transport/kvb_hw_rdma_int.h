@@ -59,6 +59,7 @@ struct hw_rdma {
 typedef struct rdma_mrs {
 	struct ibv_mr *mr[RDMA_MAX_DEVICES];
 	struct ibv_mr *mirror[RDMA_MAX_DEVICES]; /* GPU memory on a staging device */
+	bool remote_open;            /* registered with remote access (else: windows) */
 } rdma_mrs_t;
 
 /* Deregister every key of mrs and free it. */

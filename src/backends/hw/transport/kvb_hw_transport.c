@@ -13,6 +13,7 @@
 
 #include "transport/kvb_hw_gpu.h"
 #include "transport/kvb_hw_rdma.h"
+#include "transport/kvb_hw_rdma_window.h"
 #include "transport/kvb_hw_staging.h"
 #include "transport/kvb_hw_tcp.h"
 #include "transport/kvb_hw_transport.h"
@@ -292,6 +293,7 @@ void hw_link_clear(hw_link_t *l)
 {
 	hw_lanes_free(l);
 	hw_rdma_link_clear(l);
+	hw_link_window_keys_drop(l, NULL, NULL);
 	hw_staging_link_clear(l);
 	kvb_mc_segment_clear(&l->seg);
 	l->have_seg = false;
