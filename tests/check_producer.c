@@ -1,6 +1,6 @@
 /*
  * Producer state machine: every transition of the chart at the top of
- * src/core/kvb_connector.c (docs/architecture.md names the test for each).
+ * src/core/kvb_connector_int.h (docs/architecture.md names the test for each).
  * Every test ends with the teardown invariant (h_invariants).
  */
 #include "config.h"

@@ -29,7 +29,7 @@
  * that arrives after expiry is refused with KVB_ERR_EXPIRED and never served.
  *
  * The state charts, with the test covering each transition, are in
- * docs/architecture.md and at the top of src/core/kvb_connector.c.
+ * docs/architecture.md and at the top of src/core/kvb_connector_int.h.
  */
 #ifndef KVBRIDGE_CONNECTOR_H
 #define KVBRIDGE_CONNECTOR_H
