@@ -43,6 +43,7 @@ void respond_stats(uint64_t cid)
 		",\"vllm_bootstrap_requests\":%" PRIu64 ",\"vllm_queries\":%" PRIu64
 		",\"vllm_dealers\":%" PRIu64 ",\"vllm_dealers_reused\":%" PRIu64
 		",\"vllm_descriptors_reused\":%" PRIu64 ",\"vllm_batched_pulls\":%" PRIu64 ",\"warnings_suppressed\":%" PRIu64 ",\"peers_refused\":%" PRIu64
+		",\"window_refused\":%" PRIu64 ",\"auth_failures\":%" PRIu64
 		",\"nic_bytes\":[%s]},\"memory\":\"%s\",\"vllm\":\"%s\",\"bootstrap_port\":%u,"
 		"\"worker_addr\":\"%s\"%s}\n",
 		relay_is() ? "relay" : kvb_role_name(S.cfg.role), kvb_hw_segment_name(S.be), kvb_hw_data_port(S.be),
@@ -56,7 +57,8 @@ void respond_stats(uint64_t cid)
 		h.fenced_writes, h.rdma_bytes_posted, h.rdma_endpoints, h.gpu_copies, h.gpu_staged_bytes,
 		h.gpu_syncs_requested, h.gpu_syncs_served, h.vllm_replies, h.vllm_wrong_generation,
 		h.vllm_bootstrap_requests, h.vllm_queries, h.vllm_dealers, h.vllm_dealers_reused,
-		h.vllm_descriptors_reused, h.vllm_batched_pulls, h.warnings_suppressed, h.peers_refused + kvb_httpd_refused(S.httpd), nic_bytes->str, o.memory,
+		h.vllm_descriptors_reused, h.vllm_batched_pulls, h.warnings_suppressed, h.peers_refused + kvb_httpd_refused(S.httpd),
+		h.window_refused, h.auth_failures, nic_bytes->str, o.memory,
 		S.vproto == KVB_HW_VLLM_GEN2 ? "gen2" : "gen0", kvb_hw_vllm_bootstrap_port(S.be),
 		kvb_hw_vllm_worker_addr(S.be), relay);
 	g_string_free(nic_bytes, TRUE);
