@@ -495,9 +495,8 @@ def load_and_storm(args, daemons, serves, proxy, reqs, attacks):
     total = 0
     for role, res in results.items():
         for kind, outs in res.items():
-            label = kind if role == "insider" else kind
             for o, v in outs.items():
-                count(attacks, "storm, %s: %s" % (role, label.replace("outsider ", "")), o, v)
+                count(attacks, "storm, %s: %s" % (role, kind.replace("outsider ", "")), o, v)
                 total += v
                 if "ANSWERED" in o or "other reply" in o:
                     through.append("%s %s: %s x%d" % (role, kind, o, v))
