@@ -59,6 +59,7 @@ ip -n $nsI route add default via 10.91.3.1
 head -c 48 /dev/urandom | base64 > "$tmp/secret"
 chmod 600 "$tmp/secret"
 table=${CHAOS_TABLE:-$builddir/chaos-table.txt}
+export PYTHONDONTWRITEBYTECODE=1 # no __pycache__ in the source tree
 # the driver runs in the decoders' namespace (it reaches every daemon from
 # there) and starts the producer and the attackers in theirs
 ip netns exec $nsD python3 "$srcdir/tests/chaos/driver.py" \
