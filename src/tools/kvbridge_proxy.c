@@ -330,7 +330,7 @@ static void route_gen0(int cfd, const kvb_http_msg_t *msg, JsonNode *root)
 	endpoint_t *de = &g_array_index(decoders, endpoint_t, di);
 	char idf[160];
 	g_snprintf(idf, sizeof(idf), "X-Request-Id: %s", rid);
-	const char *fields[] = {idf, NULL};
+	const char *fields[] = {idf, auth_field, NULL};
 	int status = 0;
 	GError *gerr = NULL;
 	GByteArray *presp = g_byte_array_new();
@@ -367,7 +367,7 @@ static void route_gen0(int cfd, const kvb_http_msg_t *msg, JsonNode *root)
 		g_atomic_pointer_add(&n_prefill_failed, 1);
 		return;
 	}
-	const char *dfields[] = {idf, "Connection: close", NULL};
+	const char *dfields[] = {idf, "Connection: close", auth_field, NULL};
 	int dfd = decoder_connect(cfd, de, NULL);
 	if (dfd >= 0)
 		decoder_relay(cfd, dfd, de, msg->target, dfields, dbody, NULL);
