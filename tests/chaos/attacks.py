@@ -512,11 +512,17 @@ def storm(conf):
         th.join(timeout=10)
     # what became of the idle connections: closed by the daemon, or still open
     for t, s in held:
+        # what the daemon sent before it closed (a ZMQ greeting) is read first
         s.settimeout(0.0)
+        closed = False
         try:
-            closed = s.recv(4096) == b""
+            while True:
+                data = s.recv(4096)
+                if not data:
+                    closed = True
+                    break
         except BlockingIOError:
-            closed = False
+            pass
         except OSError:
             closed = True
         kind = "idle connection, %s %s" % ("proxy" if t["daemon"] == "proxy" else "worker", t["kind"])

@@ -503,6 +503,12 @@ def load_and_storm(args, daemons, serves, proxy, reqs, attacks):
                     through.append("%s %s: %s x%d" % (role, kind, o, v))
     tap.check(not through and total > 200, "the storm (%d attacks): nothing answered the outsider; the insider's "
               "malformed input refused" % total, "\n".join(through))
+    # an outsider holds no descriptor anywhere, the ZMQ side channel (which
+    # accepts before anyone can look) included
+    idle = {k: v for k, v in results.get("outsider", {}).items() if "idle connection" in k}
+    held = sorted("%s: %d" % (k, v["open at the end"]) for k, v in idle.items() if v.get("open at the end"))
+    tap.check(idle and not held, "the outsider's idle connections were shut down on every port, the ZMQ side "
+              "channel included (%d connections)" % sum(sum(v.values()) for v in idle.values()), "\n".join(held))
     tap.check(all(d.alive() for d in daemons) and all(d.http("GET", "/health", key=False)[0] == 200 for d in daemons),
               "every daemon alive and healthy after the storm")
 

@@ -56,6 +56,7 @@ struct hw_vllm {
 	void *router;
 	int router_fd;
 	hw_watch_t *router_w;
+	hw_zmq_gate_t *gate;        /* shuts down connections from outside allow_peers */
 	hw_deadline_t *kick;        /* re-check ZMQ_EVENTS after sends (edge-triggered fd) */
 	kvb_region_t *regions;
 	uint32_t n_regions;
@@ -455,6 +456,7 @@ int hw_vllm_start(hw_t *hw, kvb_err_t *err)
 	zmq_getsockopt(v->router, ZMQ_FD, &v->router_fd, &sz);
 	v->router_w = hw_watch_new(hw, v->router_fd, G_IO_IN, router_io, v);
 	v->kick = hw_deadline_new(hw, router_kick_fn, v);
+	v->gate = hw_zmq_gate_open(hw, v->router, "vLLM Gen 0 side channel");
 	return KVB_OK;
 }
 
@@ -839,6 +841,7 @@ void hw_vllm_stop(hw_t *hw)
 			vsess_free(v->sessions.head->data); /* peers are freed by the instance */
 		hw_watch_free(v->router_w);
 		hw_deadline_free(v->kick);
+		hw_zmq_gate_close(v->gate);
 		if (v->router)
 			zmq_close(v->router);
 		g_free(v->regions);

@@ -955,6 +955,7 @@ int hw_vllm2_start(hw_t *hw, kvb_err_t *err)
 	v->router_fd = hw_zmq_fd(v->router);
 	v->router_w = hw_watch_new(hw, v->router_fd, G_IO_IN, router_io, v);
 	v->kick = hw_deadline_new(hw, router_kick_fn, v);
+	v->gate = hw_zmq_gate_open(hw, v->router, "vLLM side channel");
 	hw_log(hw, "vLLM Gen 1/2 side channel on %s (bootstrap %s)", v->worker_addr,
 	       hw->p.vllm_bootstrap_port ? "served here" : "elsewhere");
 	return KVB_OK;
@@ -975,6 +976,7 @@ void hw_vllm2_stop(hw_t *hw)
 	hw_vllm_bootstrap_stop(hw);
 	hw_watch_free(v->router_w);
 	hw_deadline_free(v->kick);
+	hw_zmq_gate_close(v->gate);
 	if (v->router)
 		zmq_close(v->router);
 	g_free(v->regions);

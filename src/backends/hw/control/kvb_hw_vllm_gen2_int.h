@@ -14,6 +14,7 @@
 
 #include "control/kvb_hw_vllm_bootstrap.h"
 #include "events/kvb_hw_events.h"
+#include "events/kvb_hw_zmq.h"
 #include "kvb_vllm_bootstrap_wire.h"
 #include "kvb_vllm_xfer_wire.h"
 
@@ -31,6 +32,7 @@ struct hw_vllm2 {
 	void *router;
 	int router_fd;
 	hw_watch_t *router_w;
+	hw_zmq_gate_t *gate;        /* shuts down connections from outside allow_peers */
 	hw_deadline_t *kick;        /* re-check ZMQ_EVENTS after sends (edge-triggered fd) */
 	char worker_addr[KVB_VLLM_ADDR_MAX]; /* tcp://host:port */
 	uint16_t router_port;

@@ -5,6 +5,8 @@
 
 #include <errno.h>
 #include <string.h>
+#include <netdb.h>
+#include <sys/socket.h>
 
 #include <glib.h>
 
@@ -125,4 +127,88 @@ bool hw_zmq_sender_allowed(hw_t *hw, zmq_msg_t *frame)
 	hw_warn_from(hw, ip, "vLLM side channel: message from %s dropped: not among the allowed peers",
 		     *ip ? ip : "an unknown address");
 	return false;
+}
+
+struct hw_zmq_gate {
+	struct hw *hw;
+	void *router;
+	void *mon;
+	hw_watch_t *w;
+	char what[48];
+};
+
+/* Monitor events: a 6-byte frame (u16 event, u32 value: the accepted
+ * connection's fd), then the endpoint.  The fd is libzmq's: it is only ever
+ * shut down, never closed, and only when its peer is not allowed (were the
+ * number reused meanwhile, by a socket to an allowed peer, nothing happens
+ * to it). */
+static bool gate_io(void *obj, GIOCondition cond)
+{
+	(void)cond;
+	hw_zmq_gate_t *g = obj;
+	while (hw_zmq_readable(g->mon)) {
+		zmq_msg_t frames[HW_ZMQ_MAX_FRAMES];
+		size_t total;
+		int n = hw_zmq_recv(g->mon, frames, &total);
+		if (n <= 0)
+			break;
+		uint16_t ev = 0;
+		uint32_t fd = 0;
+		if (zmq_msg_size(&frames[0]) >= 6) {
+			memcpy(&ev, zmq_msg_data(&frames[0]), 2);
+			memcpy(&fd, (const uint8_t *)zmq_msg_data(&frames[0]) + 2, 4);
+		}
+		hw_zmq_frames_close(frames, n);
+		if (ev != ZMQ_EVENT_ACCEPTED)
+			continue;
+		struct sockaddr_storage ss;
+		socklen_t sl = sizeof(ss);
+		if (getpeername((int)fd, (struct sockaddr *)&ss, &sl) != 0 ||
+		    kvb_acl_allows(&g->hw->acl, (struct sockaddr *)&ss))
+			continue;
+		char host[NI_MAXHOST] = "";
+		getnameinfo((struct sockaddr *)&ss, sl, host, sizeof(host), NULL, 0, NI_NUMERICHOST);
+		shutdown((int)fd, SHUT_RDWR);
+		g->hw->stats.peers_refused++;
+		hw_warn_from(g->hw, host, "%s: connection from %s shut down: not among the allowed peers",
+			     g->what, host);
+	}
+	return true;
+}
+
+hw_zmq_gate_t *hw_zmq_gate_open(struct hw *hw, void *router, const char *what)
+{
+	char ep[64];
+	static gint seq;
+	g_snprintf(ep, sizeof(ep), "inproc://kvb-zmq-gate-%p-%d", router, g_atomic_int_add(&seq, 1));
+	if (zmq_socket_monitor(router, ep, ZMQ_EVENT_ACCEPTED) != 0)
+		return NULL;
+	hw_zmq_gate_t *g = g_new0(hw_zmq_gate_t, 1);
+	g->hw = hw;
+	g->router = router;
+	g_strlcpy(g->what, what, sizeof(g->what));
+	g->mon = zmq_socket(hw_zmq_ctx(), ZMQ_PAIR);
+	/* no high-water mark: libzmq's I/O thread blocks on a full monitor pipe
+	 * (a flood of connections between two turns of our loop) */
+	int unlimited = 0;
+	if (g->mon)
+		zmq_setsockopt(g->mon, ZMQ_RCVHWM, &unlimited, sizeof(unlimited));
+	if (!g->mon || zmq_connect(g->mon, ep) != 0) {
+		hw_zmq_gate_close(g);
+		return NULL;
+	}
+	g->w = hw_watch_new(hw, hw_zmq_fd(g->mon), G_IO_IN, gate_io, g);
+	gate_io(g, 0); /* the connect's commands: the fd fires only for what comes after */
+	return g;
+}
+
+void hw_zmq_gate_close(hw_zmq_gate_t *g)
+{
+	if (!g)
+		return;
+	hw_watch_free(g->w);
+	zmq_socket_monitor(g->router, NULL, 0);
+	if (g->mon)
+		zmq_close(g->mon);
+	g_free(g);
 }

@@ -46,4 +46,14 @@ struct hw;
  * message must be dropped unanswered. */
 bool hw_zmq_sender_allowed(struct hw *hw, zmq_msg_t *frame);
 
+/* ZMQ accepts a connection before anyone can look at its address.  A gate
+ * on a ROUTER watches its ACCEPTED events and shuts down, at once, every
+ * accepted connection whose peer is not among hw's allowed peers, so an
+ * outsider holds no descriptor there (counted in peers_refused, warned
+ * about, rate-limited); what was sent meanwhile is dropped by
+ * hw_zmq_sender_allowed.  what: the port's name, for the warning. */
+typedef struct hw_zmq_gate hw_zmq_gate_t;
+hw_zmq_gate_t *hw_zmq_gate_open(struct hw *hw, void *router, const char *what);
+void hw_zmq_gate_close(hw_zmq_gate_t *g); /* NULL is a no-op; before the router closes */
+
 #endif /* KVB_HW_ZMQ_H */
