@@ -710,7 +710,9 @@ START_TEST(test_gen2_allowed_peers)
 	ck_assert_msg(answered[1], "a message from 127.0.0.1 got no answer");
 	kvb_hw_stats_t st;
 	kvb_hw_stats_get(P.be, &st);
-	ck_assert_uint_eq(st.peers_refused, 1);
+	/* its message dropped, and each of its (re)connections shut down */
+	ck_assert_uint_ge(st.peers_refused, 1);
+	uint64_t refused = st.peers_refused;
 
 	/* the bootstrap: 127.0.0.2 is closed at accept, unread */
 	int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -734,7 +736,7 @@ START_TEST(test_gen2_allowed_peers)
 	close(fd);
 	ck_assert_msg(got == 0, "the bootstrap answered 127.0.0.2 (%zd bytes)", got);
 	kvb_hw_stats_get(P.be, &st);
-	ck_assert_uint_eq(st.peers_refused, 2);
+	ck_assert_uint_eq(st.peers_refused, refused + 1);
 
 	/* the consumer will not dial outside its list */
 	uint32_t db[2] = {1, 2};
