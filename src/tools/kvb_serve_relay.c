@@ -124,10 +124,9 @@ int relay_setup(void)
 		return 2;
 	}
 	if (R.up_https && !S.tls_client) {
-		GError *e = NULL;
-		if (!(S.tls_client = kvb_tls_client_new(NULL, &e))) {
-			fprintf(stderr, "kvbridge-serve: --upstream %s: %s\n", o.upstream, e->message);
-			g_error_free(e);
+		kvb_err_t e;
+		if (!(S.tls_client = kvb_tls_client_new(NULL, NULL, &e))) {
+			fprintf(stderr, "kvbridge-serve: --upstream %s: %s\n", o.upstream, e.msg);
 			return 2;
 		}
 	}

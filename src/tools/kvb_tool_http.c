@@ -161,11 +161,10 @@ static void tls_failed(kvb_httpd_t *d, int fd, const char *why)
 /* The server side of the handshake, a step per readiness. */
 static gboolean hconn_handshake(hconn_t *c)
 {
-	GError *e = NULL;
+	kvb_err_t e;
 	int rc = kvb_tls_handshake_step(c->tls, &e);
 	if (rc < 0) {
-		tls_failed(c->d, c->fd, e->message);
-		g_error_free(e);
+		tls_failed(c->d, c->fd, e.msg);
 		hconn_free(c);
 		return G_SOURCE_REMOVE;
 	}
@@ -295,11 +294,10 @@ static gboolean accept_io(gint fd, GIOCondition cond, gpointer data)
 		c->tx = g_byte_array_new();
 		g_hash_table_insert(d->conns, &c->id, c);
 		if (d->tls) {
-			GError *e = NULL;
+			kvb_err_t e;
 			c->tls = kvb_tls_session_new(d->tls, cfd, NULL, &e);
 			if (!c->tls) {
-				tls_failed(d, cfd, e->message);
-				g_error_free(e);
+				tls_failed(d, cfd, e.msg);
 				hconn_free(c);
 				continue;
 			}
@@ -466,10 +464,9 @@ bool kvb_http_conn_open(kvb_http_conn_t *c, const char *host, uint16_t port, con
 		return false;
 	if (!tls)
 		return true;
-	GError *e = NULL;
+	kvb_err_t e;
 	if (!(c->tls = kvb_tls_session_new(tls, c->fd, host, &e)) || !kvb_tls_handshake(c->tls, timeout_ms, &e)) {
-		g_set_error(error, KVB_TOOL_HTTP_ERROR, 1, "https://%s:%u: %s", host, port, e->message);
-		g_error_free(e);
+		g_set_error(error, KVB_TOOL_HTTP_ERROR, 1, "https://%s:%u: %s", host, port, e.msg);
 		kvb_tls_session_free(c->tls);
 		c->tls = NULL;
 		close(c->fd);
@@ -486,7 +483,9 @@ bool kvb_http_conn_accept(kvb_http_conn_t *c, int fd, const kvb_tls_t *tls, int 
 	c->tls = NULL;
 	if (!tls)
 		return true;
-	if (!(c->tls = kvb_tls_session_new(tls, fd, NULL, error)) || !kvb_tls_handshake(c->tls, timeout_ms, error)) {
+	kvb_err_t e;
+	if (!(c->tls = kvb_tls_session_new(tls, fd, NULL, &e)) || !kvb_tls_handshake(c->tls, timeout_ms, &e)) {
+		g_set_error(error, KVB_TOOL_HTTP_ERROR, 1, "%s", e.msg);
 		kvb_tls_session_free(c->tls);
 		c->tls = NULL;
 		return false; /* fd stays the caller's */

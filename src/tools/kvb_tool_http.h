@@ -15,7 +15,7 @@
 
 #include "kvb_acl.h"
 #include "kvb_http.h"
-#include "kvb_tool_tls.h"
+#include "kvb_tls.h"
 
 typedef struct kvb_httpd kvb_httpd_t;
 

@@ -1058,8 +1058,9 @@ int main(int argc, char **argv)
 		fprintf(stderr, "kvbridge-proxy: --api-key: %s\n", kwhy);
 		return 2;
 	}
-	if (!kvb_tls_from_options(o.tls_cert, o.tls_key, o.tls_ca, true, &front_tls, &leg_tls, &gerr)) {
-		fprintf(stderr, "kvbridge-proxy: %s\n", gerr->message);
+	kvb_err_t terr;
+	if (!kvb_tls_from_options(o.tls_cert, o.tls_key, o.tls_ca, &front_tls, &leg_tls, &terr)) {
+		fprintf(stderr, "kvbridge-proxy: %s\n", terr.msg);
 		return 2;
 	}
 	const char *allow = o.allow_peers ? o.allow_peers : g_getenv("KVB_ALLOW_PEERS");

@@ -432,9 +432,8 @@ static int setup(void)
 		fprintf(stderr, "kvbridge-serve: --api-key: %s\n", kwhy);
 		return KVB_CLI_USAGE;
 	}
-	if (!kvb_tls_from_options(o.tls_cert, o.tls_key, o.tls_ca, true, &S.tls_server, &S.tls_client,
-				  &gerr)) {
-		fprintf(stderr, "kvbridge-serve: %s\n", gerr->message);
+	if (!kvb_tls_from_options(o.tls_cert, o.tls_key, o.tls_ca, &S.tls_server, &S.tls_client, &err)) {
+		fprintf(stderr, "kvbridge-serve: %s\n", err.msg);
 		return KVB_CLI_USAGE;
 	}
 	/* every number in range, the option named; NOT_GIVEN keeps the default */
