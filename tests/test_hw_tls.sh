@@ -11,23 +11,29 @@
 #     for a burst, and leaves no descriptor behind; the daemons keep serving;
 #   - a client trusting another CA is refused, by curl and by the proxy's
 #     legs, and so is a certificate naming another host;
+#   - kvbridge's own control stream between two workers runs in TLS: a tap
+#     on the wire sees neither the request id nor the descriptor's keys (on
+#     plaintext workers it sees both), and a worker that does not speak TLS
+#     on its streams is refused either way, with the reason;
 #   - bad --tls-* options stop the programs with exit 2, naming the option.
 tmp=$(mktemp -d)
 . "${top_srcdir:-.}/tests/hw_lib.sh"
 trap cleanup EXIT
 srcdir=${top_srcdir:-.}
 command -v curl >/dev/null || skip_all "curl not installed"
+command -v python3 >/dev/null || skip_all "python3 not installed"
 [ -x "$serve" ] || skip_all "kvbridge-serve not built (hw backend disabled)"
 sh "$srcdir/tests/tls/make_certs.sh" "$tmp" || skip_all "openssl not installed (it makes the test certificates)"
-echo "1..15"
+echo "1..19"
 # below the ephemeral range (32768+), where the kernel picks other sockets' ports
 base=$((20000 + $$ % 10000))
 export VLLM_MOONCAKE_BOOTSTRAP_PORT=$base
 B=$((base + 20)) # the gen2 producer's bootstrap
 TLS="--tls-cert $tmp/server.pem --tls-key $tmp/server.key"
 CA="--cacert $tmp/ca.pem"
-spost() { # URL JSON: as post, over HTTPS trusting the test CA
-	curl -s $CA -o "$tmp/resp" -w '%{http_code}' -H 'Content-Type: application/json' --max-time 60 -d "$2" "$1"
+spost() { # URL JSON [ID]: as post, over HTTPS trusting the test CA
+	curl -s $CA -o "$tmp/resp" -w '%{http_code}' -H 'Content-Type: application/json' \
+		${3:+-H "X-Request-Id: $3"} --max-time 60 -d "$2" "$1"
 }
 sget() { curl -s $CA --max-time 10 "$1"; }
 port_of() { sed -n 's/.*ready on [^:]*:\([0-9]*\).*/\1/p' "$tmp/$1.out" | head -n 1; }
@@ -36,7 +42,7 @@ start prod "$serve" --vllm-protocol gen0 --role producer --http-port 0 --blocks 
 P=$(field prod http); prod_pid=$last_pid
 start cons "$serve" --vllm-protocol gen0 --role consumer --http-port 0 --blocks 4096 --pull-protocol vllm $TLS -v || exit 1
 C=$(field cons http)
-KVB_TLS_CERT=$tmp/server.pem KVB_TLS_KEY=$tmp/server.key \
+KVB_TLS_CERT=$tmp/server.pem KVB_TLS_KEY=$tmp/server.key KVB_TLS_CA=$tmp/ca.pem \
 	start cons2 "$serve" --vllm-protocol gen0 --role consumer --http-port 0 --blocks 4096 -v || exit 1
 C2=$(field cons2 http)
 start proxy "$proxy" --vllm-protocol gen0 --port 0 --prefiller-port "$P" --decoder-port "$C" $TLS \
@@ -125,6 +131,45 @@ start gproxy2 "$proxy" --port 0 --prefiller-port "$(field grelay http)" --prefil
 st=$(post "http://127.0.0.1:$(port_of gproxy2)/v1/completions" "{\"prompt\":\"$(words 300)\",\"max_tokens\":4}")
 check "a relay with --upstream https://: the request through it is verified (HTTP $st)" \
 	"[ '$st' = 200 ] && grep -q '\"mismatched_bytes\":0' '$tmp/resp'"
+
+# kvbridge's stream seen from the wire: the consumer pulls through a tap
+# relay in front of the producer's handshake port (kvbridge_segment rewritten)
+tap_start() { # NAME SEGMENT: a tap relay in front of the handshake port of SEGMENT
+	python3 "$srcdir/tests/tls/tap_relay.py" "$tmp/$1.port" "${2##*:}" "$tmp/$1.bin" >"$tmp/$1-tap.log" 2>&1 &
+	pids="$pids $!"
+	i=0; while [ ! -s "$tmp/$1.port" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
+}
+tap() { # NAME PRODUCER_URL CONSUMER_URL POST: one request, pulled through tap NAME; HTTP status echoed
+	st=$($4 "$2/v1/completions" '{"prompt":"tap tap tap tap","kv_transfer_params":{"do_remote_decode":true}}' "rid-$1-7f3a9c")
+	params=$(sed -n 's/.*"kv_transfer_params":\({[^}]*}\).*/\1/p' "$tmp/resp" |
+		sed "s/\"kvbridge_segment\":\"[^\"]*\"/\"kvbridge_segment\":\"127.0.0.1:$(cat "$tmp/$1.port")\"/")
+	$4 "$3/v1/completions" "{\"prompt\":\"tap tap tap tap\",\"kv_transfer_params\":$params}" "rid-$1-7f3a9c"
+}
+tap_start tls "$(field prod segment)"
+st=$(tap tls "https://127.0.0.1:$P" "https://127.0.0.1:$C2" spost)
+sleep 0.3
+check "a pull over kvbridge's stream through a tap: verified; the tap saw $(wc -c < "$tmp/tls.bin") bytes of TLS, no request id, no descriptor key (HTTP $st)" \
+	"[ '$st' = 200 ] && grep -q '\"mismatched_bytes\":0' '$tmp/resp' && [ -s '$tmp/tls.bin' ] && \
+	 ! grep -q 'rid-tls-7f3a9c' '$tmp/tls.bin' && ! grep -q 'tcp_data_port' '$tmp/tls.bin' && \
+	 sget https://127.0.0.1:$C2/stats > '$tmp/s' && [ \$(json_num '$tmp/s' tls_streams) -ge 1 ]"
+VLLM_MOONCAKE_BOOTSTRAP_PORT=$((base + 30)) start plain-p "$serve" --vllm-protocol gen0 --role producer \
+	--http-port 0 --blocks 64 -v || exit 1
+start plain-c "$serve" --vllm-protocol gen0 --role consumer --http-port 0 --blocks 64 -v || exit 1
+tap_start plain "$(field plain-p segment)"
+st=$(tap plain "http://127.0.0.1:$(field plain-p http)" "http://127.0.0.1:$(field plain-c http)" post)
+check "the same tap between plaintext workers sees the request id and the descriptor (HTTP $st): the check above can fail" \
+	"[ '$st' = 200 ] && grep -q 'rid-plain-7f3a9c' '$tmp/plain.bin' && grep -q 'tcp_data_port' '$tmp/plain.bin'"
+# mismatched workers: refused, the reason in the log or the answer
+st=$(spost "https://127.0.0.1:$P/v1/completions" '{"prompt":"a b","kv_transfer_params":{"do_remote_decode":true}}')
+params=$(sed -n 's/.*"kv_transfer_params":\({[^}]*}\).*/\1/p' "$tmp/resp")
+st=$(post "http://127.0.0.1:$(field plain-c http)/v1/completions" "{\"prompt\":\"a b\",\"kv_transfer_params\":$params}")
+check "a consumer without TLS pulling from a TLS producer: refused, the producer says why (HTTP $st)" \
+	"[ '$st' = 502 ] && grep -q 'streams need TLS' '$tmp/prod.log'"
+st=$(post "http://127.0.0.1:$(field plain-p http)/v1/completions" '{"prompt":"a b","kv_transfer_params":{"do_remote_decode":true}}')
+params=$(sed -n 's/.*"kv_transfer_params":\({[^}]*}\).*/\1/p' "$tmp/resp")
+st=$(spost "https://127.0.0.1:$C2/v1/completions" "{\"prompt\":\"a b\",\"kv_transfer_params\":$params}")
+check "a TLS consumer pulling from a producer without TLS: refused with the reason (HTTP $st)" \
+	"[ '$st' = 502 ] && grep -q 'TLS handshake failed' '$tmp/resp' && grep -q 'is TLS on for the peer' '$tmp/cons2.log'"
 
 # bad options: exit 2, the option named
 bad=0

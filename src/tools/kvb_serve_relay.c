@@ -211,6 +211,12 @@ int relay_open_upstream(void (*warn)(void *, const char *), void (*notify)(void 
 		hp.allow_peers = o.allow_peers;
 	if (o.secret_file)
 		hp.secret_file = o.secret_file;
+	if (o.tls_cert)
+		hp.tls_cert = o.tls_cert;
+	if (o.tls_key)
+		hp.tls_key = o.tls_key;
+	if (o.tls_ca)
+		hp.tls_ca = o.tls_ca;
 	hp.n_nics = (uint32_t)o.nics;
 	for (guint i = 0; o.nic_addrs && o.nic_addrs[i] && i < KVB_HW_MAX_NICS; i++)
 		hp.nic_addrs[i] = o.nic_addrs[i];

@@ -300,13 +300,16 @@ static GOptionEntry entries[] = {
 	 "a file (>= 32 bytes) the kvbridge workers that talk to each other share: their control "
 	 "streams authenticate with it (challenge-response); default KVB_SECRET_FILE", "FILE"},
 	{"tls-cert", 0, 0, G_OPTION_ARG_FILENAME, &o.tls_cert,
-	 "serve the HTTP front over HTTPS (TLS 1.2+) with this PEM certificate chain, with --tls-key "
-	 "(default KVB_TLS_CERT; off: plain HTTP)", "FILE"},
+	 "TLS 1.2+ with this PEM certificate chain (and --tls-key) on the HTTP front (HTTPS) and on "
+	 "the kvbridge control streams other workers open to this one, which must then use TLS "
+	 "(default KVB_TLS_CERT; off: plaintext; vLLM and Mooncake peers stay plaintext)", "FILE"},
 	{"tls-key", 0, 0, G_OPTION_ARG_FILENAME, &o.tls_key,
 	 "the PEM private key of --tls-cert (default KVB_TLS_KEY)", "FILE"},
 	{"tls-ca", 0, 0, G_OPTION_ARG_FILENAME, &o.tls_ca,
-	 "PEM CA certificates that https:// peers (--upstream https://...) must be signed by, their "
-	 "name or address checked (default KVB_TLS_CA, else the system's trust store)", "FILE"},
+	 "PEM CA certificates: the kvbridge control streams this worker opens (kvb:// pulls) use TLS "
+	 "and the peer's certificate must be signed by them and name the host dialed; also the trust "
+	 "for --upstream https://... (default KVB_TLS_CA; without it, https:// upstreams use the "
+	 "system's trust store)", "FILE"},
 	{"allow-peers", 0, 0, G_OPTION_ARG_STRING, &o.allow_peers,
 	 "networks that may connect to any port and that this worker may dial when a message or a "
 	 "client names them: CIDR list (10.0.0.0/8,fd00::/8), * = anyone (default KVB_ALLOW_PEERS, "
@@ -546,6 +549,13 @@ static int setup(void)
 		hp.allow_peers = o.allow_peers;
 	if (o.secret_file)
 		hp.secret_file = o.secret_file;
+	/* the same credentials for kvbridge's control streams as for the HTTP front */
+	if (o.tls_cert)
+		hp.tls_cert = o.tls_cert;
+	if (o.tls_key)
+		hp.tls_key = o.tls_key;
+	if (o.tls_ca)
+		hp.tls_ca = o.tls_ca;
 	g_strlcpy(S.host, hp.host, sizeof(S.host));
 	hp.rpc_port = (uint16_t)o.rpc_port;
 	hp.data_port = (uint16_t)o.data_port;
