@@ -170,10 +170,8 @@ static gboolean hconn_handshake(hconn_t *c)
 	}
 	GIOCondition want = rc == 0 && kvb_tls_wants_write(c->tls) ? G_IO_OUT : G_IO_IN;
 	c->tls_ready = rc > 0;
-	if (want != c->watching) {
-		hconn_watch(c, want);
-		return G_SOURCE_REMOVE;
-	}
+	if (want != c->watching)
+		hconn_watch(c, want); /* replaces the source this runs from: its return is moot */
 	return G_SOURCE_CONTINUE;
 }
 
@@ -183,7 +181,7 @@ static gboolean hconn_io(gint fd, GIOCondition cond, gpointer data)
 	(void)cond;
 	if (c->tls && !c->tls_ready) {
 		gboolean keep = hconn_handshake(c);
-		/* done: the request may be in already, read it now */
+		/* done: the request may be in already (even in GnuTLS's buffer), read it now */
 		if (keep != G_SOURCE_CONTINUE || !c->tls_ready)
 			return keep;
 	}
