@@ -24,7 +24,7 @@ command -v curl >/dev/null || skip_all "curl not installed"
 command -v python3 >/dev/null || skip_all "python3 not installed"
 [ -x "$serve" ] || skip_all "kvbridge-serve not built (hw backend disabled)"
 sh "$srcdir/tests/tls/make_certs.sh" "$tmp" || skip_all "openssl not installed (it makes the test certificates)"
-echo "1..19"
+echo "1..20"
 # below the ephemeral range (32768+), where the kernel picks other sockets' ports
 base=$((20000 + $$ % 10000))
 export VLLM_MOONCAKE_BOOTSTRAP_PORT=$base
@@ -69,7 +69,7 @@ done
 check "chat requests over kvbridge's own stream, proxy named localhost: all verified" "[ $good -eq 2 ]"
 
 # plaintext clients on the TLS ports: closed, counted, one warning for the burst, no fd left
-fds0=$(ls /proc/$prod_pid/fd | wc -l)
+fds0=$(ls /proc/$prod_pid/fd | wc -l); xfds0=$(ls /proc/$proxy_pid/fd | wc -l)
 plain=0
 for i in 1 2 3 4 5 6; do
 	st=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "http://127.0.0.1:$P/health")
@@ -79,15 +79,22 @@ for i in 1 2 3 4 5 6; do
 done
 check "plain HTTP to the daemon's and the proxy's TLS ports gets no answer ($plain of 12)" "[ $plain -eq 12 ]"
 sleep 0.3
-fds1=$(ls /proc/$prod_pid/fd | wc -l)
+fds1=$(ls /proc/$prod_pid/fd | wc -l); xfds1=$(ls /proc/$proxy_pid/fd | wc -l)
 check "the daemon counted them, warned once for the burst, kept no descriptor ($fds0 -> $fds1)" \
 	"sget https://127.0.0.1:$P/stats > '$tmp/s' && [ \$(json_num '$tmp/s' tls_handshakes_failed) -eq 6 ] && \
 	 [ \$(grep -c 'HTTPS port: client 127.0.0.1' '$tmp/prod.log') -eq 1 ] && [ $fds1 -le $fds0 ]"
-check "the proxy counted them and warned once" \
+check "the proxy counted them, warned once, kept no descriptor ($xfds0 -> $xfds1)" \
 	"sget https://127.0.0.1:$X/stats > '$tmp/s' && [ \$(json_num '$tmp/s' tls_handshakes_failed) -eq 6 ] && \
-	 [ \$(grep -c 'HTTPS port: client 127.0.0.1' '$tmp/proxy.log') -eq 1 ]"
+	 [ \$(grep -c 'HTTPS port: client 127.0.0.1' '$tmp/proxy.log') -eq 1 ] && [ $xfds1 -le $xfds0 ]"
 st=$(spost "https://127.0.0.1:$X/v1/completions" "{\"prompt\":\"$(words 40)\"}")
 check "still serving after the plaintext clients (HTTP $st)" "[ '$st' = 200 ] && grep -q '\"mismatched_bytes\":0' '$tmp/resp'"
+
+# versions: 1.2 and 1.3 only (the client allows 1.1 itself: SECLEVEL=0)
+st12=$(curl -s --tls-max 1.2 $CA -o /dev/null -w '%{http_code}' --max-time 10 "https://127.0.0.1:$P/health")
+proto11=$(echo | timeout 10 openssl s_client -connect "127.0.0.1:$P" -tls1_1 -cipher 'DEFAULT:@SECLEVEL=0' 2>&1 |
+	sed -n 's/.*New, \(TLSv[0-9.]*\|(NONE)\), Cipher is.*/\1/p' | head -n 1)
+check "TLS 1.2 is accepted (HTTP $st12), TLS 1.1 is refused (negotiated: ${proto11:-nothing})" \
+	"[ '$st12' = 200 ] && [ '$proto11' = '(NONE)' ]"
 
 # trust
 curl -s -o /dev/null --cacert "$tmp/other-ca.pem" --max-time 5 "https://127.0.0.1:$X/health"; rc1=$?
