@@ -9,11 +9,11 @@ packages=(
 	libglib2.0-dev check valgrind
 )
 # Optional backends: installed so that `./configure` (auto) builds them.
-packages+=(libsimgrid-dev gnuplot-nox libibverbs-dev libjson-glib-dev libzmq3-dev libmsgpack-dev libsodium-dev)
+packages+=(libsimgrid-dev gnuplot-nox libibverbs-dev libjson-glib-dev libzmq3-dev libmsgpack-dev libsodium-dev libgnutls28-dev)
 # hw tests: processes talk HTTP (curl), two hosts are network namespaces
 # (iproute2), interop peers run in a Python venv (python3-venv, pip from
 # PyPI), parsers are fuzzed with libFuzzer (clang).
-packages+=(curl iproute2 python3-venv clang)
+packages+=(curl iproute2 python3-venv clang openssl)
 
 missing=()
 for p in "${packages[@]}"; do

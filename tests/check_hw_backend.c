@@ -659,6 +659,105 @@ START_TEST(test_stream_shared_secret)
 }
 END_TEST
 
+/* TLS on kvbridge's control stream: both sides with it, the pull works
+ * (with a shared secret inside too); either side without it, or a CA that
+ * did not sign the listener's certificate, refused with the reason and
+ * counted; bad files refused at open, named as params.  Certificates from
+ * tests/tls/make_certs.sh (openssl); without openssl the case passes
+ * vacuously and says so. */
+START_TEST(test_stream_tls)
+{
+	char *dir = g_dir_make_tmp("kvb-tls-XXXXXX", NULL);
+	char *argv[] = {"sh", KVB_TLS_CERTS_SCRIPT, dir, NULL};
+	int status = 0;
+	if (!g_spawn_sync(NULL, argv, NULL, G_SPAWN_SEARCH_PATH, NULL, NULL, NULL, NULL, &status, NULL) ||
+	    !g_spawn_check_wait_status(status, NULL)) {
+		fprintf(stderr, "# test_stream_tls: no test certificates (is openssl installed?)\n");
+		g_free(dir);
+		return;
+	}
+	char *cert = g_build_filename(dir, "server.pem", NULL), *key = g_build_filename(dir, "server.key", NULL);
+	char *ca = g_build_filename(dir, "ca.pem", NULL), *other = g_build_filename(dir, "other-ca.pem", NULL);
+	char *secret = secret_file(dir, "secret", "0123456789abcdef0123456789abcdef-secret-A\n");
+	side_opts_t tls = {.tls_cert = cert, .tls_key = key, .tls_ca = ca};
+	side_opts_t tls_secret = tls, none = {0}, wrong_ca = {.tls_ca = other};
+	tls_secret.secret_file = secret;
+	side_t P, D;
+	side_open_opt(&P, KVB_ROLE_PRODUCER, 2, &tls_secret);
+	side_open_opt(&D, KVB_ROLE_CONSUMER, 30, &tls_secret);
+	kvb_finished_t f = stream_pull(&P, &D, "t-ok");
+	ck_assert_msg(f.state == KVB_CONSUMER_DONE, "TLS and a secret: %s", f.reason);
+	ck_assert_uint_eq(check_request(&D, "t-ok", (uint32_t[]){5, 6}, 2), 0);
+	side_t *both[2] = {&P, &D};
+	ck_assert(run_until(both, 2, &P, 1, 10));
+	kvb_hw_stats_t st;
+	kvb_hw_stats_get(D.be, &st);
+	ck_assert_uint_eq(st.tls_streams, 1);
+	side_close(&D);
+
+	const struct {
+		side_opts_t *d;
+		const char *why;
+	} bad[] = {
+		{&none, "connection closed"},          /* a plaintext hello: the listener refuses it */
+		{&wrong_ca, "issuer is unknown"},
+	};
+	for (size_t i = 0; i < G_N_ELEMENTS(bad); i++) {
+		side_t D2;
+		side_open_opt(&D2, KVB_ROLE_CONSUMER, 30, bad[i].d);
+		char id[16];
+		g_snprintf(id, sizeof(id), "t-bad%zu", i);
+		f = stream_pull(&P, &D2, id);
+		ck_assert_int_eq(f.state, KVB_CONSUMER_FAILED);
+		ck_assert_msg(strstr(f.reason, bad[i].why), "%s", f.reason);
+		side_close(&D2);
+		side_t *one[1] = {&P};
+		ck_assert(run_until(one, 1, &P, 2 + (guint)i, 10));
+	}
+	kvb_hw_stats_get(P.be, &st);
+	ck_assert_uint_eq(st.tls_streams, 1);
+	ck_assert_uint_ge(st.tls_failures, 2);
+	ck_assert_uint_eq(st.streams_opened, 1);
+	side_close(&P);
+	/* a listener without TLS: the connector that wants it says so */
+	side_t P0, D3;
+	side_open_opt(&P0, KVB_ROLE_PRODUCER, 2, &none);
+	side_open_opt(&D3, KVB_ROLE_CONSUMER, 30, &tls);
+	f = stream_pull(&P0, &D3, "t-nolisten");
+	ck_assert_int_eq(f.state, KVB_CONSUMER_FAILED);
+	ck_assert_msg(strstr(f.reason, "TLS handshake failed"), "%s", f.reason);
+	side_close(&D3);
+	side_t *one0[1] = {&P0};
+	ck_assert(run_until(one0, 1, &P0, 1, 10));
+	kvb_hw_stats_get(P0.be, &st);
+	ck_assert_uint_eq(st.tls_failures, 1);
+	side_close(&P0);
+	/* bad files: the instance does not open, the param named */
+	kvb_hw_params_t p;
+	kvb_backend_t *be;
+	kvb_err_t err;
+	kvb_hw_params_default(&p);
+	p.tls_cert = cert;
+	ck_assert_int_eq(kvb_hw_open(&p, &be, &err), KVB_ERR_CONFIG);
+	ck_assert_msg(strstr(err.msg, "tls_cert without tls_key"), "%s", err.msg);
+	p.tls_key = ca; /* not the key of cert */
+	ck_assert_int_eq(kvb_hw_open(&p, &be, &err), KVB_ERR_CONFIG);
+	ck_assert_msg(g_str_has_prefix(err.msg, "tls_cert ") || g_str_has_prefix(err.msg, "tls_key "), "%s", err.msg);
+	kvb_hw_params_default(&p);
+	p.tls_ca = "/nonexistent/ca.pem";
+	ck_assert_int_eq(kvb_hw_open(&p, &be, &err), KVB_ERR_CONFIG);
+	ck_assert_msg(strstr(err.msg, "tls_ca /nonexistent/ca.pem: file not found"), "%s", err.msg);
+	char *rm[] = {"rm", "-rf", dir, NULL};
+	g_spawn_sync(NULL, rm, NULL, G_SPAWN_SEARCH_PATH, NULL, NULL, NULL, NULL, NULL, NULL);
+	g_free(cert);
+	g_free(key);
+	g_free(ca);
+	g_free(other);
+	g_free(secret);
+	g_free(dir);
+}
+END_TEST
+
 START_TEST(test_vllm_bad_messages_get_trans_error)
 {
 	uint16_t sport = 40000 + (uint16_t)(getpid() % 1000);
@@ -716,6 +815,7 @@ Suite *kvb_suite_hw_backend(void)
 	tcase_add_test(tc, test_tcp_transport_refuses_out_of_range);
 	tcase_add_test(tc, test_data_windows);
 	tcase_add_test(tc, test_stream_shared_secret);
+	tcase_add_test(tc, test_stream_tls);
 	tcase_add_test(tc, test_vllm_bad_messages_get_trans_error);
 	tcase_add_test(tc, test_gpu_staging_both_sides);
 	tcase_add_test(tc, test_gpu_staging_pool_units);

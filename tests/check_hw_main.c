@@ -19,6 +19,7 @@ int main(void)
 	srunner_add_suite(sr, kvb_suite_http());
 	srunner_add_suite(sr, kvb_suite_acl());
 	srunner_add_suite(sr, kvb_suite_rdma_window_wire());
+	srunner_add_suite(sr, kvb_suite_tls());
 	srunner_add_suite(sr, kvb_suite_proxy_vllm());
 	srunner_set_tap(sr, "-");
 	srunner_run_all(sr, CK_ENV);

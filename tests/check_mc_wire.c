@@ -141,7 +141,7 @@ END_TEST
 
 START_TEST(test_frame_body_refused)
 {
-	static const uint8_t bad[] = {4, 5, 8, 0x0b, 0x0c, 0x0f, 0x16, 0x1f, '[', '"', 'a', '0',
+	static const uint8_t bad[] = {4, 5, 8, 0x0b, 0x0c, 0x0f, 0x17, 0x1f, '[', '"', 'a', '0',
 				      0x7b + 1, 0x7f, 0x80, 0xfe, 0xff};
 	kvb_err_t err;
 	for (size_t i = 0; i < G_N_ELEMENTS(bad); i++) {
@@ -165,7 +165,7 @@ START_TEST(test_frame_body_refused)
 		kvb_mc_msg_type_t t;
 		const uint8_t *p;
 		size_t pl;
-		bool want = v <= 3 || (v >= 0x10 && v <= 0x15) || v == '{' || v == ' ' || v == '\t' ||
+		bool want = v <= 3 || (v >= 0x10 && v <= 0x16) || v == '{' || v == ' ' || v == '\t' ||
 			    v == '\r' || v == '\n';
 		int rc = kvb_mc_frame_body(body, 1, &t, &p, &pl, NULL);
 		ck_assert_msg((rc == KVB_OK) == want, "first byte 0x%02x: rc %d", v, rc);

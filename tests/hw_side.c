@@ -60,6 +60,9 @@ void side_open_opt(side_t *s, kvb_role_t role, double lease_s, const side_opts_t
 	p.warn_fn = o->warn_fn;
 	p.allow_peers = o->allow_peers;
 	p.secret_file = o->secret_file;
+	p.tls_cert = o->tls_cert;
+	p.tls_key = o->tls_key;
+	p.tls_ca = o->tls_ca;
 	p.warn_arg = o->warn_arg;
 	kvb_err_t err;
 	ck_assert_msg(kvb_hw_open(&p, &s->be, &err) == KVB_OK, "open: %s", err.msg);

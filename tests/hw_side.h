@@ -49,6 +49,7 @@ typedef struct side_opts {
 	uint64_t block_bytes;    /* 0 = BLOCK_BYTES (at most STRIDE) */
 	const char *allow_peers; /* params.allow_peers */
 	const char *secret_file; /* params.secret_file */
+	const char *tls_cert, *tls_key, *tls_ca; /* params.tls_* */
 	void (*warn_fn)(void *arg, const char *line); /* params.warn_fn */
 	void *warn_arg;
 } side_opts_t;

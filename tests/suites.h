@@ -35,6 +35,7 @@ Suite *kvb_suite_vllm_bootstrap_wire(void); /* check_vllm_bootstrap_wire.c */
 Suite *kvb_suite_http(void);       /* check_http.c */
 Suite *kvb_suite_acl(void);        /* check_acl.c */
 Suite *kvb_suite_rdma_window_wire(void); /* check_rdma_window_wire.c */
+Suite *kvb_suite_tls(void);        /* check_tls.c */
 Suite *kvb_suite_proxy_vllm(void); /* check_proxy_vllm.c (src/tools/kvb_proxy_vllm.c) */
 Suite *kvb_suite_hw_backend(void); /* check_hw_backend.c */
 Suite *kvb_suite_hw_vllm2(void); /* check_hw_vllm2.c */

@@ -13,6 +13,7 @@ hw = sys.argv[1]
 rank = {
     'kvb_mc_wire': 0, 'kvb_vllm_wire': 0, 'kvb_http': 0, 'kvb_acl': 0, 'kvb_vllm_xfer_wire': 0,
     'kvb_vllm_bootstrap_wire': 0, 'kvb_msgpack': 0, 'kvb_vllm_xfer_decode': 0, 'kvb_rdma_window_wire': 0,
+    'kvb_tls': 0,
     'events/kvb_hw_events': 10, 'events/kvb_hw_warn': 11, 'events/kvb_hw_net': 11, 'events/kvb_hw_zmq': 11,
     'transport/kvb_hw_mem': 20, 'transport/kvb_hw_link': 20, 'transport/kvb_hw_gpu': 21,
     'transport/kvb_hw_tcp': 22, 'transport/kvb_hw_rdma_dev': 22, 'transport/kvb_hw_rdma_int': 22,

@@ -56,7 +56,8 @@
  *   MC_TCP_STATUS_TIMEOUT_SEC, MC_TCP_BIND_ADDRESS, MC_TCP_LANES_PER_PEER; RDMA: MC_GID_INDEX,
  *   MC_IB_PORT, MC_MTU, MC_NUM_QP_PER_EP, MC_MAX_WR, MC_TE_FILTERS (device
  *   whitelist), MC_FORCE_TCP=1 (no RDMA), KVB_RDMA_DEVICES (the device list);
- *   GPU staging: KVB_STAGING_BYTES, KVB_STAGING_CHUNK.
+ *   GPU staging: KVB_STAGING_BYTES, KVB_STAGING_CHUNK.  kvbridge's own
+ *   streams: KVB_SECRET_FILE, KVB_TLS_CERT, KVB_TLS_KEY, KVB_TLS_CA.
  */
 #ifndef KVBRIDGE_HW_H
 #define KVBRIDGE_HW_H
@@ -172,6 +173,18 @@ typedef struct kvb_hw_params {
 	uint64_t vllm_abort_timeout_ns; /* VLLM_MOONCAKE_ABORT_REQUEST_TIMEOUT: a consumer
 				     * waits this + 60 s for a producer's reply; default
 				     * 480 s */
+	/* TLS 1.2+ (GnuTLS) on kvbridge's own control streams (appended); PEM
+	 * files, read at open.  NULL = off, the default (KVB_TLS_CERT,
+	 * KVB_TLS_KEY, KVB_TLS_CA).  Mooncake and vLLM peers are never asked
+	 * for it: their handshake frames, side channels and bootstrap stay
+	 * plaintext, as they speak them. */
+	const char *tls_ca;         /* streams this worker opens start TLS and check the
+				     * peer's certificate against these CAs and the host of
+				     * the kvb:// address (name or IP in subjectAltName) */
+	const char *tls_cert;       /* with tls_key: this worker's certificate chain; streams
+				     * opened to it must start TLS (a plaintext hello is
+				     * refused) */
+	const char *tls_key;
 } kvb_hw_params_t;
 
 /* Which generation of vLLM's MooncakeConnector side channel an instance
@@ -341,6 +354,9 @@ typedef struct kvb_hw_stats {
 	uint64_t rdma_windows_open;     /* consumer: pulls whose blocks have live RDMA window keys */
 	uint64_t rdma_window_registrations; /* consumer: window registrations made (per range, device) */
 	uint64_t rdma_window_posts;     /* producer: RDMA ops posted with a peer's window key */
+	uint64_t tls_streams;           /* control streams that completed a TLS handshake */
+	uint64_t tls_failures;          /* control streams refused: TLS handshake failed, or one
+					 * side wanted TLS and the other did not */
 } kvb_hw_stats_t;
 
 KVB_API void kvb_hw_stats_get(kvb_backend_t *be, kvb_hw_stats_t *out);

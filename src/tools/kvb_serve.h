@@ -36,6 +36,8 @@ typedef struct serve_opts {
 	gchar *allow_peers;
 	gchar *api_key;
 	gchar *secret_file;
+	gchar *tls_cert, *tls_key;  /* HTTPS front (else KVB_TLS_CERT, KVB_TLS_KEY) */
+	gchar *tls_ca;              /* trust for https:// peers (else KVB_TLS_CA, else the system's) */
 	gint http_port;
 	gint rpc_port;
 	gint data_port;
@@ -127,6 +129,8 @@ typedef struct serve {
 	char host[128];             /* how peers reach us: --host, VLLM_HOST_IP, 127.0.0.1 */
 	const char *rdma_keys;        /* said at start: how peers reach the pool over RDMA */
 	char *api_key;              /* Bearer token every endpoint but /health needs, or NULL */
+	kvb_tls_t *tls_server;      /* the HTTP front's credentials, NULL: plain HTTP */
+	kvb_tls_t *tls_client;      /* trust for https:// peers (--upstream), NULL: none dialed */
 	FILE *events;
 	bool verify_pattern;
 	uint64_t served_ok, served_failed, verified_bytes, mismatched_bytes;

@@ -65,6 +65,7 @@ static struct {
 	kvb_hw_vllm_protocol_t up_proto;
 	char up_host[256];
 	uint16_t up_port;
+	bool up_https;              /* --upstream https://: verified against S.tls_client */
 	char up_bootstrap[300];
 	char up_engine[KVB_ID_MAX];
 	GMutex lock;                /* up_engine, set by a worker thread */
@@ -108,7 +109,9 @@ int relay_setup(void)
 			"prefill engine)\n");
 		return 2;
 	}
-	const char *u = g_str_has_prefix(o.upstream, "http://") ? o.upstream + 7 : o.upstream;
+	R.up_https = g_str_has_prefix(o.upstream, "https://");
+	const char *u = g_str_has_prefix(o.upstream, "http://") ? o.upstream + 7
+			: R.up_https ? o.upstream + 8 : o.upstream;
 	char hostport[300];
 	g_strlcpy(hostport, u, sizeof(hostport));
 	char *slash = strchr(hostport, '/');
@@ -116,8 +119,16 @@ int relay_setup(void)
 		*slash = 0;
 	const char *colon = strrchr(hostport, ':');
 	if (!colon || colon == hostport || atoi(colon + 1) <= 0 || atoi(colon + 1) > 65535) {
-		fprintf(stderr, "kvbridge-serve: --upstream %s: expected http://HOST:PORT\n", o.upstream);
+		fprintf(stderr, "kvbridge-serve: --upstream %s: expected http://HOST:PORT or "
+			"https://HOST:PORT\n", o.upstream);
 		return 2;
+	}
+	if (R.up_https && !S.tls_client) {
+		kvb_err_t e;
+		if (!(S.tls_client = kvb_tls_client_new(NULL, NULL, &e))) {
+			fprintf(stderr, "kvbridge-serve: --upstream %s: %s\n", o.upstream, e.msg);
+			return 2;
+		}
 	}
 	g_strlcpy(R.up_host, hostport, MIN(sizeof(R.up_host), (size_t)(colon - hostport) + 1));
 	R.up_port = (uint16_t)atoi(colon + 1);
@@ -200,6 +211,12 @@ int relay_open_upstream(void (*warn)(void *, const char *), void (*notify)(void 
 		hp.allow_peers = o.allow_peers;
 	if (o.secret_file)
 		hp.secret_file = o.secret_file;
+	if (o.tls_cert)
+		hp.tls_cert = o.tls_cert;
+	if (o.tls_key)
+		hp.tls_key = o.tls_key;
+	if (o.tls_ca)
+		hp.tls_ca = o.tls_ca;
 	hp.n_nics = (uint32_t)o.nics;
 	for (guint i = 0; o.nic_addrs && o.nic_addrs[i] && i < KVB_HW_MAX_NICS; i++)
 		hp.nic_addrs[i] = o.nic_addrs[i];
@@ -340,7 +357,8 @@ static void upstream_call(gpointer data, gpointer user)
 	gsize len;
 	const char *body = g_bytes_get_data(q->body, &len);
 	q->answer = g_byte_array_new();
-	if (!kvb_http_request(R.up_host, R.up_port, "POST", q->endpoint, extra, "application/json", body, len,
+	if (!kvb_http_request(R.up_host, R.up_port, R.up_https ? S.tls_client : NULL, "POST", q->endpoint,
+			      extra, "application/json", body, len,
 			      600000, &q->status, q->answer, &e)) {
 		g_snprintf(q->why, sizeof(q->why), "upstream %s:%u: %s", R.up_host, R.up_port, e->message);
 		g_error_free(e);
@@ -359,7 +377,8 @@ static void upstream_call(gpointer data, gpointer user)
 		GByteArray *qb = g_byte_array_new();
 		if (c) {
 			*c = 0;
-			if (kvb_http_request(host, (uint16_t)atoi(c + 1), "GET", "/query", NULL, NULL, NULL, 0,
+			/* vLLM's bootstrap server speaks plain HTTP */
+			if (kvb_http_request(host, (uint16_t)atoi(c + 1), NULL, "GET", "/query", NULL, NULL, NULL, 0,
 					     30000, &status, qb, NULL) && status == 200) {
 				JsonParser *jp = json_parser_new();
 				if (json_parser_load_from_data(jp, (const char *)qb->data, qb->len, NULL) &&

@@ -7,6 +7,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -19,6 +20,7 @@
 #include "kvb_tool_http.h"
 
 #define REQ_TIMEOUT_S 30
+#define TLS_WARN_EVERY_US (10 * G_USEC_PER_SEC)
 #define KVB_TOOL_HTTP_ERROR g_quark_from_static_string("kvb-tool-http")
 
 typedef struct hconn {
@@ -26,7 +28,10 @@ typedef struct hconn {
 	uint64_t id;
 	int fd;
 	GSource *src;
+	GIOCondition watching;  /* what src waits for */
 	GSource *timeout;
+	kvb_tls_session_t *tls; /* NULL: plaintext */
+	bool tls_ready;         /* the handshake is over */
 	GByteArray *rx;
 	GByteArray *tx;
 	size_t tx_off;
@@ -47,6 +52,11 @@ struct kvb_httpd {
 	kvb_acl_t acl;          /* who may connect */
 	bool has_acl;
 	uint64_t refused;
+	const kvb_tls_t *tls;   /* HTTPS only when set */
+	char *tls_who;          /* prefix of the handshake warnings */
+	uint64_t tls_failed;
+	uint64_t tls_unwarned;  /* failures since the last warning */
+	gint64 tls_warned_us;
 };
 
 static void hconn_free(hconn_t *c)
@@ -62,6 +72,7 @@ static void hconn_free(hconn_t *c)
 	}
 	if (c->have_msg)
 		kvb_http_msg_clear(&c->msg);
+	kvb_tls_session_free(c->tls);
 	close(c->fd);
 	g_byte_array_unref(c->rx);
 	g_byte_array_unref(c->tx);
@@ -108,18 +119,75 @@ static void hconn_watch(hconn_t *c, GIOCondition cond)
 		g_source_destroy(c->src);
 		g_source_unref(c->src);
 	}
+	c->watching = cond;
 	c->src = g_unix_fd_source_new(c->fd, cond);
 	g_source_set_callback(c->src, (GSourceFunc)(void (*)(void))hconn_io, c, NULL);
 	g_source_attach(c->src, c->d->ctx);
+}
+
+static ssize_t hconn_recv(hconn_t *c, void *buf, size_t len)
+{
+	return c->tls ? kvb_tls_recv(c->tls, buf, len) : recv(c->fd, buf, len, 0);
+}
+
+static ssize_t hconn_send(hconn_t *c, const void *buf, size_t len)
+{
+	return c->tls ? kvb_tls_send(c->tls, buf, len) : send(c->fd, buf, len, MSG_NOSIGNAL);
+}
+
+/* A failed handshake: counted, and said now and then (a plaintext client
+ * retrying in a loop must not flood the log). */
+static void tls_failed(kvb_httpd_t *d, int fd, const char *why)
+{
+	d->tls_failed++;
+	d->tls_unwarned++;
+	gint64 now = g_get_monotonic_time();
+	if (d->tls_warned_us && now - d->tls_warned_us < TLS_WARN_EVERY_US)
+		return;
+	struct sockaddr_storage sa;
+	socklen_t sl = sizeof(sa);
+	char host[64] = "?", port[8] = "?";
+	if (!getpeername(fd, (struct sockaddr *)&sa, &sl))
+		getnameinfo((struct sockaddr *)&sa, sl, host, sizeof(host), port, sizeof(port),
+			    NI_NUMERICHOST | NI_NUMERICSERV);
+	fprintf(stderr, "%s: warning: HTTPS port: client %s port %s closed, %s (a plaintext client, or "
+		"one that does not trust our certificate?); %" G_GUINT64_FORMAT " such failure(s) since "
+		"the last warning, %" G_GUINT64_FORMAT " in all\n",
+		d->tls_who, host, port, why, d->tls_unwarned, d->tls_failed);
+	d->tls_warned_us = now;
+	d->tls_unwarned = 0;
+}
+
+/* The server side of the handshake, a step per readiness. */
+static gboolean hconn_handshake(hconn_t *c)
+{
+	kvb_err_t e;
+	int rc = kvb_tls_handshake_step(c->tls, &e);
+	if (rc < 0) {
+		tls_failed(c->d, c->fd, e.msg);
+		hconn_free(c);
+		return G_SOURCE_REMOVE;
+	}
+	GIOCondition want = rc == 0 && kvb_tls_wants_write(c->tls) ? G_IO_OUT : G_IO_IN;
+	c->tls_ready = rc > 0;
+	if (want != c->watching)
+		hconn_watch(c, want); /* replaces the source this runs from: its return is moot */
+	return G_SOURCE_CONTINUE;
 }
 
 static gboolean hconn_io(gint fd, GIOCondition cond, gpointer data)
 {
 	hconn_t *c = data;
 	(void)cond;
+	if (c->tls && !c->tls_ready) {
+		gboolean keep = hconn_handshake(c);
+		/* done: the request may be in already (even in GnuTLS's buffer), read it now */
+		if (keep != G_SOURCE_CONTINUE || !c->tls_ready)
+			return keep;
+	}
 	if (c->tx->len) {
 		while (c->tx_off < c->tx->len) {
-			ssize_t n = send(fd, c->tx->data + c->tx_off, c->tx->len - c->tx_off, MSG_NOSIGNAL);
+			ssize_t n = hconn_send(c, c->tx->data + c->tx_off, c->tx->len - c->tx_off);
 			if (n < 0 && errno == EINTR)
 				continue;
 			if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
@@ -128,6 +196,8 @@ static gboolean hconn_io(gint fd, GIOCondition cond, gpointer data)
 				break;
 			c->tx_off += (size_t)n;
 		}
+		if (c->tls && c->tx_off == c->tx->len)
+			kvb_tls_bye(c->tls);
 		hconn_free(c);
 		return G_SOURCE_REMOVE;
 	}
@@ -145,7 +215,7 @@ static gboolean hconn_io(gint fd, GIOCondition cond, gpointer data)
 	for (;;) {
 		guint old = c->rx->len;
 		g_byte_array_set_size(c->rx, old + 16384);
-		ssize_t n = recv(fd, c->rx->data + old, 16384, 0);
+		ssize_t n = hconn_recv(c, c->rx->data + old, 16384);
 		if (n < 0) {
 			g_byte_array_set_size(c->rx, old);
 			if (errno == EINTR)
@@ -221,6 +291,15 @@ static gboolean accept_io(gint fd, GIOCondition cond, gpointer data)
 		c->rx = g_byte_array_new();
 		c->tx = g_byte_array_new();
 		g_hash_table_insert(d->conns, &c->id, c);
+		if (d->tls) {
+			kvb_err_t e;
+			c->tls = kvb_tls_session_new(d->tls, cfd, NULL, &e);
+			if (!c->tls) {
+				tls_failed(d, cfd, e.msg);
+				hconn_free(c);
+				continue;
+			}
+		}
 		hconn_watch(c, G_IO_IN);
 		c->timeout = g_timeout_source_new_seconds(REQ_TIMEOUT_S);
 		g_source_set_callback(c->timeout, hconn_timeout, c, NULL);
@@ -298,6 +377,7 @@ void kvb_httpd_free(kvb_httpd_t *d)
 	g_source_unref(d->src);
 	close(d->fd);
 	g_main_context_unref(d->ctx);
+	g_free(d->tls_who);
 	g_free(d);
 }
 
@@ -373,13 +453,84 @@ int kvb_http_connect(const char *host, uint16_t port, int timeout_ms, GError **e
 	return fd;
 }
 
-bool kvb_http_request(const char *host, uint16_t port, const char *method, const char *target,
-		      const char *const *extra_fields, const char *content_type, const char *body,
-		      size_t body_len, int timeout_ms, int *status, GByteArray *resp_body,
-		      GError **error)
+bool kvb_http_conn_open(kvb_http_conn_t *c, const char *host, uint16_t port, const kvb_tls_t *tls,
+			int timeout_ms, GError **error)
 {
-	int fd = kvb_http_connect(host, port, timeout_ms, error);
-	if (fd < 0)
+	c->tls = NULL;
+	c->fd = kvb_http_connect(host, port, timeout_ms, error);
+	if (c->fd < 0)
+		return false;
+	if (!tls)
+		return true;
+	kvb_err_t e;
+	if (!(c->tls = kvb_tls_session_new(tls, c->fd, host, &e)) || !kvb_tls_handshake(c->tls, timeout_ms, &e)) {
+		g_set_error(error, KVB_TOOL_HTTP_ERROR, 1, "https://%s:%u: %s", host, port, e.msg);
+		kvb_tls_session_free(c->tls);
+		c->tls = NULL;
+		close(c->fd);
+		c->fd = -1;
+		return false;
+	}
+	return true;
+}
+
+bool kvb_http_conn_accept(kvb_http_conn_t *c, int fd, const kvb_tls_t *tls, int timeout_ms,
+			  GError **error)
+{
+	c->fd = fd;
+	c->tls = NULL;
+	if (!tls)
+		return true;
+	kvb_err_t e;
+	if (!(c->tls = kvb_tls_session_new(tls, fd, NULL, &e)) || !kvb_tls_handshake(c->tls, timeout_ms, &e)) {
+		g_set_error(error, KVB_TOOL_HTTP_ERROR, 1, "%s", e.msg);
+		kvb_tls_session_free(c->tls);
+		c->tls = NULL;
+		return false; /* fd stays the caller's */
+	}
+	return true;
+}
+
+bool kvb_http_conn_send_all(kvb_http_conn_t *c, const void *buf, size_t len)
+{
+	const uint8_t *p = buf;
+	while (len) {
+		ssize_t n = c->tls ? kvb_tls_send(c->tls, p, len) : send(c->fd, p, len, MSG_NOSIGNAL);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return false;
+		p += n;
+		len -= (size_t)n;
+	}
+	return true;
+}
+
+ssize_t kvb_http_conn_recv(kvb_http_conn_t *c, void *buf, size_t len)
+{
+	return c->tls ? kvb_tls_recv(c->tls, buf, len) : recv(c->fd, buf, len, 0);
+}
+
+void kvb_http_conn_close(kvb_http_conn_t *c)
+{
+	if (c->fd < 0)
+		return;
+	if (c->tls) {
+		kvb_tls_bye(c->tls);
+		kvb_tls_session_free(c->tls);
+		c->tls = NULL;
+	}
+	close(c->fd);
+	c->fd = -1;
+}
+
+bool kvb_http_request(const char *host, uint16_t port, const kvb_tls_t *tls, const char *method,
+		      const char *target, const char *const *extra_fields, const char *content_type,
+		      const char *body, size_t body_len, int timeout_ms, int *status,
+		      GByteArray *resp_body, GError **error)
+{
+	kvb_http_conn_t conn;
+	if (!kvb_http_conn_open(&conn, host, port, tls, timeout_ms, error))
 		return false;
 	GPtrArray *fields = g_ptr_array_new();
 	for (const char *const *f = extra_fields; f && *f; f++)
@@ -393,23 +544,15 @@ bool kvb_http_request(const char *host, uint16_t port, const char *method, const
 			       content_type, body, body_len);
 	g_ptr_array_free(fields, TRUE);
 	bool ok = false;
-	size_t off = 0;
-	while (off < req->len) {
-		ssize_t n = send(fd, req->str + off, req->len - off, MSG_NOSIGNAL);
-		if (n <= 0) {
-			if (n < 0 && errno == EINTR)
-				continue;
-			g_set_error(error, KVB_TOOL_HTTP_ERROR, 1, "%s:%u: send: %s", host, port,
-				    g_strerror(errno));
-			goto out;
-		}
-		off += (size_t)n;
+	if (!kvb_http_conn_send_all(&conn, req->str, req->len)) {
+		g_set_error(error, KVB_TOOL_HTTP_ERROR, 1, "%s:%u: send: %s", host, port, g_strerror(errno));
+		goto out;
 	}
 	GByteArray *in = g_byte_array_new();
 	for (;;) {
 		guint old = in->len;
 		g_byte_array_set_size(in, old + 65536);
-		ssize_t n = recv(fd, in->data + old, 65536, 0);
+		ssize_t n = kvb_http_conn_recv(&conn, in->data + old, 65536);
 		if (n < 0 && errno == EINTR) {
 			g_byte_array_set_size(in, old);
 			continue;
@@ -466,7 +609,7 @@ bool kvb_http_request(const char *host, uint16_t port, const char *method, const
 	ok = true;
 out:
 	g_string_free(req, TRUE);
-	close(fd);
+	kvb_http_conn_close(&conn);
 	return ok;
 }
 
@@ -479,6 +622,18 @@ void kvb_httpd_set_acl(kvb_httpd_t *d, const kvb_acl_t *acl)
 uint64_t kvb_httpd_refused(const kvb_httpd_t *d)
 {
 	return d->refused;
+}
+
+void kvb_httpd_set_tls(kvb_httpd_t *d, const kvb_tls_t *tls, const char *who)
+{
+	d->tls = tls;
+	g_free(d->tls_who);
+	d->tls_who = g_strdup(who);
+}
+
+uint64_t kvb_httpd_tls_failed(const kvb_httpd_t *d)
+{
+	return d->tls_failed;
 }
 
 bool kvb_http_api_key(const char *given, const char *env, char **key, char *why, size_t why_len)

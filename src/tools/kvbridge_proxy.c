@@ -94,6 +94,7 @@ static struct {
 	gdouble busy_wait_s;
 	gchar *allow_peers;
 	gchar *api_key;
+	gchar *tls_cert, *tls_key, *tls_ca;
 	gboolean verbose;
 } o = {.port = 8000, .timeout_s = 600, .startup_timeout_s = G_MININT, .max_clients = 256,
        .busy_wait_s = 10};
@@ -101,6 +102,7 @@ static struct {
 #define STARTUP_TIMEOUT_DEFAULT_S 600
 #define BOOTSTRAP_PORT_DEFAULT "8998"
 #define DISCOVERY_POLL_MS 5000 /* one /health or /query attempt, at most */
+#define TLS_HANDSHAKE_TIMEOUT_S 10
 
 static kvb_proxy_protocol_t proto = KVB_PROXY_GEN2;
 static char *auth_field; /* "Authorization: Bearer $OPENAI_API_KEY", or NULL */
@@ -114,6 +116,9 @@ static gint rr_p, rr_d;
 static gint64 n_requests, n_errors, n_prefill_legs, n_prefill_failed, n_decode_failed;
 static gint64 n_busy, n_busy_retries; /* 503s given after --busy-wait; retries of a busy P */
 static gint64 n_refused;              /* connections from outside --allow-peers */
+static gint64 n_tls_failed;           /* clients whose TLS handshake failed */
+static kvb_tls_t *front_tls;          /* --tls-cert/--tls-key: clients speak HTTPS */
+static kvb_tls_t *leg_tls;            /* --tls-ca: the legs to P and D speak HTTPS */
 static kvb_acl_t allowed;             /* who may send requests */
 static char *api_key;                 /* clients' Bearer token (--api-key), or NULL */
 
@@ -142,26 +147,11 @@ static void note(const char *fmt, ...)
 	va_end(ap);
 }
 
-static bool send_all(int fd, const void *buf, size_t len)
-{
-	const uint8_t *p = buf;
-	while (len) {
-		ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return false;
-		p += n;
-		len -= (size_t)n;
-	}
-	return true;
-}
-
-static void reply_body(int fd, int status, const char *body, size_t len)
+static void reply_body(kvb_http_conn_t *cc, int status, const char *body, size_t len)
 {
 	GString *out = g_string_new(NULL);
 	kvb_http_write_response(out, status, "application/json", body, len, false);
-	send_all(fd, out->str, out->len);
+	kvb_http_conn_send_all(cc, out->str, out->len);
 	g_string_free(out, TRUE);
 }
 
@@ -179,24 +169,24 @@ static GString *error_json(int status, const char *type, const char *msg)
 	return b;
 }
 
-static void reply(int fd, int status, const char *type, const char *msg)
+static void reply(kvb_http_conn_t *cc, int status, const char *type, const char *msg)
 {
 	GString *b = error_json(status, type, msg);
-	reply_body(fd, status, b->str, b->len);
+	reply_body(cc, status, b->str, b->len);
 	g_string_free(b, TRUE);
 	if (status >= 400)
 		g_atomic_pointer_add(&n_errors, 1);
 }
 
 /* 503 with Retry-After: the prefillers are full, the client may come back. */
-static void reply_busy(int fd, const char *msg)
+static void reply_busy(kvb_http_conn_t *cc, const char *msg)
 {
 	GString *b = error_json(503, "ServiceUnavailable", msg);
 	GString *out = g_string_new(NULL);
 	g_string_printf(out, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
 			"Retry-After: %d\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n%s",
 			MAX(1, (int)(o.busy_wait_s + 0.5)), b->len, b->str);
-	send_all(fd, out->str, out->len);
+	kvb_http_conn_send_all(cc, out->str, out->len);
 	g_string_free(out, TRUE);
 	g_string_free(b, TRUE);
 	g_atomic_pointer_add(&n_errors, 1);
@@ -213,7 +203,7 @@ static bool prefill_post(const endpoint_t *pe, const char *target, const char *c
 	gulong pause_us = 50000;
 	for (;;) {
 		g_byte_array_set_size(resp, 0);
-		bool ok = kvb_http_request(pe->host, pe->port, "POST", target, fields, "application/json",
+		bool ok = kvb_http_request(pe->host, pe->port, leg_tls, "POST", target, fields, "application/json",
 					   body, strlen(body), o.timeout_s * 1000, status, resp, gerr);
 		if (!ok || *status != 503 || g_get_monotonic_time() + (gint64)pause_us > end)
 			return ok;
@@ -234,20 +224,22 @@ static char *one_line(const guint8 *p, size_t len, size_t max)
 	return g_string_free(s, FALSE);
 }
 
-/* Connect to the decoder; -1 after answering the client 502. */
-static int decoder_connect(int cfd, const endpoint_t *d, const char *why_extra)
+/* Connect to the decoder (over TLS with --tls-ca); false after answering
+ * the client 502. */
+static bool decoder_connect(kvb_http_conn_t *cc, kvb_http_conn_t *dc, const endpoint_t *d,
+			    const char *why_extra)
 {
 	GError *gerr = NULL;
-	int dfd = kvb_http_connect(d->host, d->port, o.timeout_s * 1000, &gerr);
-	if (dfd < 0) {
+	if (!kvb_http_conn_open(dc, d->host, d->port, leg_tls, o.timeout_s * 1000, &gerr)) {
 		char m[1200];
 		g_snprintf(m, sizeof(m), "decoder %s:%u: %s%s", d->host, d->port, gerr->message,
 			   why_extra ? why_extra : "");
-		reply(cfd, 502, "DecoderUnavailable", m);
+		reply(cc, 502, "DecoderUnavailable", m);
 		g_atomic_pointer_add(&n_decode_failed, 1);
 		g_error_free(gerr);
+		return false;
 	}
-	return dfd;
+	return true;
 }
 
 /* Send the request on dfd (closed here) and relay the decoder's response
@@ -262,40 +254,40 @@ static void pleg_unref(pleg_t *j)
 }
 
 /* The decode leg's connection is over: no shutdown() may reach its number. */
-static void decoder_close(int dfd, pleg_t *j)
+static void decoder_close(kvb_http_conn_t *dc, pleg_t *j)
 {
 	if (j) {
 		g_mutex_lock(&j->lock);
 		j->dfd = -1;
 		g_mutex_unlock(&j->lock);
 	}
-	close(dfd);
+	kvb_http_conn_close(dc);
 }
 
-static void decoder_relay(int cfd, int dfd, const endpoint_t *d, const char *target,
-			  const char *const *fields, const char *body, pleg_t *j)
+static void decoder_relay(kvb_http_conn_t *cc, kvb_http_conn_t *dc, const endpoint_t *d,
+			  const char *target, const char *const *fields, const char *body, pleg_t *j)
 {
 	char hostf[300];
 	g_snprintf(hostf, sizeof(hostf), "%s:%u", d->host, d->port);
 	GString *req = g_string_new(NULL);
 	kvb_http_write_request(req, "POST", target, hostf, fields, "application/json", body, strlen(body));
-	bool ok = send_all(dfd, req->str, req->len);
+	bool ok = kvb_http_conn_send_all(dc, req->str, req->len);
 	g_string_free(req, TRUE);
 	if (!ok) {
-		reply(cfd, 502, "DecoderUnavailable", "could not send the request to the decoder");
+		reply(cc, 502, "DecoderUnavailable", "could not send the request to the decoder");
 		g_atomic_pointer_add(&n_decode_failed, 1);
-		decoder_close(dfd, j);
+		decoder_close(dc, j);
 		return;
 	}
 	char buf[65536];
 	uint64_t relayed = 0;
 	for (;;) {
-		ssize_t n = recv(dfd, buf, sizeof(buf), 0);
+		ssize_t n = kvb_http_conn_recv(dc, buf, sizeof(buf));
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n <= 0)
 			break;
-		if (!send_all(cfd, buf, (size_t)n))
+		if (!kvb_http_conn_send_all(cc, buf, (size_t)n))
 			break; /* the client left */
 		relayed += (uint64_t)n;
 	}
@@ -303,16 +295,16 @@ static void decoder_relay(int cfd, int dfd, const endpoint_t *d, const char *tar
 		char m[300];
 		g_snprintf(m, sizeof(m), "every try of the prefill leg for %.0f s got 503 (the prefiller's KV "
 			   "pool is full); the decode leg was closed", o.busy_wait_s);
-		reply_busy(cfd, m);
+		reply_busy(cc, m);
 	} else if (!relayed) {
-		reply(cfd, 502, "DecoderUnavailable", "the decoder closed without a response");
+		reply(cc, 502, "DecoderUnavailable", "the decoder closed without a response");
 		g_atomic_pointer_add(&n_decode_failed, 1);
 	}
-	decoder_close(dfd, j);
+	decoder_close(dc, j);
 }
 
 /* gen0: prefill, wait, then decode with P's kv_transfer_params. */
-static void route_gen0(int cfd, const kvb_http_msg_t *msg, JsonNode *root)
+static void route_gen0(kvb_http_conn_t *cc, const kvb_http_msg_t *msg, JsonNode *root)
 {
 	char rid[128];
 	const char *hid = kvb_http_field_get(msg, "X-Request-Id");
@@ -342,7 +334,7 @@ static void route_gen0(int cfd, const kvb_http_msg_t *msg, JsonNode *root)
 		char m[1200];
 		g_snprintf(m, sizeof(m), "prefiller %s:%u is busy (503 for %.0f s): %.*s", pe->host, pe->port,
 			   o.busy_wait_s, (int)MIN(presp->len, 1000u), (const char *)presp->data);
-		reply_busy(cfd, m);
+		reply_busy(cc, m);
 		g_byte_array_unref(presp);
 		return;
 	}
@@ -353,7 +345,7 @@ static void route_gen0(int cfd, const kvb_http_msg_t *msg, JsonNode *root)
 		else
 			g_snprintf(m, sizeof(m), "prefiller %s:%u answered %d: %.*s", pe->host, pe->port, status,
 				   (int)MIN(presp->len, 1000u), (const char *)presp->data);
-		reply(cfd, 502, "PrefillError", m);
+		reply(cc, 502, "PrefillError", m);
 		g_atomic_pointer_add(&n_prefill_failed, 1);
 		g_clear_error(&gerr);
 		g_byte_array_unref(presp);
@@ -363,14 +355,14 @@ static void route_gen0(int cfd, const kvb_http_msg_t *msg, JsonNode *root)
 	char *dbody = kvb_proxy_gen0_decode_body(root, (const char *)presp->data, presp->len, &err);
 	g_byte_array_unref(presp);
 	if (!dbody) {
-		reply(cfd, 502, "PrefillError", err.msg);
+		reply(cc, 502, "PrefillError", err.msg);
 		g_atomic_pointer_add(&n_prefill_failed, 1);
 		return;
 	}
 	const char *dfields[] = {idf, "Connection: close", auth_field, NULL};
-	int dfd = decoder_connect(cfd, de, NULL);
-	if (dfd >= 0)
-		decoder_relay(cfd, dfd, de, msg->target, dfields, dbody, NULL);
+	kvb_http_conn_t dc;
+	if (decoder_connect(cc, &dc, de, NULL))
+		decoder_relay(cc, &dc, de, msg->target, dfields, dbody, NULL);
 	g_free(dbody);
 }
 
@@ -418,10 +410,10 @@ static void prefill_leg(gpointer data, gpointer user)
 }
 
 /* gen2: P and D legs at once; D's answer to the client. */
-static void route_gen2(int cfd, const kvb_http_msg_t *msg, JsonNode *root)
+static void route_gen2(kvb_http_conn_t *cc, const kvb_http_msg_t *msg, JsonNode *root)
 {
 	if (!g_atomic_int_get(&ready)) {
-		reply(cfd, 503, "ServiceUnavailable",
+		reply(cc, 503, "ServiceUnavailable",
 		      "the proxy is still waiting for its prefillers (/health, then the bootstrap /query)");
 		return;
 	}
@@ -442,8 +434,8 @@ static void route_gen2(int cfd, const kvb_http_msg_t *msg, JsonNode *root)
 	char *dbody = kvb_proxy_gen2_decode_body(root, t->bootstrap_addr, t->engine_id, xfer);
 	logv("%s: prefill on %s:%u dp %u (engine %s), decode on %s:%u", j->rid, pe->host, pe->port,
 	     t->dp_rank, t->engine_id, de->host, de->port);
-	int dfd = decoder_connect(cfd, de, "; nothing was sent to the prefiller");
-	if (dfd < 0) {
+	kvb_http_conn_t dc;
+	if (!decoder_connect(cc, &dc, de, "; nothing was sent to the prefiller")) {
 		g_free(j->body);
 		g_free(j);
 	} else {
@@ -452,17 +444,17 @@ static void route_gen2(int cfd, const kvb_http_msg_t *msg, JsonNode *root)
 		const char *dfields[] = {idf, "Connection: close", auth_field, NULL};
 		g_atomic_pointer_add(&n_prefill_legs, 1);
 		g_mutex_init(&j->lock);
-		j->dfd = dfd;
+		j->dfd = dc.fd;
 		j->refs = 2; /* the pool's and ours */
 		g_thread_pool_push(pleg_pool, j, NULL);
-		decoder_relay(cfd, dfd, de, msg->target, dfields, dbody, j);
+		decoder_relay(cc, &dc, de, msg->target, dfields, dbody, j);
 		pleg_unref(j);
 	}
 	g_free(dbody);
 	g_free(xfer);
 }
 
-static void reply_stats(int cfd)
+static void reply_stats(kvb_http_conn_t *cc)
 {
 	bool up = proto == KVB_PROXY_GEN0 || g_atomic_int_get(&ready);
 	JsonBuilder *b = json_builder_new();
@@ -478,6 +470,7 @@ static void reply_stats(int cfd)
 		{"requests", &n_requests}, {"errors", &n_errors}, {"prefill_legs", &n_prefill_legs},
 		{"prefill_failed", &n_prefill_failed}, {"decode_failed", &n_decode_failed},
 		{"busy", &n_busy}, {"busy_retries", &n_busy_retries}, {"peers_refused", &n_refused},
+		{"tls_handshakes_failed", &n_tls_failed},
 	};
 	for (size_t i = 0; i < G_N_ELEMENTS(c); i++) {
 		json_builder_set_member_name(b, c[i].name);
@@ -508,11 +501,39 @@ static void reply_stats(int cfd)
 	json_generator_set_root(g, root);
 	gsize len;
 	char *s = json_generator_to_data(g, &len);
-	reply_body(cfd, 200, s, len);
+	reply_body(cc, 200, s, len);
 	g_free(s);
 	json_node_unref(root);
 	g_object_unref(g);
 	g_object_unref(b);
+}
+
+/* A client whose TLS handshake failed: counted, said at most every 10 s
+ * (a plaintext client retrying in a loop must not flood the log). */
+static void tls_client_failed(int fd, const char *why)
+{
+	static GMutex lock;
+	static gint64 warned_us;
+	static guint64 unwarned;
+	gint64 total = g_atomic_pointer_add(&n_tls_failed, 1) + 1;
+	gint64 now = g_get_monotonic_time();
+	g_mutex_lock(&lock);
+	unwarned++;
+	if (!warned_us || now - warned_us >= 10 * G_USEC_PER_SEC) {
+		struct sockaddr_storage sa;
+		socklen_t sl = sizeof(sa);
+		char host[64] = "?", port[8] = "?";
+		if (!getpeername(fd, (struct sockaddr *)&sa, &sl))
+			getnameinfo((struct sockaddr *)&sa, sl, host, sizeof(host), port, sizeof(port),
+				    NI_NUMERICHOST | NI_NUMERICSERV);
+		fprintf(stderr, "kvbridge-proxy: warning: HTTPS port: client %s port %s closed, %s (a "
+			"plaintext client, or one that does not trust our certificate?); %" G_GUINT64_FORMAT
+			" such failure(s) since the last warning, %" G_GINT64_FORMAT " in all\n",
+			host, port, why, unwarned, total);
+		warned_us = now;
+		unwarned = 0;
+	}
+	g_mutex_unlock(&lock);
 }
 
 static void serve_client(gpointer data, gpointer user)
@@ -521,6 +542,14 @@ static void serve_client(gpointer data, gpointer user)
 	int cfd = GPOINTER_TO_INT(data);
 	struct timeval tv = {o.timeout_s, 0};
 	setsockopt(cfd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	kvb_http_conn_t conn, *cc = &conn;
+	GError *terr = NULL;
+	if (!kvb_http_conn_accept(cc, cfd, front_tls, MIN(o.timeout_s, TLS_HANDSHAKE_TIMEOUT_S) * 1000, &terr)) {
+		tls_client_failed(cfd, terr->message);
+		g_error_free(terr);
+		close(cfd);
+		return;
+	}
 	GByteArray *in = g_byte_array_new();
 	kvb_http_msg_t msg;
 	bool have = false;
@@ -528,7 +557,7 @@ static void serve_client(gpointer data, gpointer user)
 	for (;;) {
 		guint old = in->len;
 		g_byte_array_set_size(in, old + 16384);
-		ssize_t n = recv(cfd, in->data + old, 16384, 0);
+		ssize_t n = kvb_http_conn_recv(cc, in->data + old, 16384);
 		g_byte_array_set_size(in, old + (guint)MAX(n, 0));
 		if (n < 0 && errno == EINTR)
 			continue;
@@ -540,12 +569,12 @@ static void serve_client(gpointer data, gpointer user)
 			if (rc == KVB_INPROGRESS)
 				continue;
 			if (rc != KVB_OK) {
-				reply(cfd, 400, "BadRequestError", err.msg);
+				reply(cc, 400, "BadRequestError", err.msg);
 				goto out;
 			}
 			have = true;
 			if (msg.chunked) {
-				reply(cfd, 411, "LengthRequired", "send the body with Content-Length");
+				reply(cc, 411, "LengthRequired", "send the body with Content-Length");
 				goto out;
 			}
 		}
@@ -557,24 +586,24 @@ static void serve_client(gpointer data, gpointer user)
 	g_atomic_pointer_add(&n_requests, 1);
 	if (!strcmp(msg.method, "GET") && (!strcmp(msg.target, "/healthcheck") || !strcmp(msg.target, "/health"))) {
 		if (proto == KVB_PROXY_GEN2 && !g_atomic_int_get(&ready)) {
-			reply(cfd, 503, "ServiceUnavailable", "the proxy is still waiting for its prefillers");
+			reply(cc, 503, "ServiceUnavailable", "the proxy is still waiting for its prefillers");
 		} else {
 			const char *b = "{\"status\":\"ok\"}\n";
-			reply_body(cfd, 200, b, strlen(b));
+			reply_body(cc, 200, b, strlen(b));
 		}
 		goto out;
 	}
 	if (!kvb_http_bearer_ok(&msg, api_key)) {
-		reply(cfd, 401, "Unauthorized", "this proxy needs \"Authorization: Bearer <its --api-key>\"");
+		reply(cc, 401, "Unauthorized", "this proxy needs \"Authorization: Bearer <its --api-key>\"");
 		goto out;
 	}
 	if (!strcmp(msg.method, "GET") && !strcmp(msg.target, "/stats")) {
-		reply_stats(cfd);
+		reply_stats(cc);
 		goto out;
 	}
 	if (strcmp(msg.method, "POST") ||
 	    (strcmp(msg.target, "/v1/completions") && strcmp(msg.target, "/v1/chat/completions"))) {
-		reply(cfd, 404, "NotFoundError", "POST /v1/completions or /v1/chat/completions");
+		reply(cc, 404, "NotFoundError", "POST /v1/completions or /v1/chat/completions");
 		goto out;
 	}
 	const char *body = (const char *)in->data + msg.head_len;
@@ -583,21 +612,21 @@ static void serve_client(gpointer data, gpointer user)
 	GError *gerr = NULL;
 	if (!json_parser_load_from_data(jp, body, (gssize)blen, &gerr) ||
 	    !JSON_NODE_HOLDS_OBJECT(json_parser_get_root(jp))) {
-		reply(cfd, 400, "BadRequestError", gerr ? gerr->message : "the body is not a JSON object");
+		reply(cc, 400, "BadRequestError", gerr ? gerr->message : "the body is not a JSON object");
 		g_clear_error(&gerr);
 		g_object_unref(jp);
 		goto out;
 	}
 	if (proto == KVB_PROXY_GEN0)
-		route_gen0(cfd, &msg, json_parser_get_root(jp));
+		route_gen0(cc, &msg, json_parser_get_root(jp));
 	else
-		route_gen2(cfd, &msg, json_parser_get_root(jp));
+		route_gen2(cc, &msg, json_parser_get_root(jp));
 	g_object_unref(jp);
 out:
 	if (have)
 		kvb_http_msg_clear(&msg);
 	g_byte_array_unref(in);
-	close(cfd);
+	kvb_http_conn_close(cc);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -619,7 +648,7 @@ static bool wait_health(const endpoint_t *pe, gint64 start, gint64 deadline)
 			int status = 0;
 			GError *gerr = NULL;
 			GByteArray *b = g_byte_array_new();
-			bool ok = kvb_http_request(pe->host, pe->port, "GET", "/health", NULL, NULL, NULL, 0,
+			bool ok = kvb_http_request(pe->host, pe->port, leg_tls, "GET", "/health", NULL, NULL, NULL, 0,
 						   (int)MIN(left, DISCOVERY_POLL_MS), &status, b, &gerr);
 			g_byte_array_unref(b);
 			if (ok && status == 200)
@@ -659,7 +688,8 @@ static GArray *query_dps(const endpoint_t *pe, gint64 start, gint64 deadline)
 			int status = 0;
 			GError *gerr = NULL;
 			GByteArray *b = g_byte_array_new();
-			bool ok = kvb_http_request(pe->host, pe->bootstrap_port, "GET", "/query", NULL, NULL,
+			/* vLLM's bootstrap server speaks plain HTTP */
+			bool ok = kvb_http_request(pe->host, pe->bootstrap_port, NULL, "GET", "/query", NULL, NULL,
 						   NULL, 0, (int)MIN(left, DISCOVERY_POLL_MS), &status, b, &gerr);
 			if (ok) {
 				GArray *dps = NULL;
@@ -737,8 +767,9 @@ static gpointer discover(gpointer data)
 	}
 	targets = ts;
 	g_atomic_int_set(&ready, 1);
-	note("ready on %s:%d, vllm protocol gen2, %u prefill target(s) on %u prefiller(s), %u decoder(s)",
-	     o.host, bound, targets->len, prefillers->len, decoders->len);
+	note("ready on %s:%d, vllm protocol gen2, %u prefill target(s) on %u prefiller(s), %u decoder(s)%s%s",
+	     o.host, bound, targets->len, prefillers->len, decoders->len,
+	     front_tls ? ", clients over tls" : "", leg_tls ? ", legs over tls" : "");
 	return NULL;
 fail:
 	for (guint i = 0; i < ts->len; i++)
@@ -875,6 +906,15 @@ static GOptionEntry entries[] = {
 	{"api-key", 0, 0, G_OPTION_ARG_STRING, &o.api_key,
 	 "require \"Authorization: Bearer KEY\" from clients on everything but /health (at least 16 "
 	 "characters; default KVB_API_KEY); the legs to P and D carry OPENAI_API_KEY", "KEY"},
+	{"tls-cert", 0, 0, G_OPTION_ARG_FILENAME, &o.tls_cert,
+	 "clients speak HTTPS (TLS 1.2+) to the proxy, which shows this PEM certificate chain, with "
+	 "--tls-key (default KVB_TLS_CERT; off: plain HTTP)", "FILE"},
+	{"tls-key", 0, 0, G_OPTION_ARG_FILENAME, &o.tls_key,
+	 "the PEM private key of --tls-cert (default KVB_TLS_KEY)", "FILE"},
+	{"tls-ca", 0, 0, G_OPTION_ARG_FILENAME, &o.tls_ca,
+	 "the legs to prefillers and decoders speak HTTPS, their certificates signed by these PEM CA "
+	 "certificates and naming the --prefiller-host/--decoder-host dialed (default KVB_TLS_CA; off: "
+	 "plain HTTP; the gen2 bootstrap /query stays plain HTTP, as vLLM serves it)", "FILE"},
 	{"allow-peers", 0, 0, G_OPTION_ARG_STRING, &o.allow_peers,
 	 "networks that may send requests: CIDR list (10.0.0.0/8,fd00::/8), * = anyone (default "
 	 "KVB_ALLOW_PEERS, else loopback and --host's network)", "NETS"},
@@ -1018,6 +1058,11 @@ int main(int argc, char **argv)
 		fprintf(stderr, "kvbridge-proxy: --api-key: %s\n", kwhy);
 		return 2;
 	}
+	kvb_err_t terr;
+	if (!kvb_tls_from_options(o.tls_cert, o.tls_key, o.tls_ca, &front_tls, &leg_tls, &terr)) {
+		fprintf(stderr, "kvbridge-proxy: %s\n", terr.msg);
+		return 2;
+	}
 	const char *allow = o.allow_peers ? o.allow_peers : g_getenv("KVB_ALLOW_PEERS");
 	kvb_err_t aerr;
 	if (allow && *allow) {
@@ -1057,13 +1102,15 @@ int main(int argc, char **argv)
 						    : ((struct sockaddr_in *)&ss)->sin_port);
 	client_pool = g_thread_pool_new(serve_client, NULL, o.max_clients, FALSE, NULL);
 	if (proto == KVB_PROXY_GEN0) {
-		printf("kvbridge-proxy: ready on %s:%d, %u prefiller(s), %u decoder(s)\n", h, bound,
-		       prefillers->len, decoders->len);
+		printf("kvbridge-proxy: ready on %s:%d, %u prefiller(s), %u decoder(s)%s%s\n", h, bound,
+		       prefillers->len, decoders->len, front_tls ? ", clients over tls" : "",
+		       leg_tls ? ", legs over tls" : "");
 		fflush(stdout);
 	} else {
 		pleg_pool = g_thread_pool_new(prefill_leg, NULL, o.max_clients, FALSE, NULL);
-		note("listening on %s:%d; asking %u prefiller(s) for their dp ranks (503 until then), "
-		     "%u decoder(s)", h, bound, prefillers->len, decoders->len);
+		note("listening on %s:%d%s; asking %u prefiller(s) for their dp ranks (503 until then), "
+		     "%u decoder(s)%s", h, bound, front_tls ? " (clients over tls)" : "", prefillers->len,
+		     decoders->len, leg_tls ? ", legs over tls" : "");
 		g_thread_unref(g_thread_new("discover", discover, GINT_TO_POINTER(bound)));
 	}
 	for (;;) {
@@ -1091,5 +1138,7 @@ int main(int argc, char **argv)
 	if (g_atomic_int_get(&discovery_failed))
 		return 1; /* nothing worth waiting for: every request so far got 503 */
 	g_thread_pool_free(client_pool, FALSE, TRUE);
+	kvb_tls_free(front_tls);
+	kvb_tls_free(leg_tls);
 	return 1;
 }

@@ -299,6 +299,17 @@ static GOptionEntry entries[] = {
 	{"secret-file", 0, 0, G_OPTION_ARG_FILENAME, &o.secret_file,
 	 "a file (>= 32 bytes) the kvbridge workers that talk to each other share: their control "
 	 "streams authenticate with it (challenge-response); default KVB_SECRET_FILE", "FILE"},
+	{"tls-cert", 0, 0, G_OPTION_ARG_FILENAME, &o.tls_cert,
+	 "TLS 1.2+ with this PEM certificate chain (and --tls-key) on the HTTP front (HTTPS) and on "
+	 "the kvbridge control streams other workers open to this one, which must then use TLS "
+	 "(default KVB_TLS_CERT; off: plaintext; vLLM and Mooncake peers stay plaintext)", "FILE"},
+	{"tls-key", 0, 0, G_OPTION_ARG_FILENAME, &o.tls_key,
+	 "the PEM private key of --tls-cert (default KVB_TLS_KEY)", "FILE"},
+	{"tls-ca", 0, 0, G_OPTION_ARG_FILENAME, &o.tls_ca,
+	 "PEM CA certificates: the kvbridge control streams this worker opens (kvb:// pulls) use TLS "
+	 "and the peer's certificate must be signed by them and name the host dialed; also the trust "
+	 "for --upstream https://... (default KVB_TLS_CA; without it, https:// upstreams use the "
+	 "system's trust store)", "FILE"},
 	{"allow-peers", 0, 0, G_OPTION_ARG_STRING, &o.allow_peers,
 	 "networks that may connect to any port and that this worker may dial when a message or a "
 	 "client names them: CIDR list (10.0.0.0/8,fd00::/8), * = anyone (default KVB_ALLOW_PEERS, "
@@ -345,8 +356,8 @@ static GOptionEntry entries[] = {
 	 "consumer: write each request's received KV to DIR/<request id>.kv (regions after each other, "
 	 "blocks in request order)", "DIR"},
 	{"upstream", 0, 0, G_OPTION_ARG_STRING, &o.upstream,
-	 "relay: the prefill engine's HTTP address (http://host:port); prefill legs are forwarded "
-	 "there and their KV pulled", "URL"},
+	 "relay: the prefill engine's HTTP address (http://host:port, or https://host:port checked "
+	 "against --tls-ca); prefill legs are forwarded there and their KV pulled", "URL"},
 	{"upstream-protocol", 0, 0, G_OPTION_ARG_STRING, &o.upstream_protocol,
 	 "relay: the upstream engine's vLLM protocol, gen2 or gen0 (default --vllm-protocol)", "GEN"},
 	{"upstream-bootstrap", 0, 0, G_OPTION_ARG_STRING, &o.upstream_bootstrap,
@@ -422,6 +433,10 @@ static int setup(void)
 	char kwhy[128];
 	if (!kvb_http_api_key(o.api_key, "KVB_API_KEY", &S.api_key, kwhy, sizeof(kwhy))) {
 		fprintf(stderr, "kvbridge-serve: --api-key: %s\n", kwhy);
+		return KVB_CLI_USAGE;
+	}
+	if (!kvb_tls_from_options(o.tls_cert, o.tls_key, o.tls_ca, &S.tls_server, &S.tls_client, &err)) {
+		fprintf(stderr, "kvbridge-serve: %s\n", err.msg);
 		return KVB_CLI_USAGE;
 	}
 	/* every number in range, the option named; NOT_GIVEN keeps the default */
@@ -534,6 +549,13 @@ static int setup(void)
 		hp.allow_peers = o.allow_peers;
 	if (o.secret_file)
 		hp.secret_file = o.secret_file;
+	/* the same credentials for kvbridge's control streams as for the HTTP front */
+	if (o.tls_cert)
+		hp.tls_cert = o.tls_cert;
+	if (o.tls_key)
+		hp.tls_key = o.tls_key;
+	if (o.tls_ca)
+		hp.tls_ca = o.tls_ca;
 	g_strlcpy(S.host, hp.host, sizeof(S.host));
 	hp.rpc_port = (uint16_t)o.rpc_port;
 	hp.data_port = (uint16_t)o.data_port;
@@ -630,6 +652,8 @@ static int setup(void)
 	kvb_acl_t acl;
 	if (kvb_acl_parse(&acl, nets, &err) == KVB_OK)
 		kvb_httpd_set_acl(S.httpd, &acl);
+	if (S.tls_server)
+		kvb_httpd_set_tls(S.httpd, S.tls_server, "kvbridge-serve");
 	S.prod = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, g_free);
 	S.cons = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, g_free);
 	return 0;
@@ -654,6 +678,8 @@ static void teardown(void)
 	g_free(S.api_key);
 	if (S.httpd)
 		kvb_httpd_free(S.httpd);
+	kvb_tls_free(S.tls_server);
+	kvb_tls_free(S.tls_client);
 	relay_fini();
 	if (S.up_conn)
 		kvb_connector_free(S.up_conn);
@@ -773,18 +799,19 @@ int main(int argc, char **argv)
 				       kvb_hw_rpc_port(S.up_be), kvb_hw_data_port(S.up_be));
 	char nets[512];
 	kvb_hw_allowed_peers(S.be, nets, sizeof(nets));
-	fprintf(stderr, "kvbridge-serve: listening on %s: %s%s%s; peers allowed: %s; HTTP %s%s\n",
+	fprintf(stderr, "kvbridge-serve: listening on %s: %s%s%s; peers allowed: %s; HTTP%s %s%s\n",
 		kvb_hw_bind_host(S.be), ports->str, *kvb_hw_vllm_worker_addr(S.be) ? "; worker ROUTER " : "",
-		kvb_hw_vllm_worker_addr(S.be), nets,
+		kvb_hw_vllm_worker_addr(S.be), nets, S.tls_server ? "S (TLS)" : "",
 		S.api_key ? "needs the API key (but /health)" : "open to the allowed peers (no --api-key)",
 		S.rdma_keys ? S.rdma_keys : "");
 	g_string_free(ports, TRUE);
 	printf("kvbridge-serve: ready role=%s http=%u segment=%s data_port=%u side_channel=%u "
-	       "bootstrap=%u vllm=%s model=%s blocks=%d lease_s=%.1f\n",
+	       "bootstrap=%u vllm=%s model=%s blocks=%d lease_s=%.1f%s\n",
 	       relay_is() ? "relay" : kvb_role_name(S.cfg.role), kvb_httpd_port(S.httpd),
 	       kvb_hw_segment_name(S.be), kvb_hw_data_port(S.be), kvb_hw_side_channel_port(S.be),
 	       kvb_hw_vllm_bootstrap_port(S.be), S.vproto == KVB_HW_VLLM_GEN2 ? "gen2" : "gen0",
-	       S.pool.model.name, o.blocks, (double)S.cfg.abort_timeout_ns / 1e9);
+	       S.pool.model.name, o.blocks, (double)S.cfg.abort_timeout_ns / 1e9,
+	       S.tls_server ? " tls=on" : "");
 	fflush(stdout);
 	g_main_loop_run(S.loop);
 	fprintf(stderr, "kvbridge-serve: stopping (%" PRIu64 " requests verified, %" PRIu64 " failed)\n",

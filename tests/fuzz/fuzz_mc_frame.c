@@ -189,7 +189,7 @@ static void body(const uint8_t *data, size_t len)
 	bool typed = data[0] <= KVB_MC_PROBE || data[0] == KVB_MC_KVB_HELLO ||
 		     data[0] == KVB_MC_KVB_FRAME || data[0] == KVB_MC_KVB_SYNC ||
 		     data[0] == KVB_MC_KVB_SYNCED || data[0] == KVB_MC_KVB_AUTH ||
-		     data[0] == KVB_MC_KVB_WINDOW;
+		     data[0] == KVB_MC_KVB_WINDOW || data[0] == KVB_MC_KVB_STARTTLS;
 	if (typed ? (type != data[0] || payload != data + 1 || plen != len - 1)
 		  : (type != KVB_MC_CONNECTION || payload != data || plen != len))
 		abort();

@@ -45,6 +45,7 @@
 #include "transport/kvb_hw_rdma.h"
 #include "transport/kvb_hw_rdma_window.h"
 #include "transport/kvb_hw_transport.h"
+#include "kvb_tls.h"
 
 static hw_t *hw_of(kvb_backend_t *be)
 {
@@ -81,6 +82,30 @@ static int hw_auth_load(hw_t *hw, const char *path, kvb_err_t *err)
 	sodium_memzero(data, len);
 	g_free(data);
 	hw->auth = rc == KVB_OK;
+	return rc;
+}
+
+/* The control streams' TLS credentials (params.tls_*), read now; the paths
+ * are not kept.  Nothing is left allocated on failure. */
+static int hw_tls_load(hw_t *hw, kvb_err_t *err)
+{
+	kvb_hw_params_t *p = &hw->p;
+	int rc = KVB_OK;
+	if (!p->tls_cert != !p->tls_key)
+		rc = kvb_err_set(err, KVB_ERR_CONFIG, "%s without %s: give the certificate and its key",
+				 p->tls_cert ? "tls_cert" : "tls_key", p->tls_cert ? "tls_key" : "tls_cert");
+	kvb_err_t e;
+	if (rc == KVB_OK && p->tls_cert &&
+	    !(hw->tls_server = kvb_tls_server_new(p->tls_cert, p->tls_key, &kvb_tls_param_names, &e)))
+		rc = kvb_err_set(err, e.code, "%s", e.msg);
+	if (rc == KVB_OK && p->tls_ca &&
+	    !(hw->tls_client = kvb_tls_client_new(p->tls_ca, &kvb_tls_param_names, &e)))
+		rc = kvb_err_set(err, e.code, "%s", e.msg);
+	if (rc != KVB_OK) {
+		kvb_tls_free(hw->tls_server);
+		hw->tls_server = NULL;
+	}
+	p->tls_cert = p->tls_key = p->tls_ca = NULL; /* read: the credentials are kept */
 	return rc;
 }
 
@@ -284,6 +309,9 @@ static void hw_free_all(hw_t *hw)
 	hw_windows_free(hw);
 	hw_warn_fini(hw);
 	sodium_memzero(hw->auth_key, sizeof(hw->auth_key));
+	kvb_tls_free(hw->tls_server);
+	kvb_tls_free(hw->tls_client);
+	hw->tls_server = hw->tls_client = NULL;
 	hw_events_fini(hw);
 }
 
@@ -356,10 +384,16 @@ static int op_instance_open(kvb_backend_t *be, const void *args, kvb_err_t *err)
 		kvb_acl_default(&hw->acl, hw->host);
 	}
 	p->allow_peers = NULL; /* parsed: the caller's string is not kept */
+	int trc = hw_tls_load(hw, err);
+	if (trc != KVB_OK)
+		return trc;
 	if (p->secret_file) {
 		int rc = hw_auth_load(hw, p->secret_file, err);
-		if (rc != KVB_OK)
+		if (rc != KVB_OK) {
+			kvb_tls_free(hw->tls_server);
+			kvb_tls_free(hw->tls_client);
 			return rc;
+		}
 	}
 	p->secret_file = NULL; /* read: the key is kept, not the path */
 	hw_events_init(hw);

@@ -148,6 +148,13 @@ int kvb_hw_params_apply_env(kvb_hw_params_t *p, char **envp, kvb_err_t *err)
 	const char *secret = envp ? g_environ_getenv(envp, "KVB_SECRET_FILE") : g_getenv("KVB_SECRET_FILE");
 	if (secret && *secret)
 		p->secret_file = secret; /* borrowed from the environment, read at open */
+	const char *tls[3] = {"KVB_TLS_CERT", "KVB_TLS_KEY", "KVB_TLS_CA"};
+	const char **tls_param[3] = {&p->tls_cert, &p->tls_key, &p->tls_ca};
+	for (int i = 0; i < 3; i++) {
+		const char *file = envp ? g_environ_getenv(envp, tls[i]) : g_getenv(tls[i]);
+		if (file && *file)
+			*tls_param[i] = file; /* borrowed from the environment, read at open */
+	}
 	const char *open_mem = envp ? g_environ_getenv(envp, "KVB_OPEN_MEMORY") : g_getenv("KVB_OPEN_MEMORY");
 	if (open_mem && *open_mem)
 		p->memory_open = !strcmp(open_mem, "1") || !g_ascii_strcasecmp(open_mem, "true");

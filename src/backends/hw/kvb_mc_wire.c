@@ -37,7 +37,7 @@ int kvb_mc_frame_header(const uint8_t hdr[KVB_MC_FRAME_HEADER_LEN], uint64_t max
 
 static bool known_type(uint8_t t)
 {
-	return t <= KVB_MC_PROBE || (t >= KVB_MC_KVB_HELLO && t <= KVB_MC_KVB_WINDOW);
+	return t <= KVB_MC_PROBE || (t >= KVB_MC_KVB_HELLO && t <= KVB_MC_KVB_STARTTLS);
 }
 
 int kvb_mc_frame_body(const uint8_t *body, size_t len, kvb_mc_msg_type_t *type,

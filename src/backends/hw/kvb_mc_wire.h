@@ -15,7 +15,10 @@
  * sides exchange frames of type KVB_MC_KVB_FRAME (same framing) carrying
  * kvbridge wire messages (src/core/kvb_wire.h), and KVB_MC_KVB_SYNC /
  * KVB_MC_KVB_SYNCED, which keep GPU memory behind a NIC without GPUDirect in
- * step with its pinned host mirror (see kvb_hw_gpu.c).
+ * step with its pinned host mirror (see kvb_hw_gpu.c).  KVB_MC_KVB_STARTTLS
+ * (payload: version byte 1), sent instead of the hello by a worker with
+ * TLS on its streams, says that a TLS handshake follows on the same
+ * connection; the hello and everything after travel inside it.
  *
  * Descriptor extension "kvb_mirror_rkey" (per buffer, one per device, 0 =
  * none): where a device cannot reach a GPU buffer, the key of the buffer's
@@ -68,6 +71,7 @@ typedef enum kvb_mc_msg_type {
 	KVB_MC_KVB_SYNCED = 0x13,/* kvbridge: that copy's end */
 	KVB_MC_KVB_AUTH = 0x14,  /* kvbridge: a step of the shared-secret challenge-response */
 	KVB_MC_KVB_WINDOW = 0x15,/* kvbridge: RDMA keys of one pull's blocks (kvb_rdma_window_wire.h) */
+	KVB_MC_KVB_STARTTLS = 0x16, /* kvbridge: the stream continues in TLS (before the hello) */
 } kvb_mc_msg_type_t;
 
 #define KVB_MC_FRAME_HEADER_LEN 8u

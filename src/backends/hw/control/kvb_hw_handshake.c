@@ -112,11 +112,40 @@ static bool rpc_handle(rpc_session_t *s, kvb_mc_msg_type_t type, const uint8_t *
 		break;
 	}
 	case KVB_MC_KVB_HELLO: {
+		if (hw->tls_server) {
+			char host[KVB_MC_NAME_MAX];
+			hw_sock_peer_host(s->fd, host, sizeof(host));
+			hw->stats.tls_failures++;
+			hw_warn_from(hw, host, "kvbridge stream from %s refused: this worker's streams need TLS "
+				     "(it has tls_cert) and the peer did not start it (give it tls_ca: "
+				     "kvbridge-serve --tls-ca)", host);
+			rpc_session_free(s);
+			return false;
+		}
 		/* the connection becomes a kvbridge stream: the socket moves on */
 		int fd = s->fd;
 		s->fd = -1;
 		hw_stream_accept_hello(hw, fd, payload, len, s->rx->data + consumed,
 				       s->rx->len - consumed);
+		rpc_session_free(s);
+		return false;
+	}
+	case KVB_MC_KVB_STARTTLS: {
+		if (!hw->tls_server || len != 1 || payload[0] != 1) {
+			char host[KVB_MC_NAME_MAX];
+			hw_sock_peer_host(s->fd, host, sizeof(host));
+			hw->stats.tls_failures++;
+			hw_warn_from(hw, host, "kvbridge stream from %s refused: %s", host,
+				     hw->tls_server ? "unknown STARTTLS version"
+				     : "it asks for TLS and this worker has no tls_cert/tls_key "
+				       "(kvbridge-serve --tls-cert/--tls-key)");
+			rpc_session_free(s);
+			return false;
+		}
+		/* a kvbridge stream in TLS: the socket, and what followed the frame, move on */
+		int fd = s->fd;
+		s->fd = -1;
+		hw_stream_accept_tls(hw, fd, s->rx->data + consumed, s->rx->len - consumed);
 		rpc_session_free(s);
 		return false;
 	}

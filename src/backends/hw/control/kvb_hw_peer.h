@@ -78,6 +78,9 @@ struct hw_peer {
 	size_t tx_off;
 	bool hello_sent, hello_done;
 	uint8_t auth_step;       /* shared secret: the last challenge-response step done */
+	struct kvb_tls_session *tls; /* TLS on the stream (params.tls_*); NULL: plaintext */
+	bool tls_ready;          /* its handshake is over: every byte goes through it */
+	bool hello_awaited;      /* a TLS listener: the connector's hello comes inside TLS */
 	uint8_t nonce_s[32], nonce_c[32];
 
 	void *proto;             /* the protocol's own per-peer state */

@@ -22,6 +22,15 @@
  * libsodium's.  Only then does the listener announce the stream to the core
  * (and answer the hello).  A connector with a secret refuses a listener that
  * answers without this; a listener with one refuses a connector that cannot.
+ *
+ * With TLS (kvb_tls.h, GnuTLS) a connector that has params.tls_ca sends a
+ * STARTTLS frame where the hello would be and starts the TLS handshake at
+ * once, checking the listener's certificate against its CAs and the host it
+ * dialed; the listener (which needs tls_cert/tls_key, and then refuses
+ * plaintext hellos) reads the ClientHello, possibly already behind the
+ * STARTTLS frame in its buffer, and answers.  The hello, AUTH and every
+ * frame after travel inside TLS: the shared secret, when there is one,
+ * still authenticates the two workers to each other.
  */
 #include "config.h"
 
@@ -39,6 +48,7 @@
 #include "transport/kvb_hw_rdma_window.h"
 #include "transport/kvb_hw_staging.h"
 #include "transport/kvb_hw_transport.h"
+#include "kvb_tls.h"
 #include "kvb_wire.h"
 
 #define STREAM_FRAME_MAX ((uint64_t)KVB_MSG_MAX + 1)
@@ -102,7 +112,7 @@ static bool auth_frame(hw_peer_t *p, const uint8_t *f, size_t len)
 		auth_mac(hw, "kvb-c", p, mac);
 		if (sodium_memcmp(mac, f + 65, sizeof(mac)) != 0) {
 			auth_send(p, AUTH_REFUSED, NULL);
-			hw_flush_tx(p->fd, p->tx, &p->tx_off); /* best effort: it may learn why */
+			hw_flush_tx_tls(p->fd, p->tls, p->tx, &p->tx_off); /* best effort: it may learn why */
 			return auth_fail(p, "the connecting peer does not hold this worker's shared secret");
 		}
 		auth_mac(hw, "kvb-s", p, mac);
@@ -145,6 +155,37 @@ static bool stream_sync_send(hw_link_t *l, kvb_mc_msg_type_t type, const void *b
 	return true;
 }
 
+static bool stream_listener_start(hw_peer_t *p);
+
+/* A TLS listener's first frame inside TLS: the connector's hello.  False
+ * when the peer went down. */
+static bool stream_tls_hello(hw_peer_t *p, kvb_mc_msg_type_t type, const uint8_t *payload, size_t len)
+{
+	hw_t *hw = p->hw;
+	kvb_mc_segment_t seg;
+	kvb_err_t err;
+	if (type != KVB_MC_KVB_HELLO) {
+		hw->stats.handshake_errors++;
+		hw_peer_down(p, KVB_ERR_PROTOCOL, "the first frame inside TLS is not a kvbridge hello");
+		return false;
+	}
+	if (kvb_mc_segment_from_json((const char *)payload, len, &seg, &err) != KVB_OK) {
+		hw->stats.handshake_errors++;
+		hw_peer_down(p, KVB_ERR_PROTOCOL, err.msg);
+		return false;
+	}
+	g_strlcpy(p->addr, seg.name, sizeof(p->addr));
+	g_strlcpy(p->link.name, seg.name, sizeof(p->link.name));
+	if (hw_link_set_segment(&p->link, &seg, p->host, &err) != KVB_OK) {
+		hw->stats.handshake_errors++;
+		hw_peer_down(p, err.code, err.msg);
+		return false;
+	}
+	p->hello_awaited = false;
+	p->hello_done = true;
+	return stream_listener_start(p);
+}
+
 /* Parse whole frames out of p->rx.  Returns false when the peer went down. */
 static bool stream_frames(hw_peer_t *p)
 {
@@ -170,6 +211,13 @@ static bool stream_frames(hw_peer_t *p)
 			return false;
 		}
 		off += KVB_MC_FRAME_HEADER_LEN + body;
+		if (p->hello_awaited) {
+			if (!stream_tls_hello(p, type, payload, plen))
+				return false;
+			if (p->state == HW_PEER_UP)
+				break; /* announced: the rest waits for the core's conn_accept */
+			continue;
+		}
 		if (type == KVB_MC_KVB_AUTH) {
 			if (!auth_frame(p, payload, plen))
 				return false;
@@ -237,6 +285,49 @@ static bool stream_frames(hw_peer_t *p)
 	return ok;
 }
 
+/* The TLS handshake, a step per readiness (after the connector's
+ * plaintext STARTTLS frame is out): 1 done, 0 waiting, -1 the peer went
+ * down.  Once done, the connector's hello goes in. */
+static int stream_tls_handshake(hw_peer_t *p)
+{
+	hw_t *hw = p->hw;
+	char why[KVB_ERR_MSG_MAX + 160];
+	if (p->tx->len) {
+		int r = hw_flush_tx(p->fd, p->tx, &p->tx_off);
+		if (r < 0) {
+			g_snprintf(why, sizeof(why), "send: %s", g_strerror(-r));
+			hw_peer_down(p, KVB_ERR_PEER, why);
+			return -1;
+		}
+		if (r == 0)
+			return 0;
+	}
+	kvb_err_t err;
+	int rc = kvb_tls_handshake_step(p->tls, &err);
+	if (rc < 0) {
+		hw->stats.tls_failures++;
+		g_snprintf(why, sizeof(why), "%s%s", err.msg,
+			   p->hello_awaited ? "" : " (is TLS on for the peer's streams? tls_cert, tls_key)");
+		hw_peer_down(p, KVB_ERR_PEER, why);
+		return -1;
+	}
+	if (rc == 0) {
+		hw_watch_set(p->w, kvb_tls_wants_write(p->tls) ? G_IO_OUT : G_IO_IN);
+		return 0;
+	}
+	p->tls_ready = true;
+	hw->stats.tls_streams++;
+	char d[64];
+	hw_log(hw, "stream with %s: %s", p->host, kvb_tls_describe(p->tls, d, sizeof(d)));
+	if (!p->hello_awaited) {
+		char *desc = hw_segment_json(hw);
+		kvb_mc_frame_encode(p->tx, KVB_MC_KVB_HELLO, desc, strlen(desc));
+		g_free(desc);
+	}
+	hw_watch_set(p->w, p->tx->len ? G_IO_IN | G_IO_OUT : G_IO_IN);
+	return 1;
+}
+
 static bool stream_io(void *obj, GIOCondition cond)
 {
 	hw_peer_t *p = obj;
@@ -250,8 +341,15 @@ static bool stream_io(void *obj, GIOCondition cond)
 		}
 		p->hello_sent = true;
 	}
+	bool read = cond & (G_IO_IN | G_IO_HUP | G_IO_ERR);
+	if (p->tls && !p->tls_ready) {
+		int r = stream_tls_handshake(p);
+		if (r <= 0)
+			return r == 0;
+		read = true; /* the peer's first frames may have come with its Finished */
+	}
 	if (p->tx->len) {
-		int r = hw_flush_tx(p->fd, p->tx, &p->tx_off);
+		int r = hw_flush_tx_tls(p->fd, p->tls, p->tx, &p->tx_off);
 		if (r < 0) {
 			g_snprintf(why, sizeof(why), "send: %s", g_strerror(-r));
 			hw_peer_down(p, KVB_ERR_PEER, why);
@@ -260,8 +358,9 @@ static bool stream_io(void *obj, GIOCondition cond)
 		if (r == 1)
 			hw_watch_set(p->w, G_IO_IN);
 	}
-	if (cond & (G_IO_IN | G_IO_HUP | G_IO_ERR)) {
-		ssize_t n = hw_fill_rx(p->fd, p->rx, KVB_MC_FRAME_HEADER_LEN + STREAM_FRAME_MAX);
+	/* TLS may hold decrypted records the socket no longer signals */
+	while (read) {
+		ssize_t n = hw_fill_rx_tls(p->fd, p->tls, p->rx, KVB_MC_FRAME_HEADER_LEN + STREAM_FRAME_MAX);
 		bool alive = stream_frames(p);
 		if (!alive)
 			return false; /* hw_peer_down freed the watch */
@@ -271,6 +370,7 @@ static bool stream_io(void *obj, GIOCondition cond)
 			hw_peer_down(p, KVB_ERR_PEER, why);
 			return false;
 		}
+		read = p->tls && n > 0 && kvb_tls_pending(p->tls) > 0;
 	}
 	return true;
 }
@@ -278,10 +378,15 @@ static bool stream_io(void *obj, GIOCondition cond)
 static void stream_connect_timeout(void *obj)
 {
 	hw_peer_t *p = obj;
-	if (p->state == HW_PEER_CONNECTING)
-		hw_peer_down(p, KVB_ERR_TIMEOUT, p->hello_done && p->hw->auth
-			     ? "the connecting peer did not authenticate within the connect timeout"
-			     : "no hello answer within the connect timeout");
+	if (p->state != HW_PEER_CONNECTING)
+		return;
+	if (p->tls && !p->tls_ready)
+		p->hw->stats.tls_failures++;
+	hw_peer_down(p, KVB_ERR_TIMEOUT, p->tls && !p->tls_ready ? "no TLS handshake within the connect timeout"
+		     : p->hello_awaited ? "no hello inside TLS within the connect timeout"
+		     : p->hello_done && p->hw->auth
+		     ? "the connecting peer did not authenticate within the connect timeout"
+		     : "no hello answer within the connect timeout");
 }
 
 int hw_stream_connect(hw_t *hw, kvb_conn_t *conn, const char *addr, const char *host,
@@ -293,15 +398,28 @@ int hw_stream_connect(hw_t *hw, kvb_conn_t *conn, const char *addr, const char *
 		hw_set_error(hw, "%s", err.msg);
 		return KVB_ERR_PEER;
 	}
+	kvb_tls_session_t *tls = NULL;
+	if (hw->tls_client && !(tls = kvb_tls_session_new(hw->tls_client, fd, host, &err))) {
+		hw_set_error(hw, "%s", err.msg);
+		close(fd);
+		return err.code;
+	}
 	hw_peer_t *p = hw_peer_new(hw, HW_PEER_KVB, &stream_ops, addr);
 	hw_peer_bind(p, conn);
 	g_strlcpy(p->host, host, sizeof(p->host));
 	p->port = port;
 	p->fd = fd;
+	p->tls = tls;
 	p->link.sync_send = stream_sync_send;
-	char *desc = hw_segment_json(hw);
-	stream_queue(p, KVB_MC_KVB_HELLO, desc, strlen(desc));
-	g_free(desc);
+	if (tls) {
+		/* the hello goes inside TLS, once its handshake is over */
+		uint8_t version = 1;
+		stream_queue(p, KVB_MC_KVB_STARTTLS, &version, 1);
+	} else {
+		char *desc = hw_segment_json(hw);
+		stream_queue(p, KVB_MC_KVB_HELLO, desc, strlen(desc));
+		g_free(desc);
+	}
 	p->w = hw_watch_new(hw, p->fd, G_IO_OUT | G_IO_IN, stream_io, p);
 	p->connect_deadline = hw_deadline_new(hw, stream_connect_timeout, p);
 	hw_deadline_arm(p->connect_deadline, hw->p.connect_timeout_ns);
@@ -335,20 +453,61 @@ bool hw_stream_accept_hello(hw_t *hw, int fd, const uint8_t *payload, size_t len
 	p->fd = fd;
 	g_byte_array_append(p->rx, rest, (guint)rest_len);
 	p->hello_sent = p->hello_done = true;
+	return stream_listener_start(p);
+}
+
+/* The listener has the connector's hello: the challenge first when there is
+ * a shared secret (the core hears of the stream once it is met), else the
+ * stream is announced.  False when the peer went down. */
+static bool stream_listener_start(hw_peer_t *p)
+{
+	hw_t *hw = p->hw;
 	if (hw->auth) {
-		/* the challenge first; the core hears of the stream once it is met */
 		p->state = HW_PEER_CONNECTING;
 		randombytes_buf(p->nonce_s, sizeof(p->nonce_s));
 		auth_send(p, 1, NULL);
 		p->auth_step = 1;
-		p->w = hw_watch_new(hw, p->fd, G_IO_IN | G_IO_OUT, stream_io, p);
-		p->connect_deadline = hw_deadline_new(hw, stream_connect_timeout, p);
-		hw_deadline_arm(p->connect_deadline, hw->p.connect_timeout_ns);
+		if (!p->w)
+			p->w = hw_watch_new(hw, p->fd, G_IO_IN | G_IO_OUT, stream_io, p);
+		if (!p->connect_deadline) {
+			p->connect_deadline = hw_deadline_new(hw, stream_connect_timeout, p);
+			hw_deadline_arm(p->connect_deadline, hw->p.connect_timeout_ns);
+		}
 		return true;
 	}
 	p->state = HW_PEER_UP;
+	hw_deadline_disarm(p->connect_deadline);
 	hw->stats.streams_opened++;
 	hw_peer_announce(p);
+	return true;
+}
+
+bool hw_stream_accept_tls(hw_t *hw, int fd, const uint8_t *rest, size_t rest_len)
+{
+	char host[KVB_MC_NAME_MAX];
+	hw_sock_peer_host(fd, host, sizeof(host));
+	kvb_err_t err;
+	kvb_tls_session_t *tls = kvb_tls_session_new(hw->tls_server, fd, NULL, &err);
+	if (!tls) {
+		hw->stats.tls_failures++;
+		hw_warn_from(hw, host, "kvbridge stream from %s refused: %s", host, err.msg);
+		close(fd);
+		return false;
+	}
+	kvb_tls_session_preread(tls, rest, rest_len);
+	/* named by its address until its hello names its segment */
+	hw_peer_t *p = hw_peer_new(hw, HW_PEER_KVB, &stream_ops, host);
+	g_strlcpy(p->host, host, sizeof(p->host));
+	p->fd = fd;
+	p->tls = tls;
+	p->link.sync_send = stream_sync_send;
+	p->hello_sent = true;
+	p->hello_awaited = true;
+	p->w = hw_watch_new(hw, p->fd, G_IO_IN, stream_io, p);
+	p->connect_deadline = hw_deadline_new(hw, stream_connect_timeout, p);
+	hw_deadline_arm(p->connect_deadline, hw->p.connect_timeout_ns);
+	/* the ClientHello may be in hand already, where the socket cannot signal it */
+	stream_io(p, G_IO_IN);
 	return true;
 }
 
@@ -409,9 +568,17 @@ static void stream_closed(hw_peer_t *p)
 {
 	/* orderly: what is queued on the stream is still written (best effort,
 	 * without blocking), then the socket closes and the peer sees EOF */
-	if (p->fd >= 0 && p->tx->len)
-		hw_flush_tx(p->fd, p->tx, &p->tx_off);
+	if (p->fd >= 0 && p->tx->len && (!p->tls || p->tls_ready))
+		hw_flush_tx_tls(p->fd, p->tls, p->tx, &p->tx_off);
+	if (p->fd >= 0 && p->tls && p->tls_ready)
+		kvb_tls_bye(p->tls);
 	hw_peer_free(p);
+}
+
+static void stream_detach(hw_peer_t *p)
+{
+	kvb_tls_session_free(p->tls);
+	p->tls = NULL;
 }
 
 static const hw_peer_ops_t stream_ops = {
@@ -419,4 +586,5 @@ static const hw_peer_ops_t stream_ops = {
 	.accepted = stream_accepted,
 	.msg_send = stream_msg_send,
 	.closed = stream_closed,
+	.detach = stream_detach,
 };

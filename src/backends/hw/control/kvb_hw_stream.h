@@ -5,6 +5,11 @@
  * and answered with the listener's; then KVB_FRAME frames (one kvbridge
  * wire message each) both ways, and SYNC/SYNCED for GPU memory behind a
  * mirror.  Peer addresses "host:port" and "kvb://host:port".
+ *
+ * With TLS (params.tls_ca on the connecting side, tls_cert/tls_key on the
+ * listening one) the connector sends KVB_STARTTLS instead of the hello,
+ * the TLS handshake follows on the same connection, and the hello and all
+ * after it travel inside.
  */
 #ifndef KVB_HW_STREAM_H
 #define KVB_HW_STREAM_H
@@ -24,5 +29,10 @@ int hw_stream_connect(hw_t *hw, kvb_conn_t *conn, const char *addr, const char *
  * Takes fd (closed on refusal); false when refused (reason logged). */
 bool hw_stream_accept_hello(hw_t *hw, int fd, const uint8_t *payload, size_t len,
 			    const uint8_t *rest, size_t rest_len);
+/* The handshake listener read a KVB_STARTTLS on fd (and has tls_server):
+ * make the incoming peer, which answers the TLS handshake and waits for
+ * the hello inside.  rest: bytes that followed (the ClientHello, maybe).
+ * Takes fd; false when refused at once (reason logged). */
+bool hw_stream_accept_tls(hw_t *hw, int fd, const uint8_t *rest, size_t rest_len);
 
 #endif /* KVB_HW_STREAM_H */

@@ -94,6 +94,8 @@ struct hw {
 	kvb_acl_t acl;              /* who may connect, whom we may dial */
 	bool auth;                  /* params.secret_file given: streams authenticate */
 	uint8_t auth_key[32];       /* derived from the secret file's bytes */
+	struct kvb_tls *tls_server; /* params.tls_cert/key: incoming streams must start TLS */
+	struct kvb_tls *tls_client; /* params.tls_ca: the streams we open start TLS */
 };
 
 /* ---- instance ------------------------------------------------------------ */

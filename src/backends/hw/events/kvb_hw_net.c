@@ -17,6 +17,7 @@
 #include <kvbridge/kvbridge.h>
 
 #include "events/kvb_hw_net.h"
+#include "kvb_tls.h"
 
 void hw_sock_tune(int fd)
 {
@@ -199,6 +200,53 @@ ssize_t hw_fill_rx(int fd, GByteArray *rx, size_t cap)
 			if (errno == EINTR)
 				continue;
 			if (errno == EAGAIN || errno == EWOULDBLOCK)
+				return total;
+			return -errno;
+		}
+		g_byte_array_set_size(rx, old + (guint)n);
+		total += n;
+	}
+}
+
+int hw_flush_tx_tls(int fd, struct kvb_tls_session *tls, GByteArray *tx, size_t *off)
+{
+	if (!tls)
+		return hw_flush_tx(fd, tx, off);
+	while (*off < tx->len) {
+		ssize_t n = kvb_tls_send(tls, tx->data + *off, tx->len - *off);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == EAGAIN)
+				return 0;
+			return -errno;
+		}
+		*off += (size_t)n;
+	}
+	g_byte_array_set_size(tx, 0);
+	*off = 0;
+	return 1;
+}
+
+ssize_t hw_fill_rx_tls(int fd, struct kvb_tls_session *tls, GByteArray *rx, size_t cap)
+{
+	if (!tls)
+		return hw_fill_rx(fd, rx, cap);
+	ssize_t total = 0;
+	for (;;) {
+		if (rx->len >= cap)
+			return total;
+		size_t room = MIN((size_t)65536, cap - rx->len);
+		guint old = rx->len;
+		g_byte_array_set_size(rx, old + (guint)room);
+		ssize_t n = kvb_tls_recv(tls, rx->data + old, room);
+		if (n <= 0) {
+			g_byte_array_set_size(rx, old);
+			if (n == 0)
+				return total ? total : -1;
+			if (errno == EINTR)
+				continue;
+			if (errno == EAGAIN)
 				return total;
 			return -errno;
 		}

@@ -45,6 +45,12 @@ int hw_flush_tx(int fd, GByteArray *tx, size_t *off);
 /* Read what is available into rx (at most cap bytes held).  Returns the
  * bytes read (> 0), 0 on EAGAIN, -1 on EOF, -errno on failure. */
 ssize_t hw_fill_rx(int fd, GByteArray *rx, size_t cap);
+/* The same through a TLS session (kvb_tls.h) when tls is not NULL; its
+ * handshake must be over.  hw_fill_rx_tls reads until the session has
+ * nothing left either (kvb_tls_pending is 0 unless rx reached cap). */
+struct kvb_tls_session;
+int hw_flush_tx_tls(int fd, struct kvb_tls_session *tls, GByteArray *tx, size_t *off);
+ssize_t hw_fill_rx_tls(int fd, struct kvb_tls_session *tls, GByteArray *rx, size_t cap);
 /* The numeric address of fd's peer ("" when unknown). */
 void hw_sock_peer_host(int fd, char *host, size_t len);
 
