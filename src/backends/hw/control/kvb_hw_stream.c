@@ -453,7 +453,12 @@ bool hw_stream_accept_hello(hw_t *hw, int fd, const uint8_t *payload, size_t len
 	p->fd = fd;
 	g_byte_array_append(p->rx, rest, (guint)rest_len);
 	p->hello_sent = p->hello_done = true;
-	return stream_listener_start(p);
+	if (!stream_listener_start(p))
+		return false;
+	/* with a secret, what came in the hello's read (a proof, or a frame
+	 * before it) is judged now, not when the peer sends again (without
+	 * one, stream_accepted reads it) */
+	return !hw->auth || !p->rx->len || stream_frames(p);
 }
 
 /* The listener has the connector's hello: the challenge first when there is
