@@ -217,7 +217,6 @@ END_TEST
  * pull after connect_timeout (2 s here). */
 START_TEST(test_vllm_gen0_producer_dies_noticed)
 {
-	uint16_t port = (uint16_t)(38000 + getpid() % 1000);
 	side_t D;
 	side_open(&D, KVB_ROLE_CONSUMER, 120, 1, 0);
 	side_t *one[1] = {&D};
@@ -227,9 +226,13 @@ START_TEST(test_vllm_gen0_producer_dies_noticed)
 	void *router = zmq_socket(zc, ZMQ_ROUTER);
 	int zero = 0;
 	zmq_setsockopt(router, ZMQ_LINGER, &zero, sizeof(zero));
+	/* a free port the kernel picks (a fixed one in the ephemeral range
+	 * clashed now and then with a socket of the same run) */
+	ck_assert_int_eq(zmq_bind(router, "tcp://127.0.0.1:*"), 0);
 	char ep[64];
-	g_snprintf(ep, sizeof(ep), "tcp://127.0.0.1:%u", port);
-	ck_assert_int_eq(zmq_bind(router, ep), 0);
+	size_t eplen = sizeof(ep);
+	ck_assert_int_eq(zmq_getsockopt(router, ZMQ_LAST_ENDPOINT, ep, &eplen), 0);
+	uint16_t port = (uint16_t)atoi(strrchr(ep, ':') + 1);
 	uint32_t b[4] = {1, 2, 3, 4};
 	char addr[64];
 	g_snprintf(addr, sizeof(addr), "vllm://127.0.0.1:%u", port);
@@ -627,6 +630,37 @@ START_TEST(test_stream_shared_secret)
 	kvb_hw_stats_get(P.be, &st);
 	ck_assert_uint_ge(st.auth_failures, 1);
 	ck_assert_uint_eq(st.streams_opened, 1);
+	/* a hello and a frame in one write, without the proof: refused as soon
+	 * as it arrives, and counted, not dropped at the 5 s connect timeout */
+	kvb_mc_segment_t seg;
+	memset(&seg, 0, sizeof(seg));
+	g_strlcpy(seg.name, "127.0.0.1:1", sizeof(seg.name));
+	g_strlcpy(seg.protocol, "tcp", sizeof(seg.protocol));
+	g_strlcpy(seg.tcp_data_host, "127.0.0.1", sizeof(seg.tcp_data_host));
+	seg.tcp_data_port = 1;
+	seg.tcp_proto_version = 2;
+	GString *js = g_string_new(NULL);
+	ck_assert_int_eq(kvb_mc_segment_to_json(&seg, js, NULL), KVB_OK);
+	GByteArray *wire = g_byte_array_new();
+	kvb_mc_frame_encode(wire, KVB_MC_KVB_HELLO, js->str, js->len);
+	kvb_mc_frame_encode(wire, KVB_MC_KVB_FRAME, "x", 1);
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in dst = {.sin_family = AF_INET, .sin_port = htons(kvb_hw_rpc_port(P.be))};
+	inet_pton(AF_INET, "127.0.0.1", &dst.sin_addr);
+	ck_assert_int_eq(connect(fd, (struct sockaddr *)&dst, sizeof(dst)), 0);
+	ck_assert_int_eq(write(fd, wire->data, wire->len), (ssize_t)wire->len);
+	uint64_t failures = st.auth_failures;
+	gint64 t0 = g_get_monotonic_time();
+	while (st.auth_failures == failures && g_get_monotonic_time() - t0 < 4 * G_USEC_PER_SEC) {
+		step(both, 2);
+		kvb_hw_stats_get(P.be, &st);
+	}
+	ck_assert_uint_eq(st.auth_failures, failures + 1);
+	ck_assert_msg(g_get_monotonic_time() - t0 < 2 * G_USEC_PER_SEC, "refused only after %.1f s",
+		      (double)(g_get_monotonic_time() - t0) / 1e6);
+	close(fd);
+	g_byte_array_unref(wire);
+	g_string_free(js, TRUE);
 	/* a listener without a secret: the connector that has one refuses it */
 	side_t P0, D3;
 	side_open_opt(&P0, KVB_ROLE_PRODUCER, 2, &none);
