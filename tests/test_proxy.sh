@@ -15,7 +15,7 @@ command -v curl >/dev/null || skip_all "curl not installed"
 command -v python3 >/dev/null || skip_all "python3 not installed"
 [ -x "$proxy" ] || skip_all "kvbridge-proxy not built (hw backend disabled)"
 fake_py="${top_srcdir:-.}/tests/proxy/fake_vllm.py"
-echo "1..22"
+echo "1..24"
 
 # wait_line NAME PATTERN [TENTHS]: until $tmp/NAME.out holds PATTERN
 wait_line() {
@@ -307,6 +307,47 @@ nd=$(cat "$tmp/out")
 check "gen0: P stays full past --busy-wait: 503 with Retry-After naming P's words, nothing sent to D ($nd D legs)" \
 	"grep -q '^HTTP/1.1 503' '$tmp/hdr' && grep -qi '^Retry-After: 1' '$tmp/hdr' && grep -q 'is busy' '$tmp/resp' && grep -q 'not enough free KV blocks' '$tmp/resp' && [ $nd -eq 0 ]"
 ctl $FP '{"p_busy_n":0}'
+
+# ---- idle and slowloris clients cannot starve the proxy --------------------------------
+# 8 threads, so one address may have 2 requests still arriving: 127.0.0.2
+# opens 12 connections that send one header byte and wait; 127.0.0.1 is
+# still answered at once, and the two held ones get 408 at --request-timeout
+start px8 "$proxy" --vllm-protocol gen0 --max-clients 8 --request-timeout 2 --port 0 --prefiller-port $FP \
+	--decoder-host 127.0.0.1 --decoder-port $FD || exit 1
+X8=$(port_of px8)
+python3 - "$X8" "$tmp/slow" <<'PY' &
+import socket, sys, time
+port, out = int(sys.argv[1]), sys.argv[2]
+held = []
+for i in range(12):
+    s = socket.socket()
+    s.bind(("127.0.0.2", 0))
+    s.connect(("127.0.0.1", port))
+    s.sendall(b"G")
+    held.append(s)
+time.sleep(3.5)
+answers = []
+for s in held:
+    s.settimeout(0.5)
+    try:
+        answers.append(s.recv(200).split(b"\r\n")[0].decode() or "closed")
+    except ConnectionResetError:
+        answers.append("closed")  # closed unread, the byte we sent makes it a reset
+    except OSError as e:
+        answers.append("error %s" % e)
+open(out, "w").write("\n".join(answers) + "\n")
+PY
+slowpid=$!
+sleep 0.5
+t0=$(date +%s%N)
+st=$(curl -s -o /dev/null -w '%{http_code}' --max-time 3 "http://127.0.0.1:$X8/health")
+ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+check "12 idle connections from one address: another client's /health answered in $ms ms (HTTP $st)" \
+	"[ '$st' = 200 ] && [ $ms -lt 1500 ]"
+wait $slowpid
+get "http://127.0.0.1:$X8/stats" > "$tmp/s8"
+check "the address's 3rd to 12th connections closed at accept, its 2 held ones 408 after 2 s ($(sort "$tmp/slow" | uniq -c | tr '\n' ' '))" \
+	"[ \$(grep -c 'HTTP/1.1 408' '$tmp/slow') -eq 2 ] && [ \$(grep -c '^closed' '$tmp/slow') -eq 10 ] && grep -q '\"slow_clients\":2' '$tmp/s8' && grep -q '\"crowded_refused\":10' '$tmp/s8'"
 
 st=$(post "http://127.0.0.1:$X/v1/completions" '{"prompt":"still there"}')
 check "the gen2 proxy still serves (HTTP $st)" "[ '$st' = 200 ]"

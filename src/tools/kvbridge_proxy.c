@@ -91,13 +91,14 @@ static struct {
 	gint timeout_s;
 	gint startup_timeout_s;
 	gint max_clients;
+	gint request_timeout_s;
 	gdouble busy_wait_s;
 	gchar *allow_peers;
 	gchar *api_key;
 	gchar *tls_cert, *tls_key, *tls_ca;
 	gboolean verbose;
 } o = {.port = 8000, .timeout_s = 600, .startup_timeout_s = G_MININT, .max_clients = 256,
-       .busy_wait_s = 10};
+       .request_timeout_s = 10, .busy_wait_s = 10};
 
 #define STARTUP_TIMEOUT_DEFAULT_S 600
 #define BOOTSTRAP_PORT_DEFAULT "8998"
@@ -117,6 +118,21 @@ static gint64 n_requests, n_errors, n_prefill_legs, n_prefill_failed, n_decode_f
 static gint64 n_busy, n_busy_retries; /* 503s given after --busy-wait; retries of a busy P */
 static gint64 n_refused;              /* connections from outside --allow-peers */
 static gint64 n_tls_failed;           /* clients whose TLS handshake failed */
+static gint64 n_slow;                 /* clients whose request missed --request-timeout (408) */
+static gint64 n_crowded;              /* connections refused: their address had too many
+				       * requests still arriving */
+
+/* Slowloris and idle connections: a client's request (TLS handshake, head,
+ * body) must arrive within --request-timeout, and one address may have at
+ * most arriving_max connections whose request is still arriving (a quarter
+ * of --max-clients), so no single peer holds every thread. */
+typedef struct client {
+	int fd;
+	char addr[64];
+} client_t;
+static GMutex arriving_lock;
+static GHashTable *arriving;          /* address -> connections still arriving */
+static guint arriving_max;
 static kvb_tls_t *front_tls;          /* --tls-cert/--tls-key: clients speak HTTPS */
 static kvb_tls_t *leg_tls;            /* --tls-ca: the legs to P and D speak HTTPS */
 static kvb_acl_t allowed;             /* who may send requests */
@@ -470,7 +486,8 @@ static void reply_stats(kvb_http_conn_t *cc)
 		{"requests", &n_requests}, {"errors", &n_errors}, {"prefill_legs", &n_prefill_legs},
 		{"prefill_failed", &n_prefill_failed}, {"decode_failed", &n_decode_failed},
 		{"busy", &n_busy}, {"busy_retries", &n_busy_retries}, {"peers_refused", &n_refused},
-		{"tls_handshakes_failed", &n_tls_failed},
+		{"tls_handshakes_failed", &n_tls_failed}, {"slow_clients", &n_slow},
+		{"crowded_refused", &n_crowded},
 	};
 	for (size_t i = 0; i < G_N_ELEMENTS(c); i++) {
 		json_builder_set_member_name(b, c[i].name);
@@ -536,18 +553,59 @@ static void tls_client_failed(int fd, const char *why)
 	g_mutex_unlock(&lock);
 }
 
+static bool arriving_enter(const char *addr)
+{
+	g_mutex_lock(&arriving_lock);
+	guint n = GPOINTER_TO_UINT(g_hash_table_lookup(arriving, addr));
+	bool ok = n < arriving_max;
+	if (ok)
+		g_hash_table_insert(arriving, g_strdup(addr), GUINT_TO_POINTER(n + 1));
+	g_mutex_unlock(&arriving_lock);
+	return ok;
+}
+
+static void arriving_leave(client_t *cl)
+{
+	if (!cl->addr[0])
+		return;
+	g_mutex_lock(&arriving_lock);
+	guint n = GPOINTER_TO_UINT(g_hash_table_lookup(arriving, cl->addr));
+	if (n > 1)
+		g_hash_table_insert(arriving, g_strdup(cl->addr), GUINT_TO_POINTER(n - 1));
+	else
+		g_hash_table_remove(arriving, cl->addr);
+	g_mutex_unlock(&arriving_lock);
+	cl->addr[0] = 0;
+}
+
+/* Receive timeout: what is left of the request's deadline (at least 1 ms);
+ * false once it has passed. */
+static bool rcv_deadline(int fd, gint64 deadline)
+{
+	gint64 left = deadline - g_get_monotonic_time();
+	if (left <= 0)
+		return false;
+	struct timeval tv = {(time_t)(left / G_USEC_PER_SEC), (suseconds_t)MAX(left % G_USEC_PER_SEC, 1000)};
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	return true;
+}
+
 static void serve_client(gpointer data, gpointer user)
 {
 	(void)user;
-	int cfd = GPOINTER_TO_INT(data);
-	struct timeval tv = {o.timeout_s, 0};
-	setsockopt(cfd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	client_t *cl = data;
+	int cfd = cl->fd;
+	gint64 deadline = g_get_monotonic_time() + (gint64)o.request_timeout_s * G_USEC_PER_SEC;
 	kvb_http_conn_t conn, *cc = &conn;
 	GError *terr = NULL;
-	if (!kvb_http_conn_accept(cc, cfd, front_tls, MIN(o.timeout_s, TLS_HANDSHAKE_TIMEOUT_S) * 1000, &terr)) {
+	rcv_deadline(cfd, deadline);
+	if (!kvb_http_conn_accept(cc, cfd, front_tls, MIN(o.request_timeout_s, TLS_HANDSHAKE_TIMEOUT_S) * 1000,
+				  &terr)) {
+		arriving_leave(cl);
 		tls_client_failed(cfd, terr->message);
 		g_error_free(terr);
 		close(cfd);
+		g_free(cl);
 		return;
 	}
 	GByteArray *in = g_byte_array_new();
@@ -556,11 +614,17 @@ static void serve_client(gpointer data, gpointer user)
 	kvb_err_t err;
 	for (;;) {
 		guint old = in->len;
+		if (!rcv_deadline(cfd, deadline)) {
+			errno = EAGAIN;
+			goto slow;
+		}
 		g_byte_array_set_size(in, old + 16384);
 		ssize_t n = kvb_http_conn_recv(cc, in->data + old, 16384);
 		g_byte_array_set_size(in, old + (guint)MAX(n, 0));
 		if (n < 0 && errno == EINTR)
 			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+			goto slow;
 		if (n <= 0)
 			goto out;
 		if (!have && (memchr(in->data + old, '\n', (size_t)n) || memchr(in->data + old, '\r', (size_t)n) ||
@@ -583,6 +647,7 @@ static void serve_client(gpointer data, gpointer user)
 		if (in->len >= msg.head_len + (msg.has_content_length ? msg.content_length : 0))
 			break;
 	}
+	arriving_leave(cl); /* the request is in: its thread works for it now */
 	g_atomic_pointer_add(&n_requests, 1);
 	if (!strcmp(msg.method, "GET") && (!strcmp(msg.target, "/healthcheck") || !strcmp(msg.target, "/health"))) {
 		if (proto == KVB_PROXY_GEN2 && !g_atomic_int_get(&ready)) {
@@ -622,11 +687,18 @@ static void serve_client(gpointer data, gpointer user)
 	else
 		route_gen2(cc, &msg, json_parser_get_root(jp));
 	g_object_unref(jp);
+	goto out;
+slow:
+	g_atomic_pointer_add(&n_slow, 1);
+	if (in->len)
+		reply(cc, 408, "RequestTimeout", "the request did not arrive within --request-timeout");
 out:
+	arriving_leave(cl);
 	if (have)
 		kvb_http_msg_clear(&msg);
 	g_byte_array_unref(in);
 	kvb_http_conn_close(cc);
+	g_free(cl);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -934,7 +1006,10 @@ static GOptionEntry entries[] = {
 	{"decoder-ports", 0, G_OPTION_FLAG_HIDDEN, G_OPTION_ARG_STRING_ARRAY, &o.d_ports, NULL, NULL},
 	{"startup-timeout", 0, 0, G_OPTION_ARG_INT, &o.startup_timeout_s, "gen2: seconds to wait for every prefiller's /health and /query before giving up (default 600)", "S"},
 	{"timeout", 0, 0, G_OPTION_ARG_INT, &o.timeout_s, "seconds to wait for a prefiller or decoder (default 600)", "S"},
-	{"max-clients", 0, 0, G_OPTION_ARG_INT, &o.max_clients, "concurrent client connections (default 256)", "N"},
+	{"max-clients", 0, 0, G_OPTION_ARG_INT, &o.max_clients, "concurrent client connections (default 256); one "
+	 "address may have a quarter of them with a request still arriving", "N"},
+	{"request-timeout", 0, 0, G_OPTION_ARG_INT, &o.request_timeout_s, "seconds a client has to send its whole "
+	 "request, TLS handshake included, else 408 and closed (default 10; idle and slowloris connections)", "S"},
 	{"verbose", 'v', 0, G_OPTION_ARG_NONE, &o.verbose, "log every request", NULL},
 	{NULL},
 };
@@ -1005,6 +1080,7 @@ int main(int argc, char **argv)
 	if (!kvb_cli_check_int64(P, "--port", o.port, 0, 65535) ||
 	    !kvb_cli_check_int64(P, "--timeout", o.timeout_s, 1, 86400) ||
 	    !kvb_cli_check_int64(P, "--max-clients", o.max_clients, 1, 65536) ||
+	    !kvb_cli_check_int64(P, "--request-timeout", o.request_timeout_s, 1, 3600) ||
 	    (o.startup_timeout_s != G_MININT &&
 	     !kvb_cli_check_int64(P, "--startup-timeout", o.startup_timeout_s, 1, 86400)) ||
 	    !kvb_cli_check_double(P, "--busy-wait", o.busy_wait_s, 0, 3600, 0))
@@ -1100,6 +1176,8 @@ int main(int argc, char **argv)
 	getsockname(lfd, (struct sockaddr *)&ss, &sl);
 	int bound = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
 						    : ((struct sockaddr_in *)&ss)->sin_port);
+	arriving = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
+	arriving_max = MAX(1u, (guint)o.max_clients / 4);
 	client_pool = g_thread_pool_new(serve_client, NULL, o.max_clients, FALSE, NULL);
 	if (proto == KVB_PROXY_GEN0) {
 		printf("kvbridge-proxy: ready on %s:%d, %u prefiller(s), %u decoder(s)%s%s\n", h, bound,
@@ -1132,7 +1210,25 @@ int main(int argc, char **argv)
 			fprintf(stderr, "kvbridge-proxy: accept: %s\n", g_strerror(errno));
 			break;
 		}
-		g_thread_pool_push(client_pool, GINT_TO_POINTER(cfd), NULL);
+		client_t *cl = g_new0(client_t, 1);
+		cl->fd = cfd;
+		getnameinfo((struct sockaddr *)&from, from_len, cl->addr, sizeof(cl->addr), NULL, 0,
+			    NI_NUMERICHOST);
+		if (!arriving_enter(cl->addr)) {
+			gint64 total = g_atomic_pointer_add(&n_crowded, 1) + 1;
+			static gint64 said_at;
+			gint64 now = g_get_monotonic_time();
+			if (now - said_at > 10 * G_USEC_PER_SEC) {
+				said_at = now;
+				fprintf(stderr, "kvbridge-proxy: warning: %s has %u requests still arriving; "
+					"its new connections are closed (%" G_GINT64_FORMAT " so far)\n", cl->addr,
+					arriving_max, total);
+			}
+			close(cfd);
+			g_free(cl);
+			continue;
+		}
+		g_thread_pool_push(client_pool, cl, NULL);
 	}
 	close(lfd);
 	if (g_atomic_int_get(&discovery_failed))
