@@ -354,6 +354,7 @@ typedef struct kvb_hw_stats {
 	uint64_t rdma_windows_open;     /* consumer: pulls whose blocks have live RDMA window keys */
 	uint64_t rdma_window_registrations; /* consumer: window registrations made (per range, device) */
 	uint64_t rdma_window_posts;     /* producer: RDMA ops posted with a peer's window key */
+	uint64_t rdma_window_reg_ns;    /* consumer: time spent registering windows (their cost) */
 	uint64_t tls_streams;           /* control streams that completed a TLS handshake */
 	uint64_t tls_failures;          /* control streams refused: TLS handshake failed, or one
 					 * side wanted TLS and the other did not */

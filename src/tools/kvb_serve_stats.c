@@ -45,6 +45,7 @@ void respond_stats(uint64_t cid)
 		",\"vllm_descriptors_reused\":%" PRIu64 ",\"vllm_batched_pulls\":%" PRIu64 ",\"warnings_suppressed\":%" PRIu64 ",\"peers_refused\":%" PRIu64
 		",\"window_refused\":%" PRIu64 ",\"auth_failures\":%" PRIu64 ",\"rdma_windows_open\":%" PRIu64
 		",\"rdma_window_registrations\":%" PRIu64 ",\"rdma_window_posts\":%" PRIu64
+		",\"rdma_window_reg_us\":%" PRIu64
 		",\"tls_handshakes_failed\":%" PRIu64 ",\"tls_streams\":%" PRIu64
 		",\"tls_stream_failures\":%" PRIu64 ",\"nic_bytes\":[%s]},\"memory\":\"%s\",\"vllm\":\"%s\",\"bootstrap_port\":%u,"
 		"\"worker_addr\":\"%s\"%s}\n",
@@ -61,7 +62,7 @@ void respond_stats(uint64_t cid)
 		h.vllm_bootstrap_requests, h.vllm_queries, h.vllm_dealers, h.vllm_dealers_reused,
 		h.vllm_descriptors_reused, h.vllm_batched_pulls, h.warnings_suppressed, h.peers_refused + kvb_httpd_refused(S.httpd),
 		h.window_refused, h.auth_failures, h.rdma_windows_open, h.rdma_window_registrations,
-		h.rdma_window_posts, kvb_httpd_tls_failed(S.httpd), h.tls_streams, h.tls_failures, nic_bytes->str, o.memory,
+		h.rdma_window_posts, h.rdma_window_reg_ns / 1000, kvb_httpd_tls_failed(S.httpd), h.tls_streams, h.tls_failures, nic_bytes->str, o.memory,
 		S.vproto == KVB_HW_VLLM_GEN2 ? "gen2" : "gen0", kvb_hw_vllm_bootstrap_port(S.be),
 		kvb_hw_vllm_worker_addr(S.be), relay);
 	g_string_free(nic_bytes, TRUE);

@@ -138,6 +138,7 @@ st=$(post "http://$D_IP:8700/v1/completions" "{\"prompt\":\"$(words 400)\",\"kv_
 get http://$D_IP:8700/stats > "$tmp/wc"
 get http://$P_IP:8100/stats > "$tmp/pw"
 posts=$(( $(json_num "$tmp/pw" rdma_window_posts) - $(json_num "$tmp/pw0" rdma_window_posts) ))
+echo "# the pull's windows: $(json_num "$tmp/wc" rdma_window_registrations) registrations in $(json_num "$tmp/wc" rdma_window_reg_us) us; the pull took $(sed -n 's/.*"transfer_ms":\([0-9.]*\).*/\1/p' "$tmp/resp") ms"
 check "a pull into the closed pool over RDMA: verified (HTTP $st); $(json_num "$tmp/wc" rdma_window_registrations) window registrations, $posts producer writes with window keys, none left open" \
 	"[ '$st' = 200 ] && grep -q '\"mismatched_bytes\":0' '$tmp/resp' && [ \$(json_num '$tmp/wc' rdma_window_registrations) -gt 0 ] && [ $posts -gt 0 ] && grep -q '\"rdma_windows_open\":0' '$tmp/wc'"
 WADDR=$(sed -n "s/.*window of .*: \(0x[0-9a-f]*\) + [0-9]* on $d0: rkey 0x[0-9a-f]*.*/\1/p" "$tmp/wcons.log" | head -n 1)

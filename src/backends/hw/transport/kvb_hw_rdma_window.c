@@ -115,6 +115,7 @@ static int window_register(hw_t *hw, const GArray *ranges, const char *transfer_
 	w->mrs = g_new0(struct ibv_mr *, (gsize)k * r->n_devs);
 	uint32_t *keys = g_new0(uint32_t, (gsize)k * r->n_devs);
 	int rc = KVB_OK;
+	uint64_t t0 = hw_now_ns();
 	for (uint32_t i = 0; i < k && rc == KVB_OK; i++) {
 		if (!hw_rdma_mr_closed(hw_mr_find(hw, sorted[2 * i], sorted[2 * i + 1])))
 			continue; /* open memory: the descriptor's key serves */
@@ -138,6 +139,7 @@ static int window_register(hw_t *hw, const GArray *ranges, const char *transfer_
 		}
 	}
 	hw->stats.rdma_windows_open++;
+	hw->stats.rdma_window_reg_ns += hw_now_ns() - t0;
 	if (rc == KVB_OK) {
 		kvb_window_keys_t wk;
 		memset(&wk, 0, sizeof(wk));
