@@ -24,6 +24,7 @@
 
 #include "../src/tools/kvb_pattern.h"
 #include "kvb_mc_wire.h"
+#include "transport/kvb_hw_mem.h"
 #include "kvb_vllm_wire.h"
 #include "hw_side.h"
 #include "suites.h"
@@ -348,13 +349,24 @@ END_TEST
 
 /* ---- bad input --------------------------------------------------------------- */
 
-static int raw_connect(uint16_t port)
+/* A connection to 127.0.0.1:port from src (NULL: 127.0.0.1). */
+static int raw_connect_from(const char *src, uint16_t port)
 {
 	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	if (src) {
+		struct sockaddr_in s = {.sin_family = AF_INET};
+		inet_pton(AF_INET, src, &s.sin_addr);
+		ck_assert(bind(fd, (struct sockaddr *)&s, sizeof(s)) == 0);
+	}
 	struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
 	inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
 	ck_assert(connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0);
 	return fd;
+}
+
+static int raw_connect(uint16_t port)
+{
+	return raw_connect_from(NULL, port);
 }
 
 /* Pump the context while waiting for fd to have data or close. */
@@ -510,9 +522,10 @@ START_TEST(test_tcp_transport_refuses_out_of_range)
 END_TEST
 
 /* One v2 WRITE of len bytes of 0x5A at addr to a data port; the status. */
-static uint32_t raw_write(side_t **sides, int n, uint16_t port, uint64_t addr, uint64_t len)
+static uint32_t raw_write_from(side_t **sides, int n, const char *src, uint16_t port, uint64_t addr,
+			       uint64_t len)
 {
-	int fd = raw_connect(port);
+	int fd = raw_connect_from(src, port);
 	uint8_t hdr[KVB_MC_TCP_HEADER_LEN];
 	kvb_mc_tcp_header_t h = {.size = len, .addr = addr, .opcode = KVB_MC_TCP_OP_WRITE, .v2 = true};
 	kvb_mc_tcp_header_encode(hdr, &h);
@@ -529,10 +542,17 @@ static uint32_t raw_write(side_t **sides, int n, uint16_t port, uint64_t addr, u
 	return code;
 }
 
+static uint32_t raw_write(side_t **sides, int n, uint16_t port, uint64_t addr, uint64_t len)
+{
+	return raw_write_from(sides, n, NULL, port, addr, len);
+}
+
 /* A consumer's data port takes writes only into the blocks of a pull it has
- * in progress: while its pull waits for the prefill, a write into one of its
- * blocks lands and one into another block of the same pool is refused;
- * once the pull is done, its blocks are closed again. */
+ * in progress, from the peer the pull went to: while its pull waits for the
+ * prefill, a write into one of its blocks from the producer's address
+ * (127.0.0.1) lands, the same write from another allowed address
+ * (127.0.0.2) is refused, and one into another block of the same pool is
+ * refused; once the pull is done, its blocks are closed again. */
 START_TEST(test_data_windows)
 {
 	side_t P, D;
@@ -546,6 +566,9 @@ START_TEST(test_data_windows)
 	ck_assert_uint_eq(D.fin->len, 0);
 	uint16_t port = kvb_hw_data_port(D.be);
 	uint64_t in = D.regs[1].base + 11 * STRIDE, out = D.regs[1].base + 20 * STRIDE;
+	memset(at(&D, in), 0xEE, 256);
+	ck_assert_uint_eq(raw_write_from(both, 2, "127.0.0.2", port, in, 256), KVB_MC_TCP_STATUS_REJECTED);
+	ck_assert_uint_eq(at(&D, in)[0], 0xEE);
 	ck_assert_uint_eq(raw_write(both, 2, port, in, 256), KVB_MC_TCP_STATUS_OK);
 	ck_assert_uint_eq(at(&D, in)[0], 0x5A);
 	ck_assert_uint_eq(raw_write(both, 2, port, out, 256), KVB_MC_TCP_STATUS_REJECTED);
@@ -560,10 +583,30 @@ START_TEST(test_data_windows)
 	ck_assert_uint_eq(check_request(&D, "win-1", db, 2), 0); /* untouched by the late write */
 	kvb_hw_stats_t st;
 	kvb_hw_stats_get(D.be, &st);
-	ck_assert_uint_eq(st.window_refused, 3);
+	ck_assert_uint_eq(st.window_refused, 4);
 	ck_assert(run_until(both, 2, &P, 1, 10));
 	side_close(&D);
 	side_close(&P);
+}
+END_TEST
+
+/* The producer address a vLLM pull's window is bound to, from its endpoint:
+ * numeric addresses only (a name binds nothing: any allowed sender). */
+START_TEST(test_window_peer_of)
+{
+	char out[64];
+	static const struct {
+		const char *ep, *want;
+	} t[] = {
+		{"tcp://10.0.0.4:5557", "10.0.0.4"}, {"tcp://[fd00::1]:5557", "fd00::1"},
+		{"10.0.0.4:8998", "10.0.0.4"},       {"tcp://[::ffff:10.0.0.4]:1", "10.0.0.4"},
+		{"tcp://prefill-0:5557", ""},        {"tcp://", ""},
+		{"", ""},
+	};
+	for (size_t i = 0; i < G_N_ELEMENTS(t); i++) {
+		hw_window_peer_of(t[i].ep, out, sizeof(out));
+		ck_assert_msg(!strcmp(out, t[i].want), "%s: '%s', want '%s'", t[i].ep, out, t[i].want);
+	}
 }
 END_TEST
 
@@ -848,6 +891,7 @@ Suite *kvb_suite_hw_backend(void)
 	tcase_add_test(tc, test_handshake_bad_frames);
 	tcase_add_test(tc, test_tcp_transport_refuses_out_of_range);
 	tcase_add_test(tc, test_data_windows);
+	tcase_add_test(tc, test_window_peer_of);
 	tcase_add_test(tc, test_stream_shared_secret);
 	tcase_add_test(tc, test_stream_tls);
 	tcase_add_test(tc, test_vllm_bad_messages_get_trans_error);

@@ -671,6 +671,29 @@ START_TEST(test_segment_tcp_roundtrip)
 	ck_assert_uint_eq(out.tcp_proto_version, 1);
 	kvb_mc_segment_clear(&out);
 	g_string_free(j, TRUE);
+
+	/* kvbridge's kvb_tcp_sources: written after the name, read back; an
+	 * entry that is not a numeric address is refused both ways */
+	seg.n_tcp_sources = 2;
+	g_strlcpy(seg.tcp_sources[0], "10.0.0.2", KVB_MC_ADDR_TEXT_MAX);
+	g_strlcpy(seg.tcp_sources[1], "fd00::7", KVB_MC_ADDR_TEXT_MAX);
+	j = g_string_new(NULL);
+	ck_assert_int_eq(kvb_mc_segment_to_json(&seg, j, NULL), KVB_OK);
+	ck_assert_ptr_nonnull(strstr(j->str, "\"kvb_tcp_sources\":[\"10.0.0.2\",\"fd00::7\"]"));
+	ck_assert_int_eq(kvb_mc_segment_from_json(j->str, j->len, &out, NULL), KVB_OK);
+	ck_assert_uint_eq(out.n_tcp_sources, 2);
+	ck_assert_str_eq(out.tcp_sources[1], "fd00::7");
+	kvb_mc_segment_clear(&out);
+	g_string_free(j, TRUE);
+	kvb_err_t err;
+	g_strlcpy(seg.tcp_sources[1], "host.example", KVB_MC_ADDR_TEXT_MAX);
+	j = g_string_new(NULL);
+	ck_assert_int_eq(kvb_mc_segment_to_json(&seg, j, &err), KVB_ERR_INVALID);
+	g_string_free(j, TRUE);
+	const char *bad = "{\"name\":\"a:1\",\"protocol\":\"tcp\",\"tcp_data_port\":1,"
+			  "\"kvb_tcp_sources\":[\"10.0.0.2\",\"host.example\"],\"buffers\":[]}";
+	ck_assert_int_eq(kvb_mc_segment_from_json(bad, strlen(bad), &out, &err), KVB_ERR_PROTOCOL);
+	ck_assert_ptr_nonnull(strstr(err.msg, "kvb_tcp_sources[1]"));
 }
 END_TEST
 

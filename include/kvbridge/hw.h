@@ -99,6 +99,11 @@ typedef struct kvb_hw_params {
 				     * Default false: only the blocks of a pull this worker has
 				     * in progress (until it ends) and kvb_hw_expose'd ranges.
 				     * KVB_OPEN_MEMORY=1 (also opens RDMA registrations). */
+	bool window_any_peer;       /* TCP: any allowed peer may write into the blocks of a
+				     * pull in progress, not only the one it went to (a
+				     * producer whose data connections come from another
+				     * address than the one the pull reached).
+				     * KVB_WINDOW_ANY_PEER=1. */
 	bool rdma_buffer_keys;      /* RDMA: register host memory with remote access and
 				     * publish its keys in the descriptor, as Mooncake does,
 				     * for peers that write with them: vLLM producers over

@@ -45,6 +45,11 @@ static inline void check_seg_same(const kvb_mc_segment_t *a, const kvb_mc_segmen
 	}
 	if (b->n_devices != (tcp ? 0 : a->n_devices) || b->n_locations != (tcp ? 0 : a->n_locations))
 		abort();
+	if (a->n_tcp_sources != b->n_tcp_sources)
+		abort();
+	for (uint32_t i = 0; i < a->n_tcp_sources; i++)
+		if (strcmp(a->tcp_sources[i], b->tcp_sources[i]))
+			abort();
 	for (uint32_t i = 0; i < b->n_devices; i++)
 		if (strcmp(a->devices[i].name, b->devices[i].name) ||
 		    a->devices[i].lid != b->devices[i].lid ||

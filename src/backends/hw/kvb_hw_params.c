@@ -158,6 +158,10 @@ int kvb_hw_params_apply_env(kvb_hw_params_t *p, char **envp, kvb_err_t *err)
 	const char *open_mem = envp ? g_environ_getenv(envp, "KVB_OPEN_MEMORY") : g_getenv("KVB_OPEN_MEMORY");
 	if (open_mem && *open_mem)
 		p->memory_open = !strcmp(open_mem, "1") || !g_ascii_strcasecmp(open_mem, "true");
+	const char *anyp = envp ? g_environ_getenv(envp, "KVB_WINDOW_ANY_PEER")
+				: g_getenv("KVB_WINDOW_ANY_PEER");
+	if (anyp && *anyp)
+		p->window_any_peer = !strcmp(anyp, "1") || !g_ascii_strcasecmp(anyp, "true");
 	const char *bkeys = envp ? g_environ_getenv(envp, "KVB_RDMA_BUFFER_KEYS")
 				 : g_getenv("KVB_RDMA_BUFFER_KEYS");
 	if (bkeys && *bkeys)

@@ -9,13 +9,22 @@
  */
 #include "config.h"
 
+#include <arpa/inet.h>
 #include <inttypes.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <string.h>
 
 #include <json-glib/json-glib.h>
 
 #include "kvb_mc_wire.h"
+
+/* An IPv4 or IPv6 address in numeric form. */
+static bool numeric_addr(const char *t)
+{
+	unsigned char buf[sizeof(struct in6_addr)];
+	return inet_pton(AF_INET, t, buf) == 1 || inet_pton(AF_INET6, t, buf) == 1;
+}
 
 /* ---- frames --------------------------------------------------------------- */
 
@@ -426,10 +435,23 @@ int kvb_mc_segment_to_json(const kvb_mc_segment_t *seg, GString *out, kvb_err_t 
 			return kvb_err_set(err, KVB_ERR_INVALID, "buffer %u has %u keys for %u devices", i,
 					   b->n_keys, seg->n_devices);
 	}
+	if (seg->n_tcp_sources > KVB_MC_MAX_SOURCES)
+		return kvb_err_set(err, KVB_ERR_INVALID, "%u kvb_tcp_sources (at most %u)",
+				   seg->n_tcp_sources, KVB_MC_MAX_SOURCES);
+	for (uint32_t i = 0; i < seg->n_tcp_sources; i++)
+		if (!numeric_addr(seg->tcp_sources[i]))
+			return kvb_err_set(err, KVB_ERR_INVALID, "kvb_tcp_sources[%u] is not a numeric address", i);
 	JsonBuilder *jb = json_builder_new();
 	json_builder_begin_object(jb);
 	json_builder_set_member_name(jb, "name");
 	json_builder_add_string_value(jb, seg->name);
+	if (seg->n_tcp_sources) {
+		json_builder_set_member_name(jb, "kvb_tcp_sources");
+		json_builder_begin_array(jb);
+		for (uint32_t i = 0; i < seg->n_tcp_sources; i++)
+			json_builder_add_string_value(jb, seg->tcp_sources[i]);
+		json_builder_end_array(jb);
+	}
 	json_builder_set_member_name(jb, "protocol");
 	json_builder_add_string_value(jb, seg->protocol);
 	json_builder_set_member_name(jb, "tcp_data_port");
@@ -628,6 +650,23 @@ int kvb_mc_segment_from_json(const char *json, size_t len, kvb_mc_segment_t *seg
 	if ((rc = get_str(o, "rdma_server_name", seg->rdma_server_name, sizeof(seg->rdma_server_name),
 			  false, W, err)) != KVB_OK)
 		goto out;
+	JsonArray *sa;
+	guint ns;
+	if ((rc = get_array(o, "kvb_tcp_sources", KVB_MC_MAX_SOURCES, "kvb_tcp_sources", &sa, &ns, W, err)) !=
+	    KVB_OK)
+		goto out;
+	for (guint i = 0; sa && i < ns; i++) {
+		JsonNode *e = json_array_get_element(sa, i);
+		const char *t = e && JSON_NODE_HOLDS_VALUE(e) && json_node_get_value_type(e) == G_TYPE_STRING
+					? json_node_get_string(e) : NULL;
+		if (!t || strlen(t) >= KVB_MC_ADDR_TEXT_MAX || !numeric_addr(t)) {
+			rc = kvb_err_set(err, KVB_ERR_PROTOCOL, "%s: kvb_tcp_sources[%u] is not a numeric address",
+					 W, i);
+			goto out;
+		}
+		g_strlcpy(seg->tcp_sources[i], t, KVB_MC_ADDR_TEXT_MAX);
+		seg->n_tcp_sources = i + 1;
+	}
 
 	/* devices */
 	JsonArray *da;

@@ -26,6 +26,11 @@
  * entry for that device is 0, so a peer that does not know the extension
  * (Mooncake) fails cleanly instead of writing where nothing reads.
  *
+ * Descriptor extension "kvb_tcp_sources" (kvbridge, optional): the numeric
+ * addresses this worker's TCP data connections come from (its NICs' source
+ * addresses), so that a consumer admits writes into a pull's blocks from
+ * those and no other (at most KVB_MC_MAX_SOURCES; Mooncake ignores it).
+ *
  * TCP transport data port: 24-byte header
  *   u64 size LE | u64 addr LE | u8 opcode (READ 0, WRITE 1; | 0x80 = v2) | 7 zero bytes
  * then the payload (WRITE) or the reply (READ).  v2 adds an 8-byte LE status
@@ -57,6 +62,8 @@
 #define KVB_MC_MAX_QP 64u
 #define KVB_MC_MAX_LOCATIONS 256u
 #define KVB_MC_TEXT_MAX 1024u     /* reply_msg, payload, notify strings */
+#define KVB_MC_MAX_SOURCES 16u    /* kvb_tcp_sources entries */
+#define KVB_MC_ADDR_TEXT_MAX 64u  /* a numeric IPv4 or IPv6 address, NUL included */
 
 /* ---- handshake framing -------------------------------------------------- */
 
@@ -147,6 +154,8 @@ typedef struct kvb_mc_segment {
 	kvb_mc_buffer_t *buffers;
 	uint32_t n_locations;
 	kvb_mc_location_t *locations;
+	uint32_t n_tcp_sources;              /* kvbridge: kvb_tcp_sources (see above) */
+	char tcp_sources[KVB_MC_MAX_SOURCES][KVB_MC_ADDR_TEXT_MAX];
 } kvb_mc_segment_t;
 
 /* Compact JSON of a descriptor, appended to out (no trailing newline).  rdma

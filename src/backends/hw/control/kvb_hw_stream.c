@@ -545,8 +545,17 @@ static int stream_msg_send(hw_peer_t *p, const void *buf, size_t len)
 			GArray *ranges = hw_pull_ranges(&pull);
 			GByteArray *keys = g_byte_array_new();
 			kvb_err_t err;
+			/* bound to the producer's addresses: the one this stream
+			 * reached, and those its hello says its TCP lanes use */
+			char host[KVB_MC_NAME_MAX] = "";
+			if (p->fd >= 0)
+				hw_sock_peer_host(p->fd, host, sizeof(host));
+			GString *peer = g_string_new(host);
+			for (uint32_t i = 0; *host && p->link.have_seg && i < p->link.seg.n_tcp_sources; i++)
+				g_string_append_printf(peer, ",%s", p->link.seg.tcp_sources[i]);
 			int rc = hw_window_open_keyed(p->hw, p, pull.transfer_id, pull.request_id, ranges,
-						      keys, &err);
+						      peer->str, keys, &err);
+			g_string_free(peer, TRUE);
 			if (rc == KVB_OK && keys->len)
 				stream_queue(p, KVB_MC_KVB_WINDOW, keys->data, keys->len);
 			g_byte_array_unref(keys);

@@ -692,7 +692,9 @@ static int vclient_pull(vclient_t *vc, const void *buf, size_t len)
 		return KVB_ERR_INVALID;
 	}
 	/* the producer may write these blocks, and only these, until the pull ends */
-	hw_window_open(hw, vp, vp->transfer_id, vp->request_id, vp->ranges);
+	char peer[64];
+	hw_window_peer_of(vc->endpoint, peer, sizeof(peer));
+	hw_window_open(hw, vp, vp->transfer_id, vp->request_id, vp->ranges, peer);
 	/* the blocks are ours for this pull again: lift old fences on them */
 	for (guint i = 0; i + 1 < vp->ranges->len; i += 2)
 		hw_fence_clear(hw, g_array_index(vp->ranges, uint64_t, i),

@@ -3,6 +3,8 @@
  */
 #include "config.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <string.h>
 
 #include <glib.h>
@@ -42,6 +44,7 @@ void hw_fence_add(hw_t *hw, uint64_t addr, uint64_t len)
 typedef struct hw_window {
 	const void *owner;
 	char *key;                  /* "transfer\nrequest" */
+	char **peers;               /* numeric addresses of the pull's peer; NULL = any */
 	GArray *ranges;             /* uint64_t pairs */
 	void (*release)(void *);    /* undoes what was opened with it (RDMA keys) */
 	void *release_arg;
@@ -52,19 +55,31 @@ static void window_free(gpointer data)
 	hw_window_t *w = data;
 	if (w->release)
 		w->release(w->release_arg);
+	g_strfreev(w->peers);
 	g_free(w->key);
 	g_array_free(w->ranges, TRUE);
 	g_free(w);
 }
 
+/* "::ffff:1.2.3.4" and "1.2.3.4" are one peer */
+static const char *plain_ip(const char *ip)
+{
+	return g_str_has_prefix(ip, "::ffff:") && strchr(ip + 7, '.') ? ip + 7 : ip;
+}
+
 static hw_window_t *window_add(hw_t *hw, const void *owner, const char *transfer_id,
-			       const char *request_id, const GArray *ranges)
+			       const char *request_id, const GArray *ranges, const char *peer)
 {
 	if (!hw->windows)
 		hw->windows = g_ptr_array_new_with_free_func(window_free);
 	hw_window_t *w = g_new0(hw_window_t, 1);
 	w->owner = owner;
 	w->key = g_strconcat(transfer_id, "\n", request_id, NULL);
+	if (peer && *peer) {
+		w->peers = g_strsplit(peer, ",", -1);
+		for (char **q = w->peers; *q; q++)
+			memmove(*q, plain_ip(*q), strlen(plain_ip(*q)) + 1);
+	}
 	w->ranges = g_array_sized_new(FALSE, FALSE, sizeof(uint64_t), ranges->len);
 	g_array_append_vals(w->ranges, ranges->data, ranges->len);
 	g_ptr_array_add(hw->windows, w);
@@ -72,15 +87,16 @@ static hw_window_t *window_add(hw_t *hw, const void *owner, const char *transfer
 }
 
 void hw_window_open(hw_t *hw, const void *owner, const char *transfer_id, const char *request_id,
-		    const GArray *ranges)
+		    const GArray *ranges, const char *peer)
 {
-	window_add(hw, owner, transfer_id, request_id, ranges);
+	window_add(hw, owner, transfer_id, request_id, ranges, peer);
 }
 
 void hw_window_open_with(hw_t *hw, const void *owner, const char *transfer_id,
-			 const char *request_id, const GArray *ranges, void (*release)(void *), void *arg)
+			 const char *request_id, const GArray *ranges, const char *peer,
+			 void (*release)(void *), void *arg)
 {
-	hw_window_t *w = window_add(hw, owner, transfer_id, request_id, ranges);
+	hw_window_t *w = window_add(hw, owner, transfer_id, request_id, ranges, peer);
 	w->release = release;
 	w->release_arg = arg;
 }
@@ -109,18 +125,46 @@ static bool ranges_hold(const GArray *a, uint64_t addr, uint64_t len)
 	return false;
 }
 
-bool hw_window_allows(hw_t *hw, uint64_t addr, uint64_t len)
+hw_window_verdict_t hw_window_check(hw_t *hw, uint64_t addr, uint64_t len, const char *sender)
 {
 	if (hw->p.memory_open)
-		return true;
+		return HW_WINDOW_OPEN;
 	if (!len || addr + len < addr)
-		return false;
+		return HW_WINDOW_CLOSED;
 	if (hw->exposed && ranges_hold(hw->exposed, addr, len))
-		return true;
-	for (guint i = 0; hw->windows && i < hw->windows->len; i++)
-		if (ranges_hold(((hw_window_t *)hw->windows->pdata[i])->ranges, addr, len))
-			return true;
-	return false;
+		return HW_WINDOW_OPEN;
+	const char *from = sender && !hw->p.window_any_peer ? plain_ip(sender) : NULL;
+	hw_window_verdict_t v = HW_WINDOW_CLOSED;
+	for (guint i = 0; hw->windows && i < hw->windows->len; i++) {
+		const hw_window_t *w = hw->windows->pdata[i];
+		if (!ranges_hold(w->ranges, addr, len))
+			continue;
+		if (!from || !w->peers || g_strv_contains((const char *const *)w->peers, from))
+			return HW_WINDOW_OPEN;
+		v = HW_WINDOW_OTHER_PEER;
+	}
+	return v;
+}
+
+void hw_window_peer_of(const char *endpoint, char *out, size_t len)
+{
+	out[0] = 0;
+	const char *h = g_str_has_prefix(endpoint, "tcp://") ? endpoint + 6 : endpoint;
+	char host[64];
+	const char *end;
+	if (*h == '[') {
+		h++;
+		end = strchr(h, ']');
+	} else {
+		end = strrchr(h, ':');
+	}
+	if (!end || (size_t)(end - h) >= sizeof(host))
+		return;
+	memcpy(host, h, (size_t)(end - h));
+	host[end - h] = 0;
+	unsigned char buf[sizeof(struct in6_addr)];
+	if (inet_pton(AF_INET, host, buf) == 1 || inet_pton(AF_INET6, host, buf) == 1)
+		g_strlcpy(out, plain_ip(host), len);
 }
 
 void hw_windows_free(hw_t *hw)

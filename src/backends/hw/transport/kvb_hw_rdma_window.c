@@ -162,13 +162,14 @@ static int window_register(hw_t *hw, const GArray *ranges, const char *transfer_
 }
 
 int hw_window_open_keyed(hw_t *hw, const void *owner, const char *transfer_id,
-			 const char *request_id, const GArray *ranges, GByteArray *keys, kvb_err_t *err)
+			 const char *request_id, const GArray *ranges, const char *peer, GByteArray *keys,
+			 kvb_err_t *err)
 {
 	hw_rdma_window_t *w = NULL;
 	int rc = window_register(hw, ranges, transfer_id, request_id, &w, keys, err);
 	if (rc != KVB_OK)
 		return rc;
-	hw_window_open_with(hw, owner, transfer_id, request_id, ranges, w ? window_free : NULL, w);
+	hw_window_open_with(hw, owner, transfer_id, request_id, ranges, peer, w ? window_free : NULL, w);
 	return KVB_OK;
 }
 

@@ -32,7 +32,8 @@ bool hw_rdma_ranges_closed(hw_t *hw, const GArray *ranges);
  * pull is appended to keys (nothing when none is needed).  The
  * registrations are undone, and the keys die, when the window closes. */
 int hw_window_open_keyed(hw_t *hw, const void *owner, const char *transfer_id,
-			 const char *request_id, const GArray *ranges, GByteArray *keys, kvb_err_t *err);
+			 const char *request_id, const GArray *ranges, const char *peer, GByteArray *keys,
+			 kvb_err_t *err);
 /* kvb_hw_expose: open m to remote access for good (registered again). */
 int hw_rdma_mr_open(hw_t *hw, hw_mr_t *m, kvb_err_t *err);
 /* Producer: keep the keys of a peer's KVB_MC_KVB_WINDOW frame until the pull

@@ -571,13 +571,18 @@ static bool dsess_header(dsess_t *s)
 	}
 	hw_mr_t *mr = hw_mr_find(hw, s->h.addr, s->h.size);
 	bool fenced = mr && s->h.opcode == KVB_MC_TCP_OP_WRITE && hw_fenced(hw, s->h.addr, s->h.size);
-	bool closed = mr && !fenced && !hw_window_allows(hw, s->h.addr, s->h.size);
+	hw_window_verdict_t wv = mr && !fenced ? hw_window_check(hw, s->h.addr, s->h.size, s->peer_ip)
+					       : HW_WINDOW_OPEN;
+	bool closed = wv != HW_WINDOW_OPEN;
 	if (!mr || fenced || closed) {
 		hw_stats(hw)->tcp_requests_rejected++;
 		if (fenced)
 			hw_stats(hw)->fenced_writes++;
 		const char *op = s->h.opcode == KVB_MC_TCP_OP_WRITE ? "write" : "read";
 		const char *why = fenced ? "the range belongs to a cancelled pull"
+				  : wv == HW_WINDOW_OTHER_PEER
+					  ? "the blocks of a pull with another peer (a multi-homed producer? "
+					    "KVB_WINDOW_ANY_PEER=1 admits any allowed peer)"
 				  : closed ? "outside every transfer in progress (no open window)"
 					   : "outside registered memory";
 		hw_set_error(hw, "tcp transport: %s of %" PRIu64 " bytes at 0x%" PRIx64 " refused: %s", op,

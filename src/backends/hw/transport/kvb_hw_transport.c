@@ -5,7 +5,9 @@
  */
 #include "config.h"
 
+#include <arpa/inet.h>
 #include <inttypes.h>
+#include <netinet/in.h>
 #include <string.h>
 
 #include <glib.h>
@@ -174,6 +176,15 @@ char *hw_segment_json(hw_t *hw)
 	seg.tcp_data_port = hw_tcp_server_port(hw);
 	g_strlcpy(seg.tcp_data_host, hw->host, sizeof(seg.tcp_data_host));
 	seg.tcp_proto_version = hw->p.tcp_proto_version;
+	/* where our TCP lanes come from, when we choose it: a consumer's windows
+	 * for our pulls admit those addresses */
+	for (uint32_t i = 0; i < hw_nic_count(hw) && i < KVB_HW_MAX_NICS; i++) {
+		const char *a = hw->nic_addrs[i];
+		unsigned char buf[sizeof(struct in6_addr)];
+		if (*a && seg.n_tcp_sources < KVB_MC_MAX_SOURCES &&
+		    (inet_pton(AF_INET, a, buf) == 1 || inet_pton(AF_INET6, a, buf) == 1))
+			g_strlcpy(seg.tcp_sources[seg.n_tcp_sources++], a, KVB_MC_ADDR_TEXT_MAX);
+	}
 	GDateTime *now = g_date_time_new_now_local();
 	char *ts = g_date_time_format(now, "%Y-%m-%d %H:%M:%S.%f");
 	g_strlcpy(seg.timestamp, ts, sizeof(seg.timestamp));
